@@ -16,6 +16,7 @@ venv: $(VENV)/.installed
 
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test: lint
 	$(PY) -m pytest -q

@@ -1,0 +1,6 @@
+from . import resnet, vgg  # noqa: F401  (registers the architectures)
+from ._registry import create_model, is_model, list_models, register_model
+from .resnet import ResNet
+from .vgg import VGG
+
+__all__ = ["ResNet", "VGG", "create_model", "is_model", "list_models", "register_model"]

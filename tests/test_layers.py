@@ -1,0 +1,316 @@
+"""PartialConv2d/3d against a plain float64 implementation of the paper's formula."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from partialconv import PartialConv2d, PartialConv3d, conv_factory, convert_padding
+from partialconv.layers.partial_conv import padding_ratio_1d
+
+
+def reference_partial_conv(x, mask, weight, bias, stride, padding, dilation, groups, multi_channel):
+    """out = conv(X*M, W) * S/count + b where count > 0, 0 elsewhere; window by window, in float64.
+
+    x: (B, C, *sp); mask: (B, C or 1, *sp) with 1 = valid; returns (out, update_mask (B, C_out, *out_sp)).
+    """
+    x, mask, weight = x.double(), mask.double(), weight.double()
+    nd = x.dim() - 2
+    b, c_in = x.shape[:2]
+    c_out, c_per_group, *k = weight.shape
+    mask = mask.expand(b, mask.shape[1], *x.shape[2:])
+    pad_arg = [p for pp in reversed(padding) for p in (pp, pp)]
+    xp = F.pad(x * mask, pad_arg)
+    mp = F.pad(mask, pad_arg)
+    out_sp = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in range(nd)]
+    out = torch.zeros(b, c_out, *out_sp, dtype=torch.float64)
+    upd = torch.zeros(b, c_out, *out_sp, dtype=torch.float64)
+    out_per_group = c_out // groups
+    window = math.prod(k) * (c_per_group if multi_channel else 1)
+    for n in range(b):
+        for o in range(c_out):
+            g = o // out_per_group
+            channels = slice(g * c_per_group, (g + 1) * c_per_group)
+            for pos in itertools.product(*[range(s) for s in out_sp]):
+                idx = tuple(
+                    slice(pos[i] * stride[i], pos[i] * stride[i] + dilation[i] * (k[i] - 1) + 1, dilation[i])
+                    for i in range(nd)
+                )
+                patch = xp[(n, channels) + idx]
+                mpatch = mp[(n, channels) + idx] if multi_channel else mp[(n, 0) + idx]
+                count = mpatch.sum()
+                if count > 0:
+                    value = (patch * weight[o]).sum() * window / count
+                    if bias is not None:
+                        value = value + bias[o].double()
+                    out[(n, o) + pos] = value
+                    upd[(n, o) + pos] = 1.0
+    return out, upd
+
+
+@st.composite
+def conv_cases(draw):
+    nd = draw(st.sampled_from([2, 2, 3]))
+    groups = draw(st.sampled_from([1, 1, 2]))
+    c_in = groups * draw(st.integers(1, 3))
+    c_out = groups * draw(st.integers(1, 2))
+    k = [draw(st.integers(1, 3)) for _ in range(nd)]
+    stride = [draw(st.integers(1, 2)) for _ in range(nd)]
+    dilation = [draw(st.integers(1, 2)) for _ in range(nd)]
+    padding = [draw(st.integers(0, dilation[i] * (k[i] - 1) + 1)) for i in range(nd)]
+    lo = [max(1, dilation[i] * (k[i] - 1) + 1 - 2 * padding[i]) for i in range(nd)]
+    size = [draw(st.integers(lo[i], lo[i] + (4 if nd == 2 else 2))) for i in range(nd)]
+    return dict(
+        nd=nd,
+        groups=groups,
+        c_in=c_in,
+        c_out=c_out,
+        k=k,
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        size=size,
+        bias=draw(st.booleans()),
+        multi_channel=draw(st.booleans()),
+        batch=draw(st.integers(1, 2)),
+        masked=draw(st.booleans()),
+        per_sample=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_cases())
+def test_matches_reference_forward_mask_and_gradients(case):
+    g = torch.Generator().manual_seed(case["seed"])
+    cls = PartialConv2d if case["nd"] == 2 else PartialConv3d
+    layer = cls(
+        case["c_in"],
+        case["c_out"],
+        case["k"],
+        stride=case["stride"],
+        padding=case["padding"],
+        dilation=case["dilation"],
+        groups=case["groups"],
+        bias=case["bias"],
+        multi_channel=case["multi_channel"],
+        return_mask=True,
+    ).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=torch.float64))
+        if layer.bias is not None:
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g, dtype=torch.float64))
+    x = torch.randn(case["batch"], case["c_in"], *case["size"], generator=g, dtype=torch.float64)
+    mask_c = case["c_in"] if case["multi_channel"] else 1
+    if case["masked"]:
+        mask_b = case["batch"] if case["per_sample"] else 1
+        mask = (torch.rand(mask_b, mask_c, *case["size"], generator=g) > 0.4).double()
+    else:
+        mask = None
+
+    x1 = x.clone().requires_grad_()
+    out, upd = layer(x1, mask)
+    w_ref = layer.weight.detach().clone().requires_grad_()
+    b_ref = layer.bias.detach().clone().requires_grad_() if layer.bias is not None else None
+    x2 = x.clone().requires_grad_()
+    ref_mask = mask if mask is not None else torch.ones(1, mask_c, *case["size"], dtype=torch.float64)
+    ref_out, ref_upd = reference_partial_conv(
+        x2,
+        ref_mask,
+        w_ref,
+        b_ref,
+        case["stride"],
+        case["padding"],
+        case["dilation"],
+        case["groups"],
+        case["multi_channel"],
+    )
+    assert out.shape == ref_out.shape
+    torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-9)
+    assert upd.shape == ref_upd.shape
+    torch.testing.assert_close(upd.double(), ref_upd)
+
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    (out * grad).sum().backward()
+    # The zero terms keep every leaf in the graph when all windows are holes.
+    anchors = x2.sum() + w_ref.sum() + (b_ref.sum() if b_ref is not None else 0)
+    ((ref_out * grad).sum() + 0.0 * anchors).backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(layer.weight.grad, w_ref.grad, rtol=1e-9, atol=1e-9)
+    if b_ref is not None:
+        torch.testing.assert_close(layer.bias.grad, b_ref.grad, rtol=1e-9, atol=1e-9)
+
+
+def test_padding_ratio_closed_form_matches_counting():
+    for length, k, s, p, d in itertools.product(range(1, 9), range(1, 6), range(1, 4), range(0, 4), range(1, 3)):
+        if length + 2 * p < d * (k - 1) + 1:
+            continue
+        counts, ratios = padding_ratio_1d(length, k, s, p, p, d)
+        brute = [
+            sum(0 <= o * s - p + j * d < length for j in range(k))
+            for o in range((length + 2 * p - d * (k - 1) - 1) // s + 1)
+        ]
+        assert counts == brute
+        assert ratios == [k / c if c else 0.0 for c in brute]
+
+
+def test_holes_are_exactly_zero_bias_included():
+    layer = PartialConv2d(2, 3, 3, padding=1, multi_channel=True, return_mask=True)
+    nn.init.constant_(layer.bias, 5.0)
+    mask = torch.ones(1, 2, 8, 8)
+    mask[..., 2:7, 2:7] = 0  # the window centred at (4, 4) sees only holes
+    out, upd = layer(torch.randn(1, 2, 8, 8), mask)
+    assert torch.all(out[..., 4, 4] == 0)
+    assert torch.all(upd[..., 4, 4] == 0)
+    assert torch.all(upd[..., 0, 0] == 1)
+
+
+def test_same_and_valid_string_padding():
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64)
+    for padding, numeric in (("valid", 0), ("same", 1)):
+        a = PartialConv2d(3, 4, 3, padding=padding).double()
+        b = PartialConv2d(3, 4, 3, padding=numeric).double()
+        b.load_state_dict(a.state_dict())
+        torch.testing.assert_close(a(x), b(x))
+    # Even kernel: 'same' pads asymmetrically (H: 0 before, 1 after; W: 1 before, 2 after).
+    a = PartialConv2d(1, 1, (2, 4), padding="same", bias=False).double()
+    xs = x[:, :1]
+    pads = (1, 2, 0, 1)
+    raw = F.conv2d(F.pad(xs, pads), a.weight)
+    count = F.conv2d(F.pad(torch.ones_like(xs), pads), torch.ones_like(a.weight))
+    torch.testing.assert_close(a(xs), raw * 8 / count)
+
+
+def test_unpadded_conv_is_plain_conv():
+    conv = nn.Conv2d(8, 4, 1)
+    pconv = PartialConv2d(8, 4, 1)
+    pconv.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.equal(conv(x), pconv(x))
+
+
+def test_zero_padding_interior_equals_conv_and_border_is_rescaled():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    pconv = PartialConv2d(3, 4, 3, padding=1)
+    pconv.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, 10, 10)
+    a, b = conv(x), pconv(x)
+    torch.testing.assert_close(a[..., 1:-1, 1:-1], b[..., 1:-1, 1:-1])
+    assert not torch.allclose(a[..., 0, :], b[..., 0, :])
+
+
+def test_state_dict_holds_only_weight_and_bias():
+    assert set(PartialConv2d(3, 4, 3, padding=1).state_dict()) == {"weight", "bias"}
+    assert set(PartialConv3d(3, 4, 3, padding=1, bias=False, multi_channel=True).state_dict()) == {"weight"}
+
+
+def test_rejects_non_zero_padding_mode_and_bad_masks():
+    with pytest.raises(ValueError, match="padding_mode"):
+        PartialConv2d(3, 4, 3, padding=1, padding_mode="reflect")
+    layer = PartialConv2d(3, 4, 3, padding=1, multi_channel=True)
+    with pytest.raises(ValueError, match=r"mask_in must have shape \(B or 1, 3, 8, 8\)"):
+        layer(torch.randn(1, 3, 8, 8), torch.ones(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_has_no_nan_or_inf_with_all_hole_windows(dtype):
+    torch.manual_seed(0)
+    layer = PartialConv2d(4, 8, 3, padding=1, multi_channel=True, return_mask=True)
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    mask = (torch.rand(2, 4, 16, 16) > 0.5).float()
+    mask[:, :, 4:12, 4:12] = 0
+    with torch.autocast("cpu", dtype=dtype):
+        out, upd = layer(x, mask)
+        pad_out = PartialConv2d(4, 8, 3, padding=1)(x)
+    out.float().sum().backward()
+    for t in (out, upd, pad_out, x.grad, layer.weight.grad, layer.bias.grad):
+        assert torch.isfinite(t.float()).all()
+    assert torch.all(out[..., 6:10, 6:10] == 0)
+    ref, _ = PartialConv2d(4, 8, 3, padding=1, multi_channel=True, return_mask=True), None
+    ref.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(out.float(), ref(x.detach(), mask)[0], rtol=0.05, atol=0.05)
+
+
+def test_mask_is_not_differentiated():
+    layer = PartialConv2d(2, 2, 3, padding=1, multi_channel=True)
+    mask = torch.ones(1, 2, 6, 6, requires_grad=True)
+    layer(torch.randn(1, 2, 6, 6), mask).sum().backward()
+    assert mask.grad is None
+
+
+def test_cached_plan_from_inference_mode_is_usable_for_training():
+    layer = PartialConv2d(3, 4, 3, padding=1)
+    x = torch.randn(1, 3, 13, 11)
+    with torch.inference_mode():
+        layer(x)
+    layer(x.requires_grad_()).sum().backward()
+    assert x.grad is not None
+
+
+def test_dataparallel_replicas_match_module():
+    model = nn.Sequential(PartialConv2d(3, 4, 3, padding=1), nn.ReLU(), PartialConv2d(4, 2, 3, stride=2, padding=1))
+    x = torch.randn(4, 3, 9, 9)
+    torch.testing.assert_close(nn.DataParallel(model)(x), model(x))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    model = nn.Sequential(PartialConv2d(3, 4, 3, padding=1), nn.ReLU(), PartialConv2d(4, 2, 3, stride=2, padding=2))
+    x = torch.randn(2, 3, 12, 10, requires_grad=True)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    torch.testing.assert_close(out, model(x))
+    out.sum().backward()
+    assert x.grad is not None
+
+
+def test_torch_compile_fullgraph_masked_mode():
+    torch._dynamo.reset()
+    layer = PartialConv2d(3, 4, 3, padding=1, multi_channel=True, return_mask=True)
+    x, mask = torch.randn(2, 3, 8, 8), (torch.rand(2, 3, 8, 8) > 0.5).float()
+    out, upd = torch.compile(layer, fullgraph=True, backend="aot_eager")(x, mask)
+    ref_out, ref_upd = layer(x, mask)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(upd, ref_upd)
+
+
+def test_torch_export_matches_eager():
+    model = nn.Sequential(PartialConv2d(3, 4, 3, padding=1), nn.ReLU(), PartialConv2d(4, 2, 5, padding=2)).eval()
+    x = torch.randn(1, 3, 11, 11)
+    exported = torch.export.export(model, (x,))
+    torch.testing.assert_close(exported.module()(x), model(x))
+
+
+def test_conv_factory_and_convert_padding_keep_weights():
+    inner = nn.Sequential(nn.Conv2d(4, 2, 3, padding=1))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1), inner)
+    x = torch.randn(1, 3, 8, 8)
+    for mode in ("partial", "reflect", "replicate", "zero"):
+        weight = model[0].weight
+        convert_padding(model, mode)
+        assert model[0].weight is weight
+        assert type(model[1]) is nn.Conv2d  # unpadded: untouched
+        reference = conv_factory(mode)(3, 4, 3, padding=1)
+        reference.load_state_dict(model[0].state_dict())
+        assert type(model[0]) is type(reference)
+        torch.testing.assert_close(model[0](x), reference(x))
+    assert type(model[2][0]) is nn.Conv2d and model[2][0].padding_mode == "zeros"
+
+
+def test_convert_padding_on_torchvision_model_matches_pd_model():
+    import torchvision
+
+    from partialconv import create_model
+
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    pd = create_model("pdresnet18", num_classes=10).eval()
+    pd.load_state_dict(tv.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(convert_padding(tv, "partial")(x), pd(x))
+    with pytest.raises(ValueError, match="padding must be one of"):
+        convert_padding(tv, "circular")
