@@ -110,13 +110,19 @@ def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     return out
 
 
-def parse_config(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse ``argv`` (default: sys.argv) with the YAML file of ``--config`` as defaults, then resolve."""
+def parse_config(argv: Optional[Sequence[str]] = None, demo_config: Optional[Path] = None) -> argparse.Namespace:
+    """Parse ``argv`` (default: sys.argv) with the YAML file of ``--config`` as defaults, then resolve.
+
+    Without ``--config`` and without data flags, ``demo_config`` (train.py passes ``configs/demo.yaml``) supplies
+    the defaults: a bare ``python train.py`` is the demo recipe, not the ImageNet one on toy data.
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     first, _ = parser.parse_known_args(argv)
+    if first.config is None and first.data_train is None and first.data_val is None and demo_config is not None:
+        first.config = str(demo_config)
     if first.config:
-        parser.set_defaults(**_load_yaml(first.config, parser))
+        parser.set_defaults(**_load_yaml(first.config, parser), config=first.config)
     cfg = parser.parse_args(argv)
     return _resolve(cfg)
 

@@ -37,6 +37,12 @@ class Preemption:
             signal.signal(s, handler)
         self._previous.clear()
 
+    def __enter__(self) -> Preemption:
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
+
     def _handle(self, signum: int, frame) -> None:
         self.signum = signum
 
