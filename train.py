@@ -182,7 +182,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except (*EXPECTED_ERRORS, ValueError, FileNotFoundError) as e:
+    except EXPECTED_ERRORS as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("model")
-    g.add_argument("-a", "--arch", default="pdresnet18", help="registry model name (e.g. resnet50, pdresnet50)")
+    g.add_argument("-a", "--arch", default="resnet18", help="registry model name (e.g. resnet50, pdresnet50)")
     g.add_argument("--padding", choices=PADDINGS, default=None, help="padding; default: partial for pd* names")
     g.add_argument("--num-classes", type=int, default=None, help="classifier width; default: from the data")
     g.add_argument("--pretrained", default=None, metavar="PATH", help="initial weights from a local checkpoint")
@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-e", "--evaluate", action="store_true", help="only evaluate (--resume or --pretrained weights)")
     g.add_argument("-p", "--print-freq", type=int, default=10, help="steps between progress lines")
     g.add_argument("--save-every", type=int, default=0, help="also keep checkpoint_epoch<N>.pth.tar every N epochs")
-    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="skip TensorBoard files")
+    g.add_argument(
+        "--tensorboard", action=argparse.BooleanOptionalAction, default=True, help="TensorBoard event files in tb/"
+    )
     return p
 
 

@@ -259,3 +259,15 @@ def test_errors_before_training(data, tmp_path, capsys, make_flags, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("train.py: error:") and message in err[0], err
     assert not out.exists()
+
+
+def test_bf16_channels_last_cosine_warmup_and_snapshots(data, tmp_path):
+    out = tmp_path / "modern"
+    extra = ["--amp", "bf16", "--channels-last", "--lr-schedule", "cosine", "--warmup-epochs", "0.5"]
+    extra += ["--label-smoothing", "0.1", "--save-every", "1", "--no-tensorboard", "--padding", "partial"]
+    assert run([*args(data, out), "--epochs", "2", *extra]) == 0
+    lines = metrics(out)
+    assert [m["padding"] for m in lines] == ["partial", "partial"]
+    assert lines[0]["lr"] == pytest.approx(0.05 / 2.5)  # warm-up: first of 2.5 iterations' ramp
+    assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in lines)
+    assert (out / "checkpoint_epoch1.pth.tar").is_file() and (out / "checkpoint_epoch2.pth.tar").is_file()
