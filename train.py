@@ -92,7 +92,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print_freq=cfg.print_freq,
                 log=log.info,
                 preemption=preemption,
-                distributed=dist.distributed,
                 show_progress=dist.is_main,
             )
             if result.preempted and result.steps_done < steps_per_epoch:

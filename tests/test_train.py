@@ -18,6 +18,7 @@ from PIL import Image
 
 import train
 from partialconv.checkpoint import read_checkpoint
+from partialconv.config import parse_config
 from partialconv.data import ClassificationFolder
 from partialconv.data.demo import make_demo_dataset
 
@@ -90,6 +91,8 @@ def test_run_directory_contents(straight, data):
     assert best == max(m["val_acc1"] for m in lines)
     cfg = yaml.safe_load((straight / "config.yaml").read_text())
     assert cfg["arch"] == "simple_cnn" and cfg["batch_size"] == 16 and cfg["num_classes"] == 10
+    again = vars(parse_config(["--config", str(straight / "config.yaml")]))  # accepted back by --config
+    assert {k: again[k] for k in cfg} == cfg
     assert "Epoch 2/2" in (straight / "log.txt").read_text()
 
 
