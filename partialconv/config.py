@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data_val", "--data-val", dest="data_val", default=None, help="ImageFolder val dir")
     g.add_argument("-j", "--workers", type=int, default=4, help="DataLoader worker processes per rank")
     g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
+    g.add_argument(
+        "--train-min-scale", type=float, default=0.08, help="RandomResizedCrop's smallest crop area (fraction)"
+    )
     g.add_argument("--val-resize-size", type=int, default=256, help="eval resize of the shorter side")
     g.add_argument("--val-crop-size", type=int, default=224, help="eval center crop")
     g.add_argument(
@@ -141,6 +144,8 @@ def _resolve(cfg: argparse.Namespace) -> argparse.Namespace:
     for flag, value in (("-b/--batch-size", cfg.batch_size), ("--epochs", cfg.epochs)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1; got {value}")
+    if not 0 < cfg.train_min_scale <= 1:
+        raise ConfigError(f"--train-min-scale must be in (0, 1]; got {cfg.train_min_scale}")
     if cfg.workers < 0:
         raise ConfigError(f"-j/--workers must be >= 0; got {cfg.workers}")
     if (cfg.data_train is None) != (cfg.data_val is None):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from partialconv.checkpoint import read_checkpoint, save_checkpoint
 from partialconv.config import ConfigError, parse_config, run_dir_of
@@ -34,7 +35,8 @@ def test_defaults_are_the_seed_recipe_and_run_dir_is_the_seed_layout():
 
 
 def test_no_data_flags_use_the_demo_recipe_and_yaml_is_overridden_by_cli(tmp_path):
-    assert parse_config([], DEMO).arch == "pdresnet18" and parse_config([], DEMO).epochs < 100
+    demo = parse_config([], DEMO)
+    assert demo.arch == yaml.safe_load(DEMO.read_text())["arch"] and demo.epochs < 100 and demo.padding == "partial"
     recipe = tmp_path / "r.yaml"
     recipe.write_text("arch: vgg16_bn\nbatch-size: 64\nlr: 0.02\n")
     cfg = parse_config(["--config", str(recipe), "--lr", "0.5", "--data_train", "t", "--data_val", "v"], DEMO)
