@@ -64,6 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ckpt, model, ctx, dist.rank, dist.world_size, log.warn
         )
         log.info(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}, best acc@1 {best_acc1:.3f}")
+    elif (run_dir / LAST).is_file():
+        log.warn(f"{run_dir} already holds a run; starting over (add --resume auto to continue it instead)")
     if cfg.start_epoch is not None:
         start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
     if dist.is_main:
