@@ -70,6 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
     if dist.is_main:
         log.truncate_metrics(start_epoch)
+        run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
     log.info(
         f"{cfg.arch} ({cfg.padding} padding, {cfg.num_classes} classes) on {dist.world_size} x {dist.device}; "

@@ -237,6 +237,11 @@ def _class_mismatch(data: Path, tmp: Path) -> list[str]:
     return ["--data_train", str(root / "train"), "--data_val", str(root / "val")]
 
 
+def _corrupt_resume(data: Path, tmp: Path) -> list[str]:
+    (tmp / "bad.pth.tar").write_bytes(b"\x80\x02 truncated")
+    return ["--resume", str(tmp / "bad.pth.tar")]
+
+
 def _unknown_yaml_key(data: Path, tmp: Path) -> list[str]:
     (tmp / "bad.yaml").write_text("epochs: 3\nlearning_rate_typo: 0.1\n")
     return ["--config", str(tmp / "bad.yaml")]
@@ -250,10 +255,20 @@ def _unknown_yaml_key(data: Path, tmp: Path) -> list[str]:
         (_class_mismatch, "have different classes (train only: ['noise']; val only: ['static'])"),
         (lambda d, t: ["-a", "pdresnet5"], "unknown model 'pdresnet5'; did you mean pdresnet50"),
         (_unknown_yaml_key, "bad.yaml: unknown key 'learning_rate_typo'"),
+        (_corrupt_resume, "bad.pth.tar: cannot be read"),
         (lambda d, t: ["-a", "pdresnet18", "--padding", "zero"], "partial padding by name"),
         (lambda d, t: ["-b", "0"], "-b/--batch-size must be >= 1"),
     ],
-    ids=["missing-dir", "empty-class", "class-mismatch", "unknown-arch", "yaml-key", "pd-padding", "zero-batch"],
+    ids=[
+        "missing-dir",
+        "empty-class",
+        "class-mismatch",
+        "unknown-arch",
+        "yaml-key",
+        "bad-resume",
+        "pd-padding",
+        "zero-batch",
+    ],
 )
 def test_errors_before_training(data, tmp_path, capsys, make_flags, message):
     out = tmp_path / "run"
