@@ -3,12 +3,15 @@ signal, evaluation, torchrun/DDP equivalence, bad images, NaN loss and the up-fr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -289,3 +292,26 @@ def test_bf16_channels_last_cosine_warmup_and_snapshots(data, tmp_path):
     assert lines[0]["lr"] == pytest.approx(0.05 / 2.5)  # warm-up: first of 2.5 iterations' ramp
     assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in lines)
     assert (out / "checkpoint_epoch1.pth.tar").is_file() and (out / "checkpoint_epoch2.pth.tar").is_file()
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(data, tmp_path):
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    cmd = [sys.executable, str(ROOT / "train.py"), *args(data, tmp_path / "tty"), "--epochs", "1", "-p", "1"]
+    proc = subprocess.Popen([*cmd, "--no-tensorboard"], cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    out, _ = proc.communicate(timeout=120)
+    os.close(master)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "epoch 1: 100%" in terminal and "5/5" in terminal  # tqdm's bar on the terminal
+    assert "Epoch: [1][" not in out and "Epoch 1/1:" in out  # no per-step lines next to a bar
