@@ -131,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def epoch_record(
     cfg, epoch: int, lr: float, train: dict, val: dict, best_acc1: float, result, world: int, start: float
-):
+) -> dict:
     """One ``metrics.jsonl`` line (the shared contract's keys, plus best_acc1 and bad_images)."""
     return {
         "epoch": epoch + 1,
