@@ -299,8 +299,9 @@ class _PartialConvMixin:
         else:
             out = grouped * ratio_b.to(raw.dtype)
         if self.bias is not None:
+            # In place and broadcast: one pass over the output, no full-size bias * update temporary.
             bias = self.bias.to(raw.dtype).view(1, groups, c_out // groups, *([1] * nd))
-            out = out + bias * update_b.to(raw.dtype)
+            out.addcmul_(bias, update_b.to(raw.dtype))
         out = out.view_as(raw)
 
         mask_dtype = mask_in.dtype if mask_in.is_floating_point() else out.dtype
