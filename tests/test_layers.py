@@ -368,3 +368,31 @@ def test_padding_mode_autocast_matches_fp32_and_keeps_fp32_grads(dtype):
     out.float().sum().backward()
     assert layer.weight.grad.dtype == torch.float32 and torch.isfinite(layer.weight.grad).all()
     torch.testing.assert_close(out.float(), layer(x), rtol=0.05, atol=0.05)
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, results: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = nn.Sequential(PartialConv2d(3, 4, 3, padding=1), nn.ReLU(), PartialConv2d(4, 2, 3, stride=2, padding=1))
+    x = torch.randn(4, 3, 10, 10)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    ddp(x[rank * 2 : rank * 2 + 2]).square().mean().backward()
+    if rank == 0:
+        torch.save({k: p.grad for k, p in model.named_parameters()}, results)
+    dist.destroy_process_group()
+
+
+def test_distributed_data_parallel_matches_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    results = tmp_path / "grads.pt"
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(results)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = nn.Sequential(PartialConv2d(3, 4, 3, padding=1), nn.ReLU(), PartialConv2d(4, 2, 3, stride=2, padding=1))
+    x = torch.randn(4, 3, 10, 10)
+    model(x).square().mean().backward()
+    ddp_grads = torch.load(results, weights_only=True)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ddp_grads[name], p.grad)
