@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -149,10 +148,9 @@ def main(argv=None) -> int:
         cases = FolderCases(images, MaskFolder(args.masks, args.image_size), args.image_size)
     else:
         cases = GeneratedCases(images, args.image_size, args.seed)
-    loader = DataLoader(cases, batch_size=args.batch_size, num_workers=args.workers,
-                        pin_memory=device.type == "cuda")  # fmt: skip
+    loader = DataLoader(cases, batch_size=args.batch_size, num_workers=args.workers, pin_memory=device.type == "cuda")
     results: dict = {}
-    for masked, mask, image, buckets, borders in tqdm(loader, desc="evaluating", unit="batch"):
+    for _, mask, image, buckets, borders in tqdm(loader, desc="evaluating", unit="batch"):
         image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         comp = inpaint(model, image, mask, args.amp)
         scores = {"l1": l1_percent(comp, image), "psnr": psnr(comp, image).clamp(max=100), "ssim": ssim(comp, image)}
@@ -164,9 +162,11 @@ def main(argv=None) -> int:
                 r[k] += float(scores[k][n])
     table = markdown_table(results)
     source = f"masks from {args.masks}" if args.masks else f"generated masks (seed {args.seed})"
-    header = (f"# Inpainting evaluation\n\ncheckpoint `{args.checkpoint}`, images `{args.data}` "
-              f"({len(images)} at {args.image_size} px), {source}; metrics on the composite. N: no border constraint, "
-              f"B: no hole within {border_margin(args.image_size, args.image_size)} px of the border.\n\n")  # fmt: skip
+    header = (
+        f"# Inpainting evaluation\n\ncheckpoint `{args.checkpoint}`, images `{args.data}` "
+        f"({len(images)} at {args.image_size} px), {source}; metrics on the composite. N: no border constraint, "
+        f"B: no hole within {border_margin(args.image_size, args.image_size)} px of the border.\n\n"
+    )
     out = Path(args.output)
     _write(out, header + table)
     _write(out.with_suffix(".csv"), csv_text(results))

@@ -37,8 +37,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input", required=True, help="an image file or a folder of images (recursive)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--mask", help="a mask PNG (white = hole) or a folder of them matched to inputs by name stem")
-    src.add_argument("--random-mask", type=float, metavar="RATIO",
-                     help="generate an irregular mask with about this hole ratio (0 < RATIO < 0.9) per image")  # fmt: skip
+    src.add_argument(
+        "--random-mask",
+        type=float,
+        metavar="RATIO",
+        help="generate an irregular mask with about this hole ratio (0 < RATIO < 0.9) per image",
+    )
     p.add_argument("--output", required=True, help="output PNG for a single input, else an output folder")
     p.add_argument("--layer-size", type=int, help="network depth, only for checkpoints that do not store it")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")

@@ -67,10 +67,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrained", help="initialise the weights from this checkpoint (e.g. phase 1's, for --finetune)")
     p.add_argument("--resume", help="continue a run from PATH, or 'auto': OUTPUT_DIR/checkpoint.pth.tar if it exists")
     p.add_argument("--output-dir", default="runs/inpainting", help="run directory (default runs/inpainting)")
-    p.add_argument("--vgg-weights", default=str(default_vgg_weights_path()),
-                   help="torchvision's ImageNet VGG-16 state_dict for the loss (default: %(default)s)")  # fmt: skip
-    p.add_argument("--loss-weights", default="",
-                   help="override loss weights, e.g. 'hole=6,tv=0.1' (terms: " + ",".join(DEFAULT_WEIGHTS) + ")")  # fmt: skip
+    p.add_argument(
+        "--vgg-weights",
+        default=str(default_vgg_weights_path()),
+        help="torchvision's ImageNet VGG-16 state_dict for the loss (default: %(default)s)",
+    )
+    p.add_argument(
+        "--loss-weights",
+        default="",
+        help="override loss weights, e.g. 'hole=6,tv=0.1' (terms: " + ",".join(DEFAULT_WEIGHTS) + ")",
+    )
     p.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="mixed precision for the network")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs (small per-GPU batches)")
@@ -80,8 +86,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-images", type=int, default=100, help="validation images used (default 100)")
     args = p.parse_args(argv)
     demo = args.data is None
-    defaults = {"image_size": 512, "iters": 1_000_000, "batch_size": 6, "log_every": 100, "val_every": 5000,
-                "workers": 4}  # fmt: skip
+    defaults = {
+        "image_size": 512,
+        "iters": 1_000_000,
+        "batch_size": 6,
+        "log_every": 100,
+        "val_every": 5000,
+        "workers": 4,
+    }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, DEMO_DEFAULTS[key] if demo else value)
@@ -145,8 +157,9 @@ def build_data(args, info: dist.DistInfo, start_step: int):
     train = InpaintingDataset(data, args.image_size, train=True, masks=train_masks, seed=args.seed)
     val_masks = MaskFolder(args.val_masks, args.image_size) if args.val_masks else None
     val_gen = IrregularMaskGenerator(args.image_size, bucket=None, border=None)
-    val = InpaintingDataset(args.val_data or data, args.image_size, train=False, masks=val_masks,
-                            seed=args.seed + 1, generator=val_gen)  # fmt: skip
+    val = InpaintingDataset(
+        args.val_data or data, args.image_size, train=False, masks=val_masks, seed=args.seed + 1, generator=val_gen
+    )
     val = Subset(val, range(info.rank, min(len(val), args.val_images), info.world_size))
     sampler = InpaintingSampler(len(train), args.batch_size, info.rank, info.world_size, args.seed, start_step)
     common = {"num_workers": args.workers, "pin_memory": info.device.type == "cuda"}
@@ -168,8 +181,14 @@ def evaluate(model, loader, device, amp: str):
         with autocast(device, amp):
             output, _ = model(masked, mask)
         comp = compose(masked, mask, output.float()).clamp(0, 1)
-        sums += torch.stack([l1_percent(comp, target).sum(), psnr(comp, target).clamp(max=100).sum(),
-                             ssim(comp, target).sum(), torch.tensor(float(len(target)), device=device)]).double()  # fmt: skip
+        sums += torch.stack(
+            [
+                l1_percent(comp, target).sum(),
+                psnr(comp, target).clamp(max=100).sum(),
+                ssim(comp, target).sum(),
+                torch.tensor(float(len(target)), device=device),
+            ]
+        ).double()
         if shown is None:
             shown = (masked, mask, output, target)
     dist.all_reduce_sum(sums)
@@ -273,9 +292,11 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
         else model
     )
     train_loader, val_loader = build_data(args, info, start)
-    log.print(f"training pconv_unet (layer_size {args.layer_size}, {args.image_size}px) from iteration {start} to "
-              f"{args.iters} on {info.world_size} x {device}, batch {args.batch_size}/process, lr {args.lr}"
-              f"{', encoder BN frozen' if args.finetune else ''}, amp {args.amp}")  # fmt: skip
+    log.print(
+        f"training pconv_unet (layer_size {args.layer_size}, {args.image_size}px) from iteration {start} to "
+        f"{args.iters} on {info.world_size} x {device}, batch {args.batch_size}/process, lr {args.lr}"
+        f"{', encoder BN frozen' if args.finetune else ''}, amp {args.amp}"
+    )
 
     model.train()
     sums, count, t0 = None, 0, time.perf_counter()
@@ -293,8 +314,11 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
                 means = dict(zip(losses, (sums / (count * info.world_size)).tolist()))
                 elapsed = time.perf_counter() - t0
                 ips = count * args.batch_size * info.world_size / elapsed
-                log.print(f"iter {iteration}/{args.iters} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
-                          + f" | {ips:.1f} img/s")  # fmt: skip
+                log.print(
+                    f"iter {iteration}/{args.iters} "
+                    + " ".join(f"{k} {v:.4f}" for k, v in means.items())
+                    + f" | {ips:.1f} img/s"
+                )
                 if log.tb is not None:
                     for k, v in means.items():
                         log.tb.add_scalar(f"loss/{k}", v, iteration)
@@ -302,14 +326,17 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
                 sums, count, t0 = None, 0, time.perf_counter()
             if iteration % args.val_every == 0 or last:
                 metrics, shown = evaluate(ddp, val_loader, device, args.amp)
-                log.print(f"iter {iteration} val: L1 {metrics['val_l1']:.3f}% PSNR {metrics['val_psnr']:.2f} dB "
-                          f"SSIM {metrics['val_ssim']:.4f}")  # fmt: skip
+                log.print(
+                    f"iter {iteration} val: L1 {metrics['val_l1']:.3f}% PSNR {metrics['val_psnr']:.2f} dB "
+                    f"SSIM {metrics['val_ssim']:.4f}"
+                )
                 log.metrics({"iteration": iteration, "iters": args.iters, **metrics, "time": time.time()})
                 if log.tb is not None:
                     for k, v in metrics.items():
                         log.tb.add_scalar(k.replace("val_", "val/"), v, iteration)
-                    log.tb.add_image("train/input_mask_output_composite_gt", image_grid(*batch[:2], output, batch[2]),
-                                     iteration)  # fmt: skip
+                    log.tb.add_image(
+                        "train/input_mask_output_composite_gt", image_grid(*batch[:2], output, batch[2]), iteration
+                    )
                     if shown is not None:
                         log.tb.add_image("val/input_mask_output_composite_gt", image_grid(*shown), iteration)
                 if info.is_main:
@@ -318,8 +345,10 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
                 if info.is_main:
                     save_state(out_dir / CHECKPOINT, model, optimizer, scaler, iteration, args)
                 dist.barrier()
-                log.print(f"preempted at iteration {iteration}; checkpoint written to {out_dir / CHECKPOINT}; resume "
-                          f"with the same command plus --resume auto")  # fmt: skip
+                log.print(
+                    f"preempted at iteration {iteration}; checkpoint written to {out_dir / CHECKPOINT}; resume "
+                    f"with the same command plus --resume auto"
+                )
                 return stop.exit_code
     log.print(f"done: {args.iters} iterations; checkpoint {out_dir / CHECKPOINT}")
     return 0

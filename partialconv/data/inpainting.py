@@ -103,8 +103,9 @@ class InpaintingSampler(Sampler[int]):
     """An endless, rank-sharded stream of keys ``epoch * N + index`` (a fresh permutation per epoch), starting at
     global sample ``start`` so that resumed runs continue where they stopped."""
 
-    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 start_step: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, start_step: int = 0
+    ) -> None:
         self.n, self.batch_size = num_samples, batch_size
         self.rank, self.world, self.seed = rank, world_size, seed
         self.start_step = start_step

@@ -77,8 +77,9 @@ class _Canvas:
         return (slice(ya, yb), slice(xa, xb)), xs.astype(np.float64), ys.astype(np.float64)
 
     def segment(self, p: tuple[float, float], q: tuple[float, float], radius: float) -> None:
-        box = self._box(min(p[0], q[0]) - radius, min(p[1], q[1]) - radius,
-                        max(p[0], q[0]) + radius, max(p[1], q[1]) + radius)  # fmt: skip
+        box = self._box(
+            min(p[0], q[0]) - radius, min(p[1], q[1]) - radius, max(p[0], q[0]) + radius, max(p[1], q[1]) + radius
+        )
         if box is None:
             return
         sl, xs, ys = box
