@@ -70,7 +70,9 @@ class VGG16Features(nn.Module):
 
     def __init__(self, weights: Optional[Union[str, os.PathLike]] = None) -> None:
         super().__init__()
-        layers = torchvision.models.vgg16(weights=None).features[: _POOL_ENDS[-1]]
+        # torchvision's VGG-16 feature layers (same module indices as vgg16().features), without building the
+        # 120M-parameter classifier the loss never uses.
+        layers = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])[: _POOL_ENDS[-1]]
         if weights is not None:
             state = _vgg_state(weights)
             wanted = layers.state_dict()
@@ -104,8 +106,8 @@ def gram_matrix(features: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, C, C) Gram matrix divided by C*H*W, in two smaller divisions (fp16-safe)."""
     b, c, h, w = features.shape
     f = features.reshape(b, c, h * w)
-    f = f / (c * h)
-    return torch.bmm(f, f.transpose(1, 2)) / w
+    # Only one factor is pre-divided: (F / (C*H)) F^T / W == F F^T / (C*H*W) without an fp16 overflow in between.
+    return torch.bmm(f / (c * h), f.transpose(1, 2)) / w
 
 
 def hole_dilation(mask: Tensor) -> Tensor:
