@@ -2,7 +2,7 @@
 """Evaluate a PConv U-Net like Table 1 of Liu et al. (ECCV 2018): L1 (%), PSNR and SSIM of the composite per
 hole-ratio bucket, without (N) and with (B) the border constraint, as a markdown table (plus CSV).
 
-    python3 scripts/eval_inpainting.py --checkpoint runs/pconv/checkpoint.pth.tar --data places2_val/ \
+    python3 scripts/eval_inpainting.py --checkpoint runs/pconv/checkpoint.pth.tar --data places2_val/
         --output results/eval.md
     python3 scripts/eval_inpainting.py --checkpoint ... --data places2_val/ --masks testing_mask_dataset/
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fill the holes of images with a trained PConv U-Net and write the composites as PNGs.
 
-    python3 scripts/inpaint.py --checkpoint runs/pconv/checkpoint.pth.tar --input photo.jpg --mask holes.png \
+    python3 scripts/inpaint.py --checkpoint runs/pconv/checkpoint.pth.tar --input photo.jpg --mask holes.png
         --output filled.png
     python3 scripts/inpaint.py --checkpoint ... --input photos/ --random-mask 0.3 --output filled/
 

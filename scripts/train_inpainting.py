@@ -2,7 +2,7 @@
 """Train the PConv U-Net for irregular-hole inpainting (Liu et al., ECCV 2018).
 
 Phase 1:  python3 scripts/train_inpainting.py --data DIR --vgg-weights vgg16-397923af.pth --output-dir runs/pconv
-Phase 2:  python3 scripts/train_inpainting.py --data DIR --vgg-weights ... --finetune \
+Phase 2:  python3 scripts/train_inpainting.py --data DIR --vgg-weights ... --finetune
               --pretrained runs/pconv/checkpoint.pth.tar --output-dir runs/pconv_ft
 Multi-GPU: torchrun --nproc_per_node 8 scripts/train_inpainting.py ...
 Without --data it trains a few steps on the photos bundled with scikit-image (the embedded demo).

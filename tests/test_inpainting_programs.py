@@ -244,3 +244,55 @@ def test_programs_fail_with_one_clear_line(tmp_path, photos):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "missing.pth: no such file" in res.stderr and "--vgg-weights PATH" in res.stderr
+
+
+def test_preempted_run_checkpoints_and_resumes_exactly(runs, photos, vgg_file, monkeypatch):
+    import os
+    import signal
+
+    train = load_script("train_inpainting")
+    calls = []
+
+    def step_then_signal(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)  # as SLURM does before the time limit
+        return out
+
+    real_step = train.train_step
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    argv = [
+        "--data",
+        str(photos),
+        "--vgg-weights",
+        str(vgg_file),
+        "--output-dir",
+        str(runs / "preempted"),
+        "--image-size",
+        "32",
+        "--layer-size",
+        "3",
+        "-b",
+        "2",
+        "-j",
+        "0",
+        "--iters",
+        "4",
+        "--log-every",
+        "1",
+        "--val-every",
+        "2",
+        "--val-images",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    assert train.main(argv) == 128 + signal.SIGUSR1
+    assert read_checkpoint(runs / "preempted" / "checkpoint.pth.tar")["iteration"] == 2
+    assert "--resume auto" in (runs / "preempted" / "log.txt").read_text()
+    monkeypatch.setattr(train, "train_step", real_step)
+    assert train.main([*argv, "--resume", "auto"]) == 0
+    a = read_checkpoint(runs / "straight" / "checkpoint.pth.tar")["state_dict"]
+    b = read_checkpoint(runs / "preempted" / "checkpoint.pth.tar")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
