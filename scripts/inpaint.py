@@ -119,9 +119,14 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli(argv=None) -> int:
+    """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
     try:
-        sys.exit(main())
+        return main(argv)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -223,13 +223,9 @@ def test_eval_writes_the_table_per_bucket_and_border(runs, photos, tmp_path):
     assert l1[-1] > l1[0] > 0  # bigger holes, bigger error
 
 
-def test_programs_fail_with_one_clear_line(tmp_path, photos):
-    import subprocess
-    import sys
-
-    cmd = [
-        sys.executable,
-        str(ROOT / "scripts" / "train_inpainting.py"),
+def test_programs_fail_with_one_clear_line(tmp_path, photos, capsys):
+    train = load_script("train_inpainting")
+    argv = [
         "--data",
         str(photos),
         "--vgg-weights",
@@ -240,10 +236,26 @@ def test_programs_fail_with_one_clear_line(tmp_path, photos):
         "32",
         "--iters",
         "1",
+        "--device",
+        "cpu",
     ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and res.stderr.count("\n") == 1
-    assert "missing.pth: no such file" in res.stderr and "--vgg-weights PATH" in res.stderr
+    assert train.cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.pth: no such file" in err and "--vgg-weights PATH" in err
+    inpaint = load_script("inpaint")
+    argv = [
+        "--checkpoint",
+        str(tmp_path / "nope.pth.tar"),
+        "--input",
+        str(photos),
+        "--random-mask",
+        "0.2",
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    assert inpaint.cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.pth.tar: no such file" in err
 
 
 def test_preempted_run_checkpoints_and_resumes_exactly(runs, photos, vgg_file, monkeypatch):
