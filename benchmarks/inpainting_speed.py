@@ -193,22 +193,25 @@ def main(argv=None) -> int:
         f"after {args.warmup} warm-up step(s); step = forward + full loss (VGG-16 to pool3) + backward + Adam",
         f"- command: `{command}`",
         "",
-        "| size | stages | ours train img/s | naive train img/s | train speed-up (wall) | train speed-up (CPU time) "
+        "| size | stages | ours train img/s | naive train img/s | ours CPU s/img | naive CPU s/img "
+        "| train speed-up (wall) | train speed-up (CPU time) "
         "| fwd speed-up (wall) | fwd speed-up (CPU time) | max rel. diff |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [str(r["size"]), str(r["layer_size"])]
         cells += [f"{args.batch_size / r[f'{v}_train_wall']:.3f}" for v in ("ours", "naive")]
+        cells += [f"{r[f'{v}_train_cpu'] / args.batch_size:.2f}" for v in ("ours", "naive")]
         for kind in ("train", "fwd"):
             cells += [f"{r[f'naive_{kind}_{c}'] / r[f'ours_{kind}_{c}']:.2f}x" for c in ("wall", "cpu")]
         cells.append(f"{r['err']:.1e}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "img/s: wall clock. Speed-up: naive time / our time for the whole training step (train) and for the "
-        "inference forward alone (fwd), by wall clock and by this process's CPU time (the latter is robust to "
-        "other jobs on a shared machine; with one thread it is the compute time).",
+        "img/s: wall clock; CPU s/img: this process's CPU seconds per image of a training step. Speed-up: naive "
+        "time / our time for the whole training step (train) and for the inference forward alone (fwd), by wall "
+        "clock and by this process's CPU time (the latter is robust to other jobs on a shared machine; with one "
+        "thread it is the compute time).",
     ]
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,8 @@ def test_holes_never_leak():
     # i in 6..18 and j in 10..26 -> exactly 0 (bias included) and marked invalid.
     assert (out[..., 6:19, 10:27] == 0).all() and (upd[..., 6:19, 10:27] == 0).all()
     assert (upd[..., :3, :] == 1).all()
+    # The model upsamples one mask channel per decoder stage: valid because update masks agree across channels.
+    assert torch.equal(upd, upd[:, :1].expand_as(upd))
     # Whatever the hole contains, the network output is the same.
     noisy = image.clone()
     noisy[..., 8:40, 16:56] = torch.rand(3, 32, 40)

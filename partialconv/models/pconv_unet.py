@@ -105,9 +105,12 @@ class PConvUNet(nn.Module):
             feats.append(x)
             masks.append(m)
         for i in reversed(range(self.layer_size)):
-            # Nearest upsampling keeps the mask binary; the mask channels concatenate like the features do.
+            # Nearest upsampling keeps the mask binary; the mask channels concatenate like the features do. The
+            # update mask of a multi-channel partial conv is the same in every channel, so one channel is upsampled
+            # and broadcast instead of all of them.
+            up = F.interpolate(m[:, :1], scale_factor=2.0, mode="nearest").expand(-1, x.shape[1], -1, -1)
             x = torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), feats[i]], dim=1)
-            m = torch.cat([F.interpolate(m, scale_factor=2.0, mode="nearest"), masks[i]], dim=1)
+            m = torch.cat([up, masks[i]], dim=1)
             x, m = self.decoder[i](x, m)
         return x, m
 
