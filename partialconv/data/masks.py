@@ -57,7 +57,7 @@ def bucket_of(ratio: float) -> Optional[int]:
 
 
 def border_margin(height: int, width: int) -> int:
-    """Hole-free margin of the border constraint: the paper's 50 px at 512 px, scaled with the image."""
+    """Hole-free margin of the border constraint: 50 px at 512 px (our choice of margin), scaled with the image."""
     return max(1, round(min(height, width) * 50 / 512))
 
 
