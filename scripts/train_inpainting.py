@@ -152,7 +152,11 @@ class RunLog:
 
 
 def build_data(args, info: dist.DistInfo, start_step: int):
-    data = Path(args.data) if args.data else skimage_demo_folder(DEMO_DIR)
+    if args.data is None:
+        if info.is_main:  # one writer; the other ranks wait for the files
+            skimage_demo_folder(DEMO_DIR)
+        dist.barrier()
+    data = Path(args.data) if args.data else DEMO_DIR
     train_masks = MaskFolder(args.masks, args.image_size, augment=True) if args.masks else None
     train = InpaintingDataset(data, args.image_size, train=True, masks=train_masks, seed=args.seed)
     val_masks = MaskFolder(args.val_masks, args.image_size) if args.val_masks else None

@@ -308,3 +308,16 @@ def test_preempted_run_checkpoints_and_resumes_exactly(runs, photos, vgg_file, m
     a = read_checkpoint(runs / "straight" / "checkpoint.pth.tar")["state_dict"]
     b = read_checkpoint(runs / "preempted" / "checkpoint.pth.tar")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_embedded_demo_photos(tmp_path):
+    from partialconv.data.inpainting import DEMO_PHOTOS, InpaintingDataset, skimage_demo_folder
+
+    root = skimage_demo_folder(tmp_path / "demo")
+    assert sorted(p.stem for p in root.glob("*.png")) == sorted(DEMO_PHOTOS)
+    (root / "coffee.png").unlink()  # a missing photo is rewritten, the others are kept
+    stamp = (root / "chelsea.png").stat().st_mtime_ns
+    skimage_demo_folder(root)
+    assert (root / "coffee.png").is_file() and (root / "chelsea.png").stat().st_mtime_ns == stamp
+    masked, mask, image = InpaintingDataset(root, 32, train=True)[len(DEMO_PHOTOS) + 1]
+    assert image.shape == (3, 32, 32) and torch.equal(masked, image * mask)

@@ -131,20 +131,19 @@ class InpaintingSampler(Sampler[int]):
 def skimage_demo_folder(root: Union[str, os.PathLike]) -> Path:
     """Write scikit-image's bundled colour photos as PNGs under ``root`` once (the embedded demo data)."""
     root = Path(root)
-    if root.is_dir() and any(root.glob("*.png")):
+    missing = [name for name in DEMO_PHOTOS if not (root / f"{name}.png").is_file()]
+    if not missing:
         return root
     try:
         import skimage.data
     except ImportError as e:
         raise RuntimeError("no --data given and scikit-image (the embedded demo photos) is not installed") from e
     root.mkdir(parents=True, exist_ok=True)
-    for name in DEMO_PHOTOS:
+    for name in missing:
         arr = np.asarray(getattr(skimage.data, name)())
-        if arr.ndim != 3 or arr.shape[2] < 3:
-            continue
         if arr.dtype != np.uint8:
             arr = (np.clip(arr.astype(np.float64) / max(arr.max(), 1e-12), 0, 1) * 255).astype(np.uint8)
-        tmp = root / f".{name}.png.tmp"
+        tmp = root / f".{name}.{os.getpid()}.png.tmp"
         Image.fromarray(arr[..., :3]).save(tmp, format="PNG")
         os.replace(tmp, root / f"{name}.png")
     return root
