@@ -1,0 +1,118 @@
+"""benchmarks/train_throughput.py end to end on CPU with tiny settings, its full-multiply pd baseline, and the JPEG
+folder generator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import train_throughput as tt
+from benchmarks._jpeg_folder import make_jpeg_folder, render_image
+from partialconv import PartialConv2d, create_model
+
+TINY = ["-b", "2", "--image-size", "32", "--num-classes", "10", "--warmup", "1", "--steps", "1", "--windows", "2"]
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory):
+    return make_jpeg_folder(tmp_path_factory.mktemp("jpeg"), num_images=8, num_classes=2, size=(160, 120))
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    argv = ["--archs", "resnet18", "pdresnet18", "--pd-impl", "border", "full", "--find-max-batch", *TINY]
+    payload = tt.main(argv + ["--output-dir", str(out)])
+    return payload, out
+
+
+def test_synthetic_run_measures_interleaved_pd_and_zero(synthetic_run) -> None:
+    payload, _ = synthetic_run
+    labels = [r["label"] for r in payload["results"]]
+    assert labels == ["resnet18", "pdresnet18", "pdresnet18 (full)"]
+    for r in payload["results"]:
+        assert len(r["rates"]) == 2 and all(rate > 0 for rate in r["rates"])
+        assert r["peak_mem_bytes"] is None  # CPU: no GPU memory to report
+    assert set(payload["pd_over_zero"]) == {"pdresnet18", "pdresnet18 (full)"}
+    assert all(0 < v < 10 for v in payload["pd_over_zero"].values())
+    assert "only meaningful on a CUDA device" in payload["max_batch"]
+
+
+def test_results_files_record_machine_and_command(synthetic_run) -> None:
+    payload, out = synthetic_run
+    (js,) = out.glob("train_throughput_*_cpu_synthetic.json")
+    saved = json.loads(js.read_text())
+    assert saved["pd_over_zero"] == payload["pd_over_zero"]
+    machine = saved["machine"]
+    assert machine["device"] == "cpu" and machine["device_name"].startswith("CPU")
+    assert machine["torch"] == torch.__version__ and machine["cpu_count"] >= 1 and machine["date"]
+    md = js.with_suffix(".md").read_text()
+    assert "--pd-impl border full" in md and "| pdresnet18 (full) |" in md and torch.__version__ in md
+    assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("backend", ["pil", "gpu"])
+def test_real_data_run(jpegs, backend: str) -> None:
+    argv = ["--archs", "resnet18", "--data", "real", "--data-dir", str(jpegs), "--data-backend", backend, "-j", "0"]
+    payload = tt.main(argv + TINY + ["--channels-last", "--no-save"])
+    (result,) = payload["results"]
+    assert result["label"] == "resnet18" and len(result["rates"]) == 2 and min(result["rates"]) > 0
+
+
+def test_loader_only_applies_allocator_settings_in_fresh_process(jpegs, tmp_path) -> None:
+    argv = ["--data", "loader-only", "--data-dir", str(jpegs), "-j", "1", "--malloc", "glibc", "--output-dir"]
+    payload = tt.main(argv + [str(tmp_path), "-b", "4", "--image-size", "32", "--warmup", "1", "--steps", "1", "--windows", "2"])
+    (row,) = payload["loader"]
+    assert row["workers"] == 1 and row["img_per_s"] > 0 and len(row["rates"]) == 2
+    assert row["seen_env"] == tt.MALLOC_SETTINGS["glibc"]  # the child process really ran with the settings
+    assert "MALLOC_TRIM_THRESHOLD_" in next(tmp_path.glob("*_loader-only.md")).read_text()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("stride,padding,size", [(1, 1, (9, 7)), (2, 1, (10, 11)), (1, 2, (6, 8)), (2, 3, (5, 5))])
+def test_full_multiply_baseline_matches_the_layer(bias: bool, stride: int, padding: int, size: tuple) -> None:
+    torch.manual_seed(0)
+    layer = PartialConv2d(3, 4, 3, stride=stride, padding=padding, bias=bias).double()
+    full = PartialConv2d(3, 4, 3, stride=stride, padding=padding, bias=bias).double()
+    full.load_state_dict(layer.state_dict())
+    assert tt.use_full_ratio(full) == 1 and type(full) is tt.FullRatioPartialConv2d
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    expected = layer(x)
+    expected.sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    got = full(x)
+    got.sum().backward()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(x.grad, grad)
+
+
+def test_full_ratio_swaps_every_partial_conv() -> None:
+    model = create_model("pdresnet18", num_classes=10)
+    padded = sum(type(m) is PartialConv2d for m in model.modules())
+    assert tt.use_full_ratio(model) == padded > 0
+    assert not any(type(m) is PartialConv2d for m in model.modules())
+
+
+def test_bad_arguments_fail_with_one_line(capsys, tmp_path) -> None:
+    for argv, needle in (
+        (["--archs", "resnet5O"], "--archs"),
+        (["--data-dir", str(tmp_path / "missing")], "not a directory"),
+        (["-j", "1", "2"], "loader-only"),
+        (["--steps", "0"], "--steps must be >= 1"),
+    ):
+        with pytest.raises(SystemExit):
+            tt.parse_args(argv)
+        assert needle in capsys.readouterr().err
+
+
+def test_generated_jpegs_are_deterministic_and_cached(jpegs) -> None:
+    assert render_image(0, 3, (64, 48)).tobytes() == render_image(0, 3, (64, 48)).tobytes()
+    assert render_image(0, 3, (64, 48)).tobytes() != render_image(1, 3, (64, 48)).tobytes()
+    files = sorted(jpegs.glob("class_*/*.JPEG"))
+    assert len(files) == 8 and len({f.parent for f in files}) == 2
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert make_jpeg_folder(jpegs.parent, num_images=8, num_classes=2, size=(160, 120)) == jpegs
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # reused, not rewritten
