@@ -63,7 +63,9 @@ def test_real_data_run(jpegs, backend: str) -> None:
 
 def test_loader_only_applies_allocator_settings_in_fresh_process(jpegs, tmp_path) -> None:
     argv = ["--data", "loader-only", "--data-dir", str(jpegs), "-j", "1", "--malloc", "glibc", "--output-dir"]
-    payload = tt.main(argv + [str(tmp_path), "-b", "4", "--image-size", "32", "--warmup", "1", "--steps", "1", "--windows", "2"])
+    payload = tt.main(
+        argv + [str(tmp_path), "-b", "4", "--image-size", "32", "--warmup", "1", "--steps", "1", "--windows", "2"]
+    )
     (row,) = payload["loader"]
     assert row["workers"] == 1 and row["img_per_s"] > 0 and len(row["rates"]) == 2
     assert row["seen_env"] == tt.MALLOC_SETTINGS["glibc"]  # the child process really ran with the settings
