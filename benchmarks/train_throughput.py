@@ -47,7 +47,9 @@ from torch import Tensor, nn  # noqa: E402
 
 from benchmarks._jpeg_folder import make_jpeg_folder  # noqa: E402
 from partialconv import PartialConv2d, create_model  # noqa: E402
-from partialconv.data.gpu_decode import build_gpu_loader  # noqa: E402
+from partialconv.config import parse_config  # noqa: E402
+from partialconv.data import build_loaders  # noqa: E402
+from partialconv.engine.distributed import DistInfo  # noqa: E402
 from partialconv.layers.partial_conv import padding_ratio_1d  # noqa: E402
 from partialconv.models._registry import is_model, unknown_model_message  # noqa: E402
 
@@ -186,32 +188,14 @@ def data_root(args: argparse.Namespace) -> Path:
 
 
 def build_real_loader(args: argparse.Namespace, root: Path, workers: int, device: torch.device) -> Any:
-    """The training data path: an iterable of (images, targets) batches (CPU tensors for PIL, device for gpu)."""
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    if args.data_backend == "gpu":
-        return build_gpu_loader(
-            str(root), True, args.batch_size, workers, device, crop_size=args.image_size, memory_format=memory_format
-        )
-    from torchvision import datasets
-    from torchvision import transforms as T
-
-    preset = T.Compose(
-        [
-            T.RandomResizedCrop(args.image_size, antialias=True),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        ]
-    )
-    return torch.utils.data.DataLoader(
-        datasets.ImageFolder(str(root), preset),
-        batch_size=args.batch_size,
-        shuffle=True,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        drop_last=True,
-        persistent_workers=workers > 0,
-    )
+    """train.py's training loader (its flags, presets, sampler and backend) over ``root``: batches of
+    ``(images, targets, bad)``, on the CPU for the PIL backend and on the device for the gpu backend."""
+    argv = ["--data_train", str(root), "--data_val", str(root), "-a", args.archs[0], "-b", str(args.batch_size)]
+    argv += ["-j", str(workers), "--train-crop-size", str(args.image_size), "--seed", str(args.seed)]
+    argv += ["--data-backend", args.data_backend, "--device", device.type]
+    argv += ["--channels-last"] if args.channels_last else []
+    cfg = parse_config(argv)
+    return build_loaders(cfg, DistInfo(rank=0, local_rank=0, world_size=1, device=device)).train
 
 
 class BatchStream:
@@ -225,10 +209,10 @@ class BatchStream:
 
     def next(self) -> tuple[Tensor, Tensor]:
         try:
-            x, y = next(self.it)
+            x, y, _ = next(self.it)
         except StopIteration:
             self.it = iter(self.loader)
-            x, y = next(self.it)
+            x, y, _ = next(self.it)
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return x, y.to(self.device, non_blocking=True)
 

@@ -12,6 +12,16 @@ from benchmarks import train_throughput as tt
 from benchmarks._jpeg_folder import make_jpeg_folder, render_image
 from partialconv import PartialConv2d, create_model
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny steps on a shared 2-core machine: one intra-op thread avoids OpenMP spin-waiting on a busy sibling."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TINY = ["-b", "2", "--image-size", "32", "--num-classes", "10", "--warmup", "1", "--steps", "1", "--windows", "2"]
 
 

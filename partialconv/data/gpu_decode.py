@@ -1,61 +1,90 @@
-"""GPU JPEG decode path: workers read file bytes, the training device decodes and augments whole batches.
+"""GPU JPEG decode path (``--data-backend gpu``): workers read file bytes, the device decodes and augments batches.
 
-The PIL path spends most of its CPU time in JPEG decode and resampling; here DataLoader workers only read bytes and
-draw the augmentation parameters, and the device does the rest: ``torchvision.io.decode_jpeg(list, device="cuda")``
-(nvJPEG, batched), crop, antialiased resize, flip and normalisation. On a CPU device the same code decodes with
-libjpeg-turbo, which is what the tests compare against the PIL path.
+The PIL path spends its CPU time in JPEG decode and resampling; here DataLoader workers only read bytes, parse the
+header for the image size and draw the augmentation parameters, and the device does the rest:
+``torchvision.io.decode_jpeg(list, device="cuda")`` (nvJPEG, batched), crop, antialiased resize, flip and
+normalisation. On a CPU device the same code decodes with libjpeg-turbo, which is how the tests compare it with the
+PIL path.
 
-Accuracy-relevant preprocessing is the PIL path's, parameter for parameter:
+Accuracy-relevant preprocessing is the PIL path's (``partialconv.data.presets``), parameter for parameter:
 
-- random-resized-crop parameters come from ``torchvision.transforms.RandomResizedCrop.get_params`` (the same
-  algorithm and the same torch RNG draws as transforms v1 and v2), drawn in the worker in the same order as the PIL
-  transforms draw them (crop, then flip), per sample, with the worker's seeded torch RNG. Given the same worker
-  seeds both paths draw the same crops and flips;
-- resize is bilinear (or bicubic) with antialiasing, as ``Resize``/``RandomResizedCrop(antialias=True)`` on PIL
-  images; evaluation resizes the shorter side (torchvision's size rule) and centre-crops (torchvision's rounding);
-- the output is ``(x / 255 - mean) / std`` in float32, like ``ToTensor`` + ``Normalize``.
+- random-resized-crop parameters come from ``torchvision.transforms.RandomResizedCrop.get_params`` (the algorithm and
+  torch RNG draws of transforms v1 and v2), then the flip draw, in the order the PIL transforms draw them; with a
+  per-sample seed from :class:`~partialconv.data.sampler.SeededSampler` the RNG is seeded exactly as
+  :class:`~partialconv.data.datasets.ClassificationFolder` seeds it, so both paths draw the same crop and flip for
+  the same (seed, epoch, index);
+- resize is bilinear with antialiasing, as ``RandomResizedCrop``/``Resize(antialias=True)``; evaluation resizes the
+  shorter side (torchvision's size rule) and centre-crops (torchvision's rounding);
+- the output is ``(x / 255 - mean) / std`` in float32, like ``ToDtype(scale=True)`` + ``Normalize``.
 
 A batch travels from the worker as one concatenated byte tensor plus offsets (one shared-memory segment per batch,
-not one per image). Files that nvJPEG cannot decode (PNG or CMYK files named .JPEG exist in ImageNet) fall back to
-``torchvision.io.decode_image`` on the CPU for that image only.
+not one per image). Files nvJPEG cannot decode (PNG or CMYK files named .JPEG exist in ImageNet) fall back to
+``torchvision.io.decode_image`` on the CPU for that image; files nothing can decode follow ``--on-bad-image``.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
+import warnings
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 
+from .datasets import DataError
+from .presets import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
+from .sampler import SeededSampler
+
+if TYPE_CHECKING:  # data must not import engine at run time (imports flow engine -> data)
+    from ..engine.distributed import DistInfo
+
 __all__ = [
     "EncodedBatch",
     "EncodedImageFolder",
     "GpuDecodeLoader",
     "GpuPreprocess",
+    "build_gpu_loaders",
     "collate_encoded",
-    "build_gpu_loader",
+    "decode_images",
     "sample_train_params",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_INTERPOLATIONS = ("bilinear", "bicubic")
+NO_PARAMS = (-1, -1, -1, -1, 0)
+
+
+def sample_train_params(
+    height: int, width: int, scale: Sequence[float] = RRC_SCALE, ratio: Sequence[float] = RRC_RATIO, flip_p: float = 0.5
+) -> tuple[int, int, int, int, int]:
+    """(top, left, h, w, flip) drawn exactly as ``RandomResizedCrop`` then ``RandomHorizontalFlip`` draw them."""
+    shape_only = torch.empty((), dtype=torch.uint8).expand(1, height, width)
+    top, left, h, w = RandomResizedCrop.get_params(shape_only, list(scale), list(ratio))
+    return top, left, h, w, int(torch.rand(1) < flip_p)
 
 
 class EncodedImageFolder(Dataset):
-    """ImageFolder layout (``root/<class>/<image>``, same class order and sample order as torchvision's ImageFolder)
-    whose items are ``(bytes, label)``: the file's bytes as a 1-D uint8 tensor, nothing decoded."""
+    """ImageFolder layout (same classes and sample order as torchvision's ``ImageFolder``) whose items are the files'
+    bytes, undecoded: ``(bytes, params, target, path)`` with ``bytes`` a 1-D uint8 tensor and ``params``
+    ``(top, left, h, w, flip)`` drawn here when ``train`` (else :data:`NO_PARAMS`).
 
-    def __init__(self, root: str) -> None:
+    Like :class:`~partialconv.data.datasets.ClassificationFolder`, a key is an index or ``(index, seed)``; with a
+    seed the draws come from a generator state seeded with it, and the caller's RNG is left untouched. A file whose
+    header cannot be read returns ``None`` with ``on_bad_image="skip"`` and raises :class:`DataError` with "error".
+    """
+
+    def __init__(self, root: str, train: bool, on_bad_image: str = "skip") -> None:
+        if on_bad_image not in ("skip", "error"):
+            raise ValueError(f"on_bad_image must be skip or error; got {on_bad_image!r}")
         self.root = str(root)
+        self.train = train
+        self.on_bad_image = on_bad_image
         self.classes, self.class_to_idx = find_classes(self.root)
         self.samples = make_dataset(self.root, self.class_to_idx, extensions=IMG_EXTENSIONS)
         self.targets = [t for _, t in self.samples]
@@ -63,106 +92,93 @@ class EncodedImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def __getitem__(self, key: Union[int, tuple[int, int]]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, target = self.samples[index]
         with open(path, "rb") as f:
             data = f.read()
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8), target
+        try:
+            with Image.open(io.BytesIO(data)) as im:  # header only: nothing is decoded here
+                width, height = im.size
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            return _bad(path, e, self.on_bad_image)
+        params = NO_PARAMS
+        if self.train:
+            if seed is None:
+                params = sample_train_params(height, width)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    params = sample_train_params(height, width)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), params, target, path
 
 
-def image_size(data: Tensor) -> tuple[int, int]:
-    """(height, width) from the encoded header only (PIL reads the header lazily; nothing is decoded)."""
-    with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
-        width, height = im.size
-    return height, width
-
-
-def sample_train_params(
-    height: int,
-    width: int,
-    scale: Sequence[float] = (0.08, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    flip_p: float = 0.5,
-) -> tuple[int, int, int, int, bool]:
-    """(top, left, h, w, flip) drawn exactly as ``RandomResizedCrop`` then ``RandomHorizontalFlip`` draw them."""
-    shape_only = torch.empty((), dtype=torch.uint8).expand(1, height, width)
-    top, left, h, w = RandomResizedCrop.get_params(shape_only, list(scale), list(ratio))
-    flip = bool(torch.rand(1) < flip_p)
-    return top, left, h, w, flip
+def _bad(path: str, error: Exception, policy: str) -> None:
+    if policy == "error":
+        raise DataError(f"bad image {path}: {type(error).__name__}: {error} (use --on-bad-image skip)") from error
+    warnings.warn(f"skipping bad image {path}: {type(error).__name__}: {error}", RuntimeWarning, stacklevel=2)
+    return None
 
 
 class EncodedBatch(NamedTuple):
-    """A collated batch: ``data`` holds all files back to back, image k is ``data[offsets[k]:offsets[k + 1]]``;
-    ``params`` is (B, 5) int64 ``top, left, height, width, flip`` (all -1 when not training)."""
+    """A collated batch: image k is ``data[offsets[k]:offsets[k + 1]]``; ``params`` is (B, 5) int64
+    ``top, left, height, width, flip``; ``bad`` counts samples dropped in the worker."""
 
     data: Tensor
     offsets: Tensor
     params: Tensor
     targets: Tensor
+    paths: list[str]
+    bad: int
 
 
-class collate_encoded:  # noqa: N801 - used like a function; a class so it pickles into spawn workers
-    """DataLoader ``collate_fn`` for :class:`EncodedImageFolder`, run in the worker: draws training augmentation
-    parameters per sample (header-only size read) and packs the bytes into one tensor."""
-
-    def __init__(
-        self, train: bool, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)
-    ) -> None:
-        self.train = train
-        self.scale = tuple(scale)
-        self.ratio = tuple(ratio)
-
-    def __call__(self, samples: Sequence[tuple[Tensor, int]]) -> EncodedBatch:
-        params = torch.full((len(samples), 5), -1, dtype=torch.int64)
-        if self.train:
-            for k, (data, _) in enumerate(samples):
-                params[k] = torch.tensor(sample_train_params(*image_size(data), self.scale, self.ratio))
-        lengths = torch.tensor([0] + [len(d) for d, _ in samples], dtype=torch.int64)
-        return EncodedBatch(
-            data=torch.cat([d for d, _ in samples]),
-            offsets=lengths.cumsum(0),
-            params=params,
-            targets=torch.tensor([t for _, t in samples], dtype=torch.int64),
-        )
+def collate_encoded(samples: Sequence) -> EncodedBatch:
+    """DataLoader ``collate_fn`` for :class:`EncodedImageFolder` (runs in the worker): packs the bytes into one
+    tensor and drops (counts) skipped samples."""
+    good = [s for s in samples if s is not None]
+    lengths = torch.tensor([0] + [len(s[0]) for s in good], dtype=torch.int64)
+    return EncodedBatch(
+        data=torch.cat([s[0] for s in good]) if good else torch.empty(0, dtype=torch.uint8),
+        offsets=lengths.cumsum(0),
+        params=torch.tensor([s[1] for s in good], dtype=torch.int64).view(-1, 5),
+        targets=torch.tensor([s[2] for s in good], dtype=torch.int64),
+        paths=[s[3] for s in good],
+        bad=len(samples) - len(good),
+    )
 
 
-def split_encoded(batch: EncodedBatch) -> list[Tensor]:
-    bounds = batch.offsets.tolist()
-    return [batch.data[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def decode_images(encoded: list[Tensor], device: torch.device) -> list[Tensor]:
-    """RGB uint8 (3, H, W) images on ``device``; one batched decode, per-image CPU fallback for odd files."""
+def decode_images(encoded: list[Tensor], device: torch.device) -> list[Optional[Tensor]]:
+    """RGB uint8 (3, H, W) images on ``device``: one batched decode, per-image fallbacks for odd files; ``None``
+    for a file nothing can decode."""
     try:
         return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:
         pass
-    images = []
+    images: list[Optional[Tensor]] = []
     for data in encoded:
         try:
             images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
         except RuntimeError:
-            images.append(decode_image(data, mode=ImageReadMode.RGB).to(device, non_blocking=True))
+            try:
+                images.append(decode_image(data, mode=ImageReadMode.RGB).to(device, non_blocking=True))
+            except RuntimeError:
+                images.append(None)
     return images
 
 
 def resized_output_size(height: int, width: int, size: int) -> tuple[int, int]:
     """torchvision's ``Resize(int)`` rule: the shorter side becomes ``size``, the longer one is truncated."""
-    short, long = (height, width) if height <= width else (width, height)
-    new_short, new_long = size, int(size * long / short)
-    return (new_short, new_long) if height <= width else (new_long, new_short)
-
-
-def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
-    """(top, left) of torchvision's ``CenterCrop(size)`` (images are never smaller than ``size`` here)."""
-    return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
 
 
 class GpuPreprocess:
     """Decode + augment + normalise an :class:`EncodedBatch` on ``device``.
 
-    Train: crop (params from the worker), resize to ``crop_size``, flip. Eval: resize shorter side to
-    ``resize_size``, centre-crop ``crop_size``. Returns float32 (B, 3, crop, crop) in ``memory_format``.
+    Train: crop (parameters from the worker), resize to ``crop_size``, flip. Eval: resize the shorter side to
+    ``resize_size``, centre-crop ``crop_size``. Returns ``(images, targets, bad)`` like the PIL loader's batches,
+    images float32 (B, 3, crop, crop) in ``memory_format``.
     """
 
     def __init__(
@@ -170,30 +186,23 @@ class GpuPreprocess:
         train: bool,
         crop_size: int = 224,
         resize_size: int = 256,
-        interpolation: str = "bilinear",
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        on_bad_image: str = "skip",
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
-        if interpolation not in _INTERPOLATIONS:
-            raise ValueError(
-                f"GPU decode: interpolation must be one of {', '.join(_INTERPOLATIONS)}, got {interpolation!r}"
-            )
+        if not train and resize_size < crop_size:
+            raise DataError(f"GPU decode: --val-resize-size {resize_size} must be >= --val-crop-size {crop_size}")
         self.train = train
         self.crop_size = crop_size
         self.resize_size = resize_size
-        self.interpolation = interpolation
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        self.on_bad_image = on_bad_image
         self.memory_format = memory_format
 
-    def _resize(self, image: Tensor, size: tuple[int, int]) -> Tensor:
+    @staticmethod
+    def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
         x = image.unsqueeze(0).float()
         if tuple(x.shape[-2:]) == size:
             return x
-        x = F.interpolate(x, size=size, mode=self.interpolation, align_corners=False, antialias=True)
-        # PIL clamps bicubic overshoot to [0, 255]; bilinear never overshoots.
-        return x.clamp_(0, 255) if self.interpolation == "bicubic" else x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
     def crop_resize(self, image: Tensor, params: Sequence[int]) -> Tensor:
         """(1, 3, crop, crop) float in [0, 255] from one decoded uint8 image, flip not applied."""
@@ -201,32 +210,44 @@ class GpuPreprocess:
             top, left, h, w = params[:4]
             return self._resize(image[:, top : top + h, left : left + w], (self.crop_size, self.crop_size))
         height, width = resized_output_size(image.shape[-2], image.shape[-1], self.resize_size)
+        top, left = int(round((height - self.crop_size) / 2.0)), int(round((width - self.crop_size) / 2.0))
         resized = self._resize(image, (height, width))
-        top, left = center_crop_box(height, width, self.crop_size)
         return resized[..., top : top + self.crop_size, left : left + self.crop_size]
 
-    def __call__(self, batch: EncodedBatch, device: torch.device) -> tuple[Tensor, Tensor]:
-        images = decode_images(split_encoded(batch), device)
+    def __call__(self, batch: EncodedBatch, device: torch.device) -> tuple[Tensor, Tensor, int]:
+        bounds = batch.offsets.tolist()
+        images = decode_images([batch.data[a:b] for a, b in zip(bounds[:-1], bounds[1:])], device)
+        keep = [k for k, img in enumerate(images) if img is not None]
+        for k in set(range(len(images))) - set(keep):
+            _bad(batch.paths[k], RuntimeError("not decodable as JPEG/PNG"), self.on_bad_image)
+        if not keep:
+            return (
+                torch.empty(0, device=device),
+                torch.empty(0, dtype=torch.long, device=device),
+                batch.bad + len(images),
+            )
         params = batch.params.tolist()
-        x = torch.cat([self.crop_resize(img, p) for img, p in zip(images, params)])
+        x = torch.cat([self.crop_resize(images[k], params[k]) for k in keep])
+        index = torch.tensor(keep) if len(keep) < len(images) else slice(None)
         if self.train:
-            flips = batch.params[:, 4].to(device, non_blocking=True).bool().view(-1, 1, 1, 1)
+            flips = batch.params[index, 4].to(device, non_blocking=True).bool().view(-1, 1, 1, 1)
             x = torch.where(flips, x.flip(-1), x)
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1) * 255
-        inv_std = 1.0 / (torch.tensor(self.std, device=device).view(1, 3, 1, 1) * 255)
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
         x = (x - mean).mul_(inv_std).contiguous(memory_format=self.memory_format)
-        return x, batch.targets.to(device, non_blocking=True)
+        targets = batch.targets[index].to(device, non_blocking=True)
+        return x, targets, batch.bad + len(images) - len(keep)
 
 
 class GpuDecodeLoader:
-    """Iterates a DataLoader of :class:`EncodedBatch` and yields ``(images, targets)`` already on ``device``.
+    """Iterates a DataLoader of :class:`EncodedBatch` and yields ``(images, targets, bad)`` already on ``device``.
 
-    A drop-in for the PIL DataLoader in a training loop: ``len()``, ``sampler`` (``set_epoch``), ``dataset`` and
-    ``batch_size`` are the wrapped loader's. On CUDA the next batch is decoded on a side stream while the caller
-    works on the current one (one batch of lookahead), so decode kernels overlap the training step.
+    A drop-in for the PIL DataLoader in the training loop: ``len()``, ``dataset``, ``sampler`` and ``batch_size`` are
+    the wrapped loader's. On CUDA the next batch is decoded on a side stream while the caller works on the current
+    one (one batch of lookahead), so decode kernels overlap the training step.
     """
 
-    def __init__(self, loader: DataLoader, preprocess: GpuPreprocess, device: torch.device | str) -> None:
+    def __init__(self, loader: DataLoader, preprocess: GpuPreprocess, device: Union[torch.device, str]) -> None:
         self.loader = loader
         self.preprocess = preprocess
         self.device = torch.device(device)
@@ -237,55 +258,63 @@ class GpuDecodeLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, int]]:
         if self.device.type != "cuda":
             for batch in self.loader:
                 yield self.preprocess(batch, self.device)
             return
-        stream = torch.cuda.Stream(self.device)
-        pending: Optional[tuple[Tensor, Tensor]] = None
+        side = torch.cuda.Stream(self.device)
+        main = torch.cuda.current_stream(self.device)
+        pending = None
         for batch in self.loader:
-            with torch.cuda.stream(stream):
+            side.wait_stream(main)  # memory freed by the consumer may be reused on the side stream
+            with torch.cuda.stream(side):
                 ready = self.preprocess(batch, self.device)
             if pending is not None:
                 yield pending
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            for t in ready:
-                t.record_stream(torch.cuda.current_stream(self.device))
+            main.wait_stream(side)
+            for t in ready[:2]:
+                t.record_stream(main)
             pending = ready
         if pending is not None:
             yield pending
 
 
-def build_gpu_loader(
-    root: str,
-    train: bool,
-    batch_size: int,
-    workers: int,
-    device: torch.device | str,
-    crop_size: int = 224,
-    resize_size: int = 256,
-    interpolation: str = "bilinear",
-    sampler: Optional[torch.utils.data.Sampler] = None,
-    drop_last: Optional[bool] = None,
-    memory_format: torch.memory_format = torch.contiguous_format,
-    worker_init_fn=None,
-    generator: Optional[torch.Generator] = None,
-) -> GpuDecodeLoader:
-    """The GPU-decode counterpart of an ImageFolder DataLoader (shuffled unless a ``sampler`` is given)."""
-    dataset = EncodedImageFolder(root)
-    loader = DataLoader(
+def _encoded_loader(dataset: EncodedImageFolder, sampler, batch: int, workers: int) -> DataLoader:
+    return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=train and sampler is None,
+        batch_size=batch,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_encoded(train),
-        drop_last=train if drop_last is None else drop_last,
+        collate_fn=collate_encoded,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=worker_init_fn,
-        generator=generator,
     )
-    preprocess = GpuPreprocess(train, crop_size, resize_size, interpolation, memory_format=memory_format)
-    return GpuDecodeLoader(loader, preprocess, device)
+
+
+def build_gpu_loaders(cfg: argparse.Namespace, dist: DistInfo, classes: list[str], local_batch: int):
+    """The ``--data-backend gpu`` counterpart of :func:`partialconv.data.loaders.build_loaders` (same samplers,
+    batch split, bad-image policy and ``Loaders`` result)."""
+    from .loaders import Loaders  # loaders.py imports this module lazily; importing it back at call time is safe
+
+    train_set = EncodedImageFolder(cfg.data_train, train=True, on_bad_image=cfg.on_bad_image)
+    val_set = EncodedImageFolder(cfg.data_val, train=False, on_bad_image=cfg.on_bad_image)
+    if len(train_set) < cfg.batch_size:
+        raise DataError(
+            f"--data_train {cfg.data_train}: {len(train_set)} images, fewer than one batch of {cfg.batch_size}"
+        )
+    train_sampler = SeededSampler(
+        len(train_set), dist.rank, dist.world_size, shuffle=True, seed=cfg.seed, local_batch=local_batch
+    )
+    val_sampler = SeededSampler(len(val_set), dist.rank, dist.world_size, shuffle=False, seed=cfg.seed)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    train_pre = GpuPreprocess(True, cfg.train_crop_size, on_bad_image=cfg.on_bad_image, memory_format=fmt)
+    val_pre = GpuPreprocess(False, cfg.val_crop_size, cfg.val_resize_size, cfg.on_bad_image, memory_format=fmt)
+    return Loaders(
+        train=GpuDecodeLoader(
+            _encoded_loader(train_set, train_sampler, local_batch, cfg.workers), train_pre, dist.device
+        ),
+        val=GpuDecodeLoader(_encoded_loader(val_set, val_sampler, local_batch, cfg.workers), val_pre, dist.device),
+        train_sampler=train_sampler,
+        classes=classes,
+    )
