@@ -6,7 +6,7 @@
 
 Data modes: ``synthetic`` (one random batch already on the device: measures the model), ``real`` (the training data
 path over an ImageFolder of JPEGs, PIL or GPU decode: measures the whole step), ``loader-only`` (the data path alone,
-each worker-count/allocator setting in a fresh process). Without ``--data-dir`` an ImageNet-like JPEG folder (about
+worker counts and worker allocator settings interleaved). Without ``--data-dir`` an ImageNet-like JPEG folder (about
 500x375, ~100 KB, photo-like) is generated once under ``--cache-dir``.
 
 All configurations of a run are measured interleaved: after a per-config warm-up (excluded; includes compilation),
@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import gc
 import json
-import multiprocessing as mp
 import os
 import platform
 import re
@@ -49,19 +48,13 @@ from benchmarks._jpeg_folder import make_jpeg_folder  # noqa: E402
 from partialconv import PartialConv2d, create_model  # noqa: E402
 from partialconv.config import parse_config  # noqa: E402
 from partialconv.data import build_loaders  # noqa: E402
+from partialconv.data.allocator import ALLOCATOR_SETTINGS, AllocatorWorkerInit  # noqa: E402
 from partialconv.engine.distributed import DistInfo  # noqa: E402
 from partialconv.layers.partial_conv import padding_ratio_1d  # noqa: E402
 from partialconv.models._registry import is_model, unknown_model_message  # noqa: E402
 
 DEFAULT_ARCHS = ("resnet50", "pdresnet50", "vgg16_bn", "pdvgg16_bn")
 AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-# glibc: keep freed memory in the heap instead of trimming/unmapping it after every image (the mmap threshold is
-# capped by glibc at 32 MiB on 64-bit); Pillow: keep freed image blocks for reuse.
-MALLOC_SETTINGS = {
-    "default": {},
-    "glibc": {"MALLOC_TRIM_THRESHOLD_": str(128 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)},
-    "pillow": {"PILLOW_BLOCKS_MAX": "32"},
-}
 
 
 # --------------------------------------------------------------------------------------------------- the pd variant
@@ -138,10 +131,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="pil: decode/augment in DataLoader workers; gpu: workers read bytes, the device decodes "
                    "(nvJPEG on CUDA) and augments")  # fmt: skip
     p.add_argument("-j", "--workers", type=int, nargs="+", default=[min(16, os.cpu_count() or 1)],
-                   help="DataLoader workers (loader-only: several values are measured one after another)")  # fmt: skip
-    p.add_argument("--malloc", nargs="+", choices=sorted(MALLOC_SETTINGS), default=["default"],
-                   help="loader-only: allocator settings to compare, each in a fresh process: default; glibc = "
-                   "MALLOC_TRIM_THRESHOLD_/MALLOC_MMAP_THRESHOLD_; pillow = PILLOW_BLOCKS_MAX")  # fmt: skip
+                   help="DataLoader workers (loader-only: several values, measured interleaved)")  # fmt: skip
+    p.add_argument("--malloc", nargs="+", choices=sorted(ALLOCATOR_SETTINGS), default=["default"],
+                   help="loader-only: worker allocator settings to compare: default; glibc = mallopt trim/mmap "
+                   "thresholds (as MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_); pillow = PILLOW_BLOCKS_MAX"
+                   )  # fmt: skip
     p.add_argument("--cache-dir", type=Path, default=ROOT / "data" / "bench_jpeg", help="where generated JPEGs live")
     p.add_argument("--gen-images", type=int, default=4096, help="number of generated JPEGs")
     p.add_argument("--gen-size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"), help="generated size")
@@ -170,6 +164,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error("--device cuda: no CUDA device is available")
     if args.data != "loader-only" and (len(args.workers) > 1 or args.malloc != ["default"]):
         p.error("several -j values and --malloc are for --data loader-only")
+    if args.malloc != ["default"] and min(args.workers) == 0:
+        p.error("--malloc applies to worker processes; use -j >= 1")
     return args
 
 
@@ -339,50 +335,54 @@ def find_max_batch(args: argparse.Namespace, arch: str, device: torch.device) ->
 
 
 # ----------------------------------------------------------------------------------------------------- loader-only
-def _loader_child(args: argparse.Namespace, workers: int, root: str, queue: Any) -> None:
-    try:
-        device = resolve_device(args.device)
-        stream = BatchStream(build_real_loader(args, Path(root), workers, device), device, torch.contiguous_format)
-        for _ in range(max(args.warmup, 1)):
-            stream.next()
-        rates = []
-        for _ in range(args.windows):
+@dataclass
+class LoaderConfig:
+    workers: int
+    malloc: str
+    stream: BatchStream = field(repr=False)
+    rates: list[float] = field(default_factory=list)
+
+
+def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -> list[dict]:
+    """The data path alone, one train.py loader per (workers, allocator) setting, measured in interleaved windows.
+
+    The allocator setting is applied in each worker process by its ``worker_init_fn``. Each window first drains
+    the batches a loader prefetched while it was idle (``2 * workers + 1``, untimed), so only steady-state
+    production is timed.
+    """
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    configs = []
+    for workers in args.workers:
+        for malloc in args.malloc:
+            loader = build_real_loader(args, root, workers, device)
+            torch_loader = getattr(loader, "loader", loader)  # the DataLoader inside a GpuDecodeLoader
+            torch_loader.worker_init_fn = AllocatorWorkerInit(malloc, torch_loader.worker_init_fn)
+            configs.append(LoaderConfig(workers, malloc, BatchStream(loader, device, fmt)))
+    for cfg in configs:
+        for _ in range(args.warmup):
+            cfg.stream.next()
+    for window in range(args.windows):
+        for cfg in configs if window % 2 == 0 else configs[::-1]:
+            for _ in range(2 * cfg.workers + 1):
+                cfg.stream.next()
             synchronize(device)
             start = time.perf_counter()
             for _ in range(args.steps):
-                stream.next()
+                cfg.stream.next()
             synchronize(device)
-            rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
-        known = {key for env in MALLOC_SETTINGS.values() for key in env}
-        queue.put(("ok", (rates, {key: os.environ[key] for key in sorted(known) if key in os.environ})))
-    except BaseException as e:  # report, the parent prints it
-        queue.put(("error", f"{type(e).__name__}: {e}"))
-
-
-def measure_loader(args: argparse.Namespace, root: Path) -> list[dict]:
-    """Each (workers, malloc) setting in a fresh spawned process: allocator settings apply at process start."""
-    ctx = mp.get_context("spawn")
-    rows = []
-    for malloc in args.malloc:
-        for workers in args.workers:
-            saved = dict(os.environ)
-            os.environ.update(MALLOC_SETTINGS[malloc])
-            try:
-                queue = ctx.Queue()
-                proc = ctx.Process(target=_loader_child, args=(args, workers, str(root), queue))
-                proc.start()
-                status, payload = queue.get()
-                proc.join()
-            finally:
-                os.environ.clear()
-                os.environ.update(saved)
-            if status != "ok":
-                raise SystemExit(f"loader-only (-j {workers}, --malloc {malloc}) failed: {payload}")
-            rates, seen_env = payload
-            rows.append({"workers": workers, "malloc": malloc, "env": MALLOC_SETTINGS[malloc], "seen_env": seen_env,
-                         "rates": rates, "img_per_s": statistics.median(rates)})  # fmt: skip
-            print(f"loader-only -j {workers} --malloc {malloc}: {rows[-1]['img_per_s']:.1f} img/s", flush=True)
-    return rows
+            cfg.rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
+        rates = ", ".join(f"-j {c.workers} {c.malloc} {c.rates[-1]:.1f}" for c in configs)
+        print(f"window {window + 1}/{args.windows}: img/s {rates}", flush=True)
+    return [
+        {
+            "workers": c.workers,
+            "malloc": c.malloc,
+            "env": ALLOCATOR_SETTINGS[c.malloc],
+            "rates": c.rates,
+            "img_per_s": statistics.median(c.rates),
+        }  # fmt: skip
+        for c in configs
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------- results
@@ -482,7 +482,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     extra: dict[str, Any] = {}
 
     if args.data == "loader-only":
-        loader_rows = measure_loader(args, data_root(args))
+        loader_rows = measure_loader(args, data_root(args), device)
     else:
         for arch in args.archs:
             for impl in pd_impls_for(arch, args.pd_impl):

@@ -4,6 +4,7 @@ folder generator."""
 from __future__ import annotations
 
 import json
+import platform
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 from benchmarks import train_throughput as tt
 from benchmarks._jpeg_folder import make_jpeg_folder, render_image
 from partialconv import PartialConv2d, create_model
+from partialconv.data.allocator import AllocatorWorkerInit, apply_allocator_setting
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,15 +73,34 @@ def test_real_data_run(jpegs, backend: str) -> None:
     assert result["label"] == "resnet18" and len(result["rates"]) == 2 and min(result["rates"]) > 0
 
 
-def test_loader_only_applies_allocator_settings_in_fresh_process(jpegs, tmp_path) -> None:
-    argv = ["--data", "loader-only", "--data-dir", str(jpegs), "-j", "1", "--malloc", "glibc", "--output-dir"]
-    payload = tt.main(
-        argv + [str(tmp_path), "-b", "4", "--image-size", "32", "--warmup", "1", "--steps", "1", "--windows", "2"]
-    )
-    (row,) = payload["loader"]
-    assert row["workers"] == 1 and row["img_per_s"] > 0 and len(row["rates"]) == 2
-    assert row["seen_env"] == tt.MALLOC_SETTINGS["glibc"]  # the child process really ran with the settings
-    assert "MALLOC_TRIM_THRESHOLD_" in next(tmp_path.glob("*_loader-only.md")).read_text()
+def test_loader_only_interleaves_worker_allocator_settings(jpegs, tmp_path) -> None:
+    argv = ["--data", "loader-only", "--data-dir", str(jpegs), "-j", "1", "--malloc", "default", "pillow"]
+    argv += ["--output-dir", str(tmp_path), "-b", "4", "--image-size", "32", "--warmup", "1", "--steps", "1"]
+    payload = tt.main(argv + ["--windows", "2"])
+    assert [(r["workers"], r["malloc"]) for r in payload["loader"]] == [(1, "default"), (1, "pillow")]
+    assert all(len(r["rates"]) == 2 and r["img_per_s"] > 0 for r in payload["loader"])
+    assert "PILLOW_BLOCKS_MAX=32" in next(tmp_path.glob("*_loader-only.md")).read_text()
+
+
+class _BlocksMax(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> int:
+        from PIL import Image
+
+        return Image.core.get_blocks_max()
+
+
+@pytest.mark.parametrize("name,expected", [("default", 0), ("pillow", 32)])
+def test_allocator_worker_init_applies_in_the_worker(name: str, expected: int) -> None:
+    loader = torch.utils.data.DataLoader(_BlocksMax(), num_workers=1, worker_init_fn=AllocatorWorkerInit(name))
+    assert next(iter(loader)).item() == expected
+
+
+@pytest.mark.skipif(not platform.libc_ver()[0] == "glibc", reason="mallopt settings are glibc's")
+def test_glibc_setting_is_accepted_by_mallopt() -> None:
+    assert apply_allocator_setting("glibc")  # mallopt returns 0 for values glibc refuses (e.g. mmap > 32 MiB)
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -113,6 +134,7 @@ def test_bad_arguments_fail_with_one_line(capsys, tmp_path) -> None:
         (["--archs", "resnet5O"], "--archs"),
         (["--data-dir", str(tmp_path / "missing")], "not a directory"),
         (["-j", "1", "2"], "loader-only"),
+        (["--data", "loader-only", "-j", "0", "--malloc", "glibc"], "use -j >= 1"),
         (["--steps", "0"], "--steps must be >= 1"),
     ):
         with pytest.raises(SystemExit):
