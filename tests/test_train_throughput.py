@@ -106,20 +106,22 @@ def test_glibc_setting_is_accepted_by_mallopt() -> None:
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("stride,padding,size", [(1, 1, (9, 7)), (2, 1, (10, 11)), (1, 2, (6, 8)), (2, 3, (5, 5))])
 def test_full_multiply_baseline_matches_the_layer(bias: bool, stride: int, padding: int, size: tuple) -> None:
+    """The benchmark's plain-autograd full multiply and the layer's border-only rescale (with its own backward)
+    agree on outputs and on input, weight and bias gradients."""
     torch.manual_seed(0)
     layer = PartialConv2d(3, 4, 3, stride=stride, padding=padding, bias=bias).double()
     full = PartialConv2d(3, 4, 3, stride=stride, padding=padding, bias=bias).double()
     full.load_state_dict(layer.state_dict())
     assert tt.use_full_ratio(full) == 1 and type(full) is tt.FullRatioPartialConv2d
-    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
-    expected = layer(x)
-    expected.sum().backward()
-    grad = x.grad.clone()
-    x.grad = None
-    got = full(x)
-    got.sum().backward()
-    torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(x.grad, grad)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    grads = []
+    for module in (layer, full):
+        xi = x.clone().requires_grad_()
+        out = module(xi)
+        (out * torch.linspace(-1, 2, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        grads.append((out.detach(), xi.grad, *(p.grad for p in module.parameters())))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
 
 
 def test_full_ratio_swaps_every_partial_conv() -> None:

@@ -10,7 +10,9 @@ Padding mode (no ``mask_in``): M is 1 inside the image and 0 in the zero padding
 only on the spatial size and the conv geometry, is separable per spatial dimension, and differs from 1 only on a few
 border rows/columns. We compute it in closed form once per geometry, cache it per device/dtype in a module-level
 table (no per-module state, so DataParallel replicas, DDP, torch.compile and torch.export all see a pure function),
-and rescale only the border slices of the conv output. A conv whose padding is 0 is a plain conv.
+and rescale only the border slices of the conv output (in eager autograd through one custom Function whose
+backward is a single copy of the gradient, not one full copy per in-place border slice). A conv whose padding is 0
+is a plain conv.
 
 Inpainting mode (``mask_in`` given): the count is a channel sum of the mask followed by one box filter (a depthwise
 conv with a ones kernel per group), never a C_out x C_in x k x k ones-kernel convolution. Counts and ratios are
@@ -121,6 +123,83 @@ def _border_plan(spatial: Sequence[int], geometry: tuple, device: torch.device, 
     return plan
 
 
+def _rescale_borders(out: Tensor, bias: Optional[Tensor], borders: tuple) -> None:
+    """In place: out = out * R + bias * (1 - R) on the border slabs, R the product of the per-dim ratios (applied
+    one dimension after another, so corners get the product)."""
+    nd = len(borders)
+    for d, (lead, trail, head, tail) in enumerate(borders):
+        axis = out.dim() - nd + d
+        for ratio, start, stop in ((head, 0, lead), (tail, trail, out.shape[axis])):
+            if ratio is None:
+                continue
+            border = out.narrow(axis, start, stop - start)
+            border.mul_(ratio)
+            if bias is not None:
+                border.add_(bias * (1 - ratio))
+
+
+def _traced() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.compiler.is_compiling() or is_exporting() or torch.jit.is_tracing()
+
+
+class _RescaleBorders(torch.autograd.Function):
+    """Eager autograd for :func:`_rescale_borders`. In-place ops on narrow views would each record a CopySlices
+    node whose backward copies the whole gradient (four full copies for a 3x3 conv); here the backward is one copy
+    of the gradient with its border slabs rescaled, plus a border-only reduction for the bias."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, bias: Optional[Tensor], borders: tuple) -> Tensor:
+        _rescale_borders(out, bias, borders)
+        ctx.mark_dirty(out)
+        ctx.borders = borders
+        ctx.bias_shape = bias.shape if bias is not None else None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad_out = None
+        if ctx.needs_input_grad[0]:
+            grad_out = grad.clone()
+            _rescale_borders(grad_out, None, ctx.borders)
+        grad_bias = None
+        if ctx.needs_input_grad[1]:
+            grad_bias = _border_bias_grad(grad, ctx.borders).view(ctx.bias_shape)
+        return grad_out, grad_bias, None
+
+
+def _border_bias_grad(grad: Tensor, borders: tuple) -> Tensor:
+    """Sum over batch and space of grad * (1 - R), per channel, reading only the border slabs.
+
+    Slab d is border along dim d and interior along dims < d (so slabs are disjoint); on it R is the ratio of dim d
+    times the full ratio profiles of the dims after d.
+    """
+    nd = len(borders)
+    profiles = []
+    for d, (lead, trail, head, tail) in enumerate(borders):
+        pieces = [head.reshape(-1)] if head is not None else []
+        pieces.append(grad.new_ones(trail - lead))
+        pieces += [tail.reshape(-1)] if tail is not None else []
+        profiles.append(torch.cat(pieces).view([-1 if i == d else 1 for i in range(nd)]))
+    reduce_dims = [0, *range(grad.dim() - nd, grad.dim())]
+    acc = torch.promote_types(grad.dtype, torch.float32)  # low-precision grads are summed in fp32
+    total = grad.new_zeros(grad.shape[1], dtype=acc)
+    view = grad
+    for d, (lead, trail, head, tail) in enumerate(borders):
+        axis = grad.dim() - nd + d
+        later = [profiles[e] for e in range(d + 1, nd)]
+        for ratio, start, stop in ((head, 0, lead), (tail, trail, grad.shape[axis])):
+            if ratio is None:
+                continue
+            slab = view.narrow(axis, start, stop - start)
+            r = ratio
+            for profile in later:
+                r = r * profile
+            total += (slab * (1 - r)).sum(reduce_dims, dtype=acc)
+        view = view.narrow(axis, lead, trail - lead)
+    return total.to(grad.dtype)
+
+
 class _PartialConvMixin:
     """Shared forward of PartialConv2d/3d. Relies on the nn.ConvNd attributes of the concrete class."""
 
@@ -178,15 +257,12 @@ class _PartialConvMixin:
                 out = out + bias * (update_mask - dense_ratio)
             return out, (update_mask.expand(out.shape) if self.return_mask else None)
 
-        for d, (lead, trail, head, tail) in enumerate(borders):
-            axis = out.dim() - nd + d
-            for ratio, start, stop in ((head, 0, lead), (tail, trail, out.shape[axis])):
-                if ratio is None:
-                    continue
-                border = out.narrow(axis, start, stop - start)
-                border.mul_(ratio)
-                if bias is not None:
-                    border.add_(bias * (1 - ratio))
+        if _traced() or not (
+            torch.is_grad_enabled() and (out.requires_grad or (bias is not None and bias.requires_grad))
+        ):
+            _rescale_borders(out, bias, borders)  # compilers functionalise this; no autograd graph to keep small
+        else:
+            out = _RescaleBorders.apply(out, bias, borders)
         return out, (out.new_ones(()).expand(out.shape) if self.return_mask else None)
 
     def _masked_forward(self, input: Tensor, mask_in: Tensor) -> tuple[Tensor, Tensor]:
