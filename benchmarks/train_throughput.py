@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import gc
 import json
 import os
@@ -30,6 +31,7 @@ import platform
 import re
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -403,9 +405,21 @@ def machine_info(device: torch.device, argv: list[str]) -> dict[str, Any]:
         # Other processes on the machine skew CPU numbers; the load average at the start says how busy it was.
         "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
+        "git_commit": git_commit(),
         "command": "python " + shlex.join(["benchmarks/train_throughput.py", *argv]),
     }
     return info
+
+
+def git_commit() -> Optional[str]:
+    """HEAD of the checkout (with "+dirty" for uncommitted changes), so a result names the code it measured."""
+    try:
+        run = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=10, check=True)
+        head = run(["git", "rev-parse", "--short=12", "HEAD"]).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def cpu_name() -> str:
@@ -422,7 +436,7 @@ def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader
     lines = [
         f"# Training throughput, {info['device_name']}",
         "",
-        f"- date: {info['date']}; torch {info['torch']}, torchvision {info['torchvision']}, "
+        f"- date: {info['date']}; commit {info['git_commit']}; torch {info['torch']}, torchvision {info['torchvision']}, "
         f"CUDA {info['cuda']}, cuDNN {info['cudnn']}",
         f"- CPUs: {info['cpu_count']} ({info['cpus_usable']} usable), torch threads {info['torch_threads']}, "
         f"1-min load average at start {info['loadavg_1min']}",

@@ -199,10 +199,15 @@ class GpuPreprocess:
 
     @staticmethod
     def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
-        x = image.unsqueeze(0).float()
+        x = image.unsqueeze(0)
         if tuple(x.shape[-2:]) == size:
-            return x
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            return x.float()
+        if x.device.type == "cpu":
+            # torch's uint8 channels-last antialias kernel is PIL's algorithm (rounded like PIL) and ~100x faster
+            # on CPU than the float kernel; CUDA has only the float kernel.
+            x = x.contiguous(memory_format=torch.channels_last)
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).float()
+        return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
 
     def crop_resize(self, image: Tensor, params: Sequence[int]) -> Tensor:
         """(1, 3, crop, crop) float in [0, 255] from one decoded uint8 image, flip not applied."""
@@ -227,15 +232,14 @@ class GpuPreprocess:
                 batch.bad + len(images),
             )
         params = batch.params.tolist()
-        x = torch.cat([self.crop_resize(images[k], params[k]) for k in keep])
-        index = torch.tensor(keep) if len(keep) < len(images) else slice(None)
+        crops = [self.crop_resize(images[k], params[k]) for k in keep]
         if self.train:
-            flips = batch.params[index, 4].to(device, non_blocking=True).bool().view(-1, 1, 1, 1)
-            x = torch.where(flips, x.flip(-1), x)
+            crops = [c.flip(-1) if params[k][4] else c for c, k in zip(crops, keep)]
+        x = torch.cat(crops).contiguous(memory_format=self.memory_format)
         mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
-        x = (x - mean).mul_(inv_std).contiguous(memory_format=self.memory_format)
-        targets = batch.targets[index].to(device, non_blocking=True)
+        x.sub_(mean).mul_(inv_std)
+        targets = batch.targets[keep if len(keep) < len(images) else slice(None)].to(device, non_blocking=True)
         return x, targets, batch.bad + len(images) - len(keep)
 
 
