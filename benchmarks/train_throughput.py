@@ -436,8 +436,8 @@ def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader
     lines = [
         f"# Training throughput, {info['device_name']}",
         "",
-        f"- date: {info['date']}; commit {info['git_commit']}; torch {info['torch']}, torchvision {info['torchvision']}, "
-        f"CUDA {info['cuda']}, cuDNN {info['cudnn']}",
+        f"- date: {info['date']}; commit {info['git_commit']}",
+        f"- torch {info['torch']}, torchvision {info['torchvision']}, CUDA {info['cuda']}, cuDNN {info['cudnn']}",
         f"- CPUs: {info['cpu_count']} ({info['cpus_usable']} usable), torch threads {info['torch_threads']}, "
         f"1-min load average at start {info['loadavg_1min']}",
         f"- command: `{info['command']}`",
