@@ -122,6 +122,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=sorted(AMP_DTYPES), default="none", help="autocast dtype (fp16 uses GradScaler)")
     p.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is warm-up)")
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+                   help="torch.compile mode (reduce-overhead: CUDA graphs)")  # fmt: skip
     p.add_argument("--pd-impl", nargs="+", choices=("border", "full"), default=["border"],
                    help="partial-padding implementation(s) for pd archs: border = the package's layer (ratio on "
                    "border rows/columns only); full = benchmark-only full-tensor ratio multiply")  # fmt: skip
@@ -239,7 +241,7 @@ def build_step(args: argparse.Namespace, arch: str, pd_impl: str, device: torch.
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    forward = torch.compile(model) if args.compile else model
+    forward = torch.compile(model, mode=args.compile_mode) if args.compile else model
     amp_dtype = AMP_DTYPES[args.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
@@ -444,7 +446,9 @@ def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader
         f"- data {args.data}"
         + (f" ({args.data_backend} backend, -j {args.workers[0]})" if args.data == "real" else "")
         + f", batch {args.batch_size}, {args.image_size} px, amp {args.amp}, channels_last {args.channels_last}, "
-        f"compile {args.compile}; warm-up {args.warmup} steps, median of {args.windows} windows x {args.steps} steps",
+        f"compile {args.compile} ({args.compile_mode})",
+        f"- warm-up {args.warmup} steps per config, then img/s = median of {args.windows} interleaved windows of "
+        f"{args.steps} steps",
         "",
     ]
     if configs:
