@@ -52,7 +52,7 @@ from partialconv.config import parse_config  # noqa: E402
 from partialconv.data import build_loaders  # noqa: E402
 from partialconv.data.allocator import ALLOCATOR_SETTINGS, AllocatorWorkerInit  # noqa: E402
 from partialconv.engine.distributed import DistInfo  # noqa: E402
-from partialconv.layers.partial_conv import padding_ratio_1d  # noqa: E402
+from partialconv.layers.partial_conv import _border_plan, _rescale_borders, padding_ratio_1d  # noqa: E402
 from partialconv.models._registry import is_model, unknown_model_message  # noqa: E402
 
 DEFAULT_ARCHS = ("resnet50", "pdresnet50", "vgg16_bn", "pdvgg16_bn")
@@ -80,6 +80,26 @@ class FullRatioPartialConv2d(PartialConv2d):
         return out, (update.expand(out.shape) if self.return_mask else None)
 
 
+class ViewsPartialConv2d(PartialConv2d):
+    """Benchmark-only baseline: the layer's border-only rescale with plain autograd, i.e. in-place ops on narrow
+    views of the output (what the layer did before its custom autograd Function): each records a CopySlices node
+    whose backward copies the whole gradient."""
+
+    def _padding_forward(self, input: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        pads = self._pads()
+        if not any(lo or hi for lo, hi in pads):
+            return super()._padding_forward(input)
+        out = self._conv_forward(input, self.weight, self.bias)
+        geometry = (tuple(self.kernel_size), tuple(self.stride), pads, tuple(self.dilation))
+        has_holes, borders, _, _ = _border_plan(tuple(input.shape[-2:]), geometry, out.device, out.dtype)
+        if has_holes:
+            return super()._padding_forward(input)
+        bias = self.bias.to(out.dtype).view(-1, 1, 1) if self.bias is not None else None
+        _rescale_borders(out, bias, borders)
+        return out, (out.new_ones(()).expand(out.shape) if self.return_mask else None)
+
+
+_VARIANTS = {"full": FullRatioPartialConv2d, "views": ViewsPartialConv2d}
 _dense_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
 
@@ -99,12 +119,13 @@ def _dense_ratio(spatial: tuple[int, ...], geometry: tuple, device: torch.device
     return value
 
 
-def use_full_ratio(model: nn.Module) -> int:
-    """Switch every padding-mode PartialConv2d of ``model`` to the full-tensor variant; returns how many."""
+def use_pd_variant(model: nn.Module, impl: str) -> int:
+    """Switch every padding-mode PartialConv2d of ``model`` to a benchmark variant ("full" or "views"); returns
+    how many were switched. The variants add no state, so swapping the class is enough."""
     count = 0
     for module in model.modules():
         if type(module) is PartialConv2d and not module.multi_channel:
-            module.__class__ = FullRatioPartialConv2d
+            module.__class__ = _VARIANTS[impl]
             count += 1
     return count
 
@@ -124,9 +145,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is warm-up)")
     p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
                    help="torch.compile mode (reduce-overhead: CUDA graphs)")  # fmt: skip
-    p.add_argument("--pd-impl", nargs="+", choices=("border", "full"), default=["border"],
-                   help="partial-padding implementation(s) for pd archs: border = the package's layer (ratio on "
-                   "border rows/columns only); full = benchmark-only full-tensor ratio multiply")  # fmt: skip
+    p.add_argument("--pd-impl", nargs="+", choices=("border", "full", "views"), default=["border"],
+                   help="partial-padding implementation(s) for pd archs, measured side by side: border = the "
+                   "package's layer (ratio on border rows/columns only, one autograd Function); full = benchmark-only "
+                   "full-tensor ratio multiply; views = border rescale by in-place ops on views, plain autograd"
+                   )  # fmt: skip
     p.add_argument("--data", choices=("synthetic", "real", "loader-only"), default="synthetic",
                    help="synthetic: one batch on the device (model only); real: the training data path over JPEGs "
                    "(whole step); loader-only: the data path alone")  # fmt: skip
@@ -236,8 +259,8 @@ def build_step(args: argparse.Namespace, arch: str, pd_impl: str, device: torch.
     """A closure doing one training step on (x, y), and the bytes of its parameters + grads + optimizer state."""
     torch.manual_seed(args.seed)
     model = create_model(arch, num_classes=args.num_classes)
-    if pd_impl == "full":
-        use_full_ratio(model)
+    if pd_impl in _VARIANTS:
+        use_pd_variant(model, pd_impl)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)

@@ -106,28 +106,32 @@ def test_glibc_setting_is_accepted_by_mallopt() -> None:
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("stride,padding,size", [(1, 1, (9, 7)), (2, 1, (10, 11)), (1, 2, (6, 8)), (2, 3, (5, 5))])
 def test_full_multiply_baseline_matches_the_layer(bias: bool, stride: int, padding: int, size: tuple) -> None:
-    """The benchmark's plain-autograd full multiply and the layer's border-only rescale (with its own backward)
-    agree on outputs and on input, weight and bias gradients."""
+    """The benchmark's plain-autograd baselines (full multiply, in-place border views) and the layer's border-only
+    rescale with its own backward agree on outputs and on input, weight and bias gradients."""
     torch.manual_seed(0)
     layer = PartialConv2d(3, 4, 3, stride=stride, padding=padding, bias=bias).double()
-    full = PartialConv2d(3, 4, 3, stride=stride, padding=padding, bias=bias).double()
-    full.load_state_dict(layer.state_dict())
-    assert tt.use_full_ratio(full) == 1 and type(full) is tt.FullRatioPartialConv2d
+    variants = []
+    for impl, cls in (("full", tt.FullRatioPartialConv2d), ("views", tt.ViewsPartialConv2d)):
+        variant = PartialConv2d(3, 4, 3, stride=stride, padding=padding, bias=bias).double()
+        variant.load_state_dict(layer.state_dict())
+        assert tt.use_pd_variant(variant, impl) == 1 and type(variant) is cls
+        variants.append(variant)
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     grads = []
-    for module in (layer, full):
+    for module in (layer, *variants):
         xi = x.clone().requires_grad_()
         out = module(xi)
         (out * torch.linspace(-1, 2, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
         grads.append((out.detach(), xi.grad, *(p.grad for p in module.parameters())))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b)
 
 
 def test_full_ratio_swaps_every_partial_conv() -> None:
     model = create_model("pdresnet18", num_classes=10)
     padded = sum(type(m) is PartialConv2d for m in model.modules())
-    assert tt.use_full_ratio(model) == padded > 0
+    assert tt.use_pd_variant(model, "full") == padded > 0
     assert not any(type(m) is PartialConv2d for m in model.modules())
 
 
