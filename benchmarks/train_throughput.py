@@ -170,6 +170,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="steps per timed window")
     p.add_argument("--windows", type=int, default=5, help="timed windows per config (img/s is their median)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's); 1 steadies CPU runs on a busy machine")  # fmt: skip
     p.add_argument("--find-max-batch", action="store_true",
                    help="CUDA only: largest batch that fits per arch (double -b until OOM, then bisect)")  # fmt: skip
     p.add_argument("--max-batch-step", type=int, default=8, help="--find-max-batch resolution")
@@ -183,6 +185,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for name in ("batch_size", "image_size", "steps", "windows", "gen_images", "max_batch_step"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
     if args.warmup < 0 or min(args.workers) < 0:
         p.error("--warmup and -j/--workers must be >= 0")
     if args.data_dir is not None and not args.data_dir.is_dir():
@@ -515,6 +519,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     info = machine_info(device, argv)
