@@ -332,35 +332,50 @@ def pd_overheads(configs: list[Config]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------------- max batch size
+def _is_oom(error: BaseException) -> bool:
+    # cuDNN/cuBLAS report some allocation failures as plain RuntimeErrors.
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
 def _fits(args: argparse.Namespace, arch: str, device: torch.device, batch: int) -> bool:
-    step, _ = build_step(args, arch, args.pd_impl[0] if arch.startswith("pd") else "-", device)
+    """Whether two training steps of ``arch`` at ``batch`` run; the caller frees the memory afterwards."""
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     try:
-        x = torch.randn(batch, 3, args.image_size, args.image_size, device=device).contiguous(
-            memory_format=memory_format
-        )
+        step, _ = build_step(args, arch, args.pd_impl[0] if arch.startswith("pd") else "-", device)
+        x = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
+        x = x.contiguous(memory_format=memory_format)
         y = torch.randint(0, args.num_classes, (batch,), device=device)
         for _ in range(2):
             step(x, y)
         synchronize(device)
         return True
-    except torch.cuda.OutOfMemoryError:
+    except RuntimeError as e:  # OutOfMemoryError is a RuntimeError
+        if not _is_oom(e):
+            raise
         return False
-    finally:
-        del step
-        gc.collect()
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
 def find_max_batch(args: argparse.Namespace, arch: str, device: torch.device) -> int:
     """Largest batch (to ``--max-batch-step``) for which two training steps run: double, then bisect."""
+
+    def fits(batch: int) -> bool:
+        ok = _fits(args, arch, device, batch)
+        _release_memory()  # after the exception (and its traceback's tensors) is gone
+        return ok
+
     lo, hi = 0, args.batch_size
-    while _fits(args, arch, device, hi):
+    while fits(hi):
         print(f"{arch}: batch {hi} fits", flush=True)
         lo, hi = hi, hi * 2
     while hi - lo > args.max_batch_step:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _fits(args, arch, device, mid) else (lo, mid)
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
         print(f"{arch}: max batch in [{lo}, {hi})", flush=True)
     return lo
 
@@ -554,8 +569,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         else:
             for cfg in configs:
                 cfg.step = None  # free the measured models first
-            gc.collect()
-            torch.cuda.empty_cache()
+            _release_memory()
             extra["max batch"] = {arch: find_max_batch(args, arch, device) for arch in args.archs}
 
     text = markdown(info, args, configs, loader_rows, extra)

@@ -135,6 +135,23 @@ def test_full_ratio_swaps_every_partial_conv() -> None:
     assert not any(type(m) is PartialConv2d for m in model.modules())
 
 
+@pytest.mark.parametrize("limit,start", [(100, 8), (1000, 256), (5, 8)])
+def test_find_max_batch_doubles_then_bisects(monkeypatch, limit: int, start: int) -> None:
+    """The search logic with an allocator that fits batches up to ``limit`` (OOM itself needs a GPU)."""
+    tried = []
+    monkeypatch.setattr(tt, "_fits", lambda args, arch, device, batch: tried.append(batch) or batch <= limit)
+    args = tt.parse_args(["-b", str(start), "--max-batch-step", "4"])
+    best = tt.find_max_batch(args, "pdresnet50", torch.device("cpu"))
+    assert best <= limit < best + 4
+    assert len(tried) <= 16
+
+
+def test_out_of_memory_errors_are_recognised() -> None:
+    assert tt._is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert tt._is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not tt._is_oom(RuntimeError("shape mismatch"))
+
+
 def test_bad_arguments_fail_with_one_line(capsys, tmp_path) -> None:
     for argv, needle in (
         (["--archs", "resnet5O"], "--archs"),

@@ -271,7 +271,8 @@ class GpuDecodeLoader:
         main = torch.cuda.current_stream(self.device)
         pending = None
         for batch in self.loader:
-            side.wait_stream(main)  # memory freed by the consumer may be reused on the side stream
+            # No side.wait_stream(main): decoding batch k+1 may overlap step k. The outputs are allocated on the
+            # side stream and record_stream(main) keeps the allocator from reusing them before main is done.
             with torch.cuda.stream(side):
                 ready = self.preprocess(batch, self.device)
             if pending is not None:
