@@ -366,7 +366,8 @@ def find_max_batch(args: argparse.Namespace, arch: str, device: torch.device) ->
 
     def fits(batch: int) -> bool:
         ok = _fits(args, arch, device, batch)
-        _release_memory()  # after the exception (and its traceback's tensors) is gone
+        if device.type == "cuda":
+            _release_memory()  # after the exception (and its traceback's tensors) is gone
         return ok
 
     lo, hi = 0, args.batch_size

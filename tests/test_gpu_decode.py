@@ -3,6 +3,8 @@ RNG state, same resize interpolation and normalisation within a rounding level."
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +140,22 @@ def test_channels_last_output_and_bad_eval_sizes(folder: str) -> None:
     assert x.is_contiguous(memory_format=torch.channels_last) and x.shape == (2, 3, 32, 32)
     with pytest.raises(DataError, match="--val-resize-size 200 must be >= --val-crop-size 224"):
         GpuPreprocess(False, 224, 200)
+
+
+def test_train_py_with_gpu_backend_trains_like_pil(folder: str, tmp_path) -> None:
+    """train.py end to end (train + eval + metrics) with either backend: same data, same draws, same numbers up to
+    the backends' rounding difference."""
+    import train
+
+    base = ["-a", "simple_cnn", "--device", "cpu", "-j", "0", "-b", "4", "--epochs", "1", "--seed", "1"]
+    base += ["--deterministic", "--train-crop-size", "32", "--val-resize-size", "36", "--val-crop-size", "32"]
+    base += ["--data_train", folder, "--data_val", folder, "--no-tensorboard", "--lr", "0.01"]
+    records = {}
+    for backend in ("pil", "gpu"):
+        out = tmp_path / backend
+        assert train.cli([*base, "--data-backend", backend, "--output-dir", str(out)]) == 0
+        (records[backend],) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for key in ("train_loss", "val_loss"):
+        assert records["gpu"][key] == pytest.approx(records["pil"][key], rel=1e-2), key
+    assert records["gpu"]["val_acc1"] == records["pil"]["val_acc1"]
+    assert "data_backend: gpu" in (tmp_path / "gpu" / "config.yaml").read_text()

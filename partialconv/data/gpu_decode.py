@@ -148,22 +148,33 @@ def collate_encoded(samples: Sequence) -> EncodedBatch:
 
 
 def decode_images(encoded: list[Tensor], device: torch.device) -> list[Optional[Tensor]]:
-    """RGB uint8 (3, H, W) images on ``device``: one batched decode, per-image fallbacks for odd files; ``None``
-    for a file nothing can decode."""
+    """RGB uint8 (3, H, W) images on ``device``: JPEGs in one batched decode, other formats (by their magic bytes)
+    and JPEGs the batched decoder rejects one by one on the CPU; ``None`` for a file nothing can decode."""
+    images: list[Optional[Tensor]] = [None] * len(encoded)
+    jpegs = [k for k, data in enumerate(encoded) if data[:2].tolist() == [0xFF, 0xD8]]
+    is_jpeg = set(jpegs)
     try:
-        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+        decoded = decode_jpeg([encoded[k] for k in jpegs], mode=ImageReadMode.RGB, device=device) if jpegs else []
+        for k, image in zip(jpegs, decoded):
+            images[k] = image
     except RuntimeError:
-        pass
-    images: list[Optional[Tensor]] = []
-    for data in encoded:
-        try:
-            images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
-            try:
-                images.append(decode_image(data, mode=ImageReadMode.RGB).to(device, non_blocking=True))
-            except RuntimeError:
-                images.append(None)
+        pass  # one bad file fails the whole batch: decode one by one below
+    for k, data in enumerate(encoded):
+        if images[k] is None:
+            images[k] = _decode_one(data, device, is_jpeg=k in is_jpeg)
     return images
+
+
+def _decode_one(data: Tensor, device: torch.device, is_jpeg: bool) -> Optional[Tensor]:
+    if is_jpeg:
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            pass  # e.g. CMYK or progressive JPEGs nvJPEG rejects; libjpeg-turbo handles them
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
+    except RuntimeError:
+        return None
 
 
 def resized_output_size(height: int, width: int, size: int) -> tuple[int, int]:
