@@ -2,7 +2,7 @@
 
 One GPU:   python train.py -a pdresnet50 --data_train /path/train --data_val /path/val -b 192 -j 32 --prefix run1
 8 GPUs:    torchrun --nproc_per_node 8 train.py -a pdresnet50 ...
-Demo:      python train.py          (no data flags: a small embedded dataset, a small model, ~2 minutes on 2 cores)
+Demo:      python train.py          (no data flags: a small embedded dataset, a small model, ~30 s on 2 cores)
 
 See README.md, "Training on ImageNet (train.py)", for every flag, the run directory and resume behaviour.
 """
