@@ -1,6 +1,7 @@
-from . import resnet, vgg  # noqa: F401  (registers the architectures)
+from . import resnet, small, vgg  # noqa: F401  (registers the architectures)
 from ._registry import create_model, is_model, list_models, register_model
 from .resnet import ResNet
+from .small import SimpleCNN
 from .vgg import VGG
 
-__all__ = ["ResNet", "VGG", "create_model", "is_model", "list_models", "register_model"]
+__all__ = ["ResNet", "SimpleCNN", "VGG", "create_model", "is_model", "list_models", "register_model"]

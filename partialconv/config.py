@@ -1,0 +1,154 @@
+"""train.py's command line: argparse flags, YAML recipes (the file sets defaults, the CLI overrides), resolution.
+
+Every option lives in one parser; a YAML file may set any of its destinations (``batch_size``, ``lr_schedule``...),
+and a key the parser does not know is an error naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from .layers import PADDINGS
+from .models import is_model
+from .models._registry import unknown_model_message
+
+__all__ = ["ConfigError", "build_parser", "parse_config", "run_dir_of", "config_to_yaml"]
+
+# apex's opt levels, for users coming from the seed: O0 is fp32, O1..O3 all mean fp16 mixed precision today.
+_APEX_LEVELS = {"O0": "none", "O1": "fp16", "O2": "fp16", "O3": "fp16"}
+
+
+class ConfigError(ValueError):
+    """A bad flag or config file; the message is one line naming the flag or file."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train or evaluate an image classifier (ImageNet layout) with zero/partial/reflect/replicate "
+        "padding. With no --data_train/--data_val it trains on a small embedded demo dataset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("-a", "--arch", default="pdresnet18", help="registry model name (e.g. resnet50, pdresnet50)")
+    g.add_argument("--padding", choices=PADDINGS, default=None, help="padding; default: partial for pd* names")
+    g.add_argument("--num-classes", type=int, default=None, help="classifier width; default: from the data")
+    g.add_argument("--pretrained", default=None, metavar="PATH", help="initial weights from a local checkpoint")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data_train", "--data-train", dest="data_train", default=None, help="ImageFolder train dir")
+    g.add_argument("--data_val", "--data-val", dest="data_val", default=None, help="ImageFolder val dir")
+    g.add_argument("-j", "--workers", type=int, default=4, help="DataLoader worker processes per rank")
+    g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
+    g.add_argument("--val-resize-size", type=int, default=256, help="eval resize of the shorter side")
+    g.add_argument("--val-crop-size", type=int, default=224, help="eval center crop")
+    g.add_argument(
+        "--on-bad-image",
+        choices=("skip", "error"),
+        default="skip",
+        help="corrupt/truncated image: skip it with a warning (counted per epoch) or stop",
+    )
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=100, help="total epochs (a resumed run continues up to it)")
+    g.add_argument("--start-epoch", type=int, default=None, help="override the epoch to start from (0-based)")
+    g.add_argument("-b", "--batch-size", type=int, default=192, help="global batch size, split over processes")
+    g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.1, help="peak learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="weight decay")
+    g.add_argument("--lr-schedule", choices=("step", "cosine"), default="step", help="learning-rate schedule")
+    g.add_argument("--lr-step-size", type=int, default=30, help="step schedule: epochs between decays")
+    g.add_argument("--lr-gamma", type=float, default=0.1, help="step schedule: decay factor")
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up from 0 (per iteration)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+
+    g = p.add_argument_group("performance")
+    g.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    g.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="autocast dtype (fp16 + scaler)")
+    g.add_argument("--amp-opt-level", choices=tuple(_APEX_LEVELS), default=None, help="apex-style alias of --amp")
+    g.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and inputs")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across ranks (CUDA)")
+    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms, no cudnn benchmark")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML recipe; CLI flags override it")
+    g.add_argument("--seed", type=int, default=0, help="seed of init, data order and augmentation")
+    g.add_argument("--prefix", default="run", help="run name: <ckptdirprefix>checkpoint_<arch>_<prefix>/")
+    g.add_argument("--ckptdirprefix", default="checkpoints/", help="prefix of the run directory (seed layout)")
+    g.add_argument("--output-dir", default=None, help="run directory; overrides the ckptdirprefix/prefix layout")
+    g.add_argument("--resume", default=None, metavar="PATH|auto", help="checkpoint to resume, or auto (run dir)")
+    g.add_argument("-e", "--evaluate", action="store_true", help="only evaluate (--resume or --pretrained weights)")
+    g.add_argument("-p", "--print-freq", type=int, default=10, help="steps between progress lines")
+    g.add_argument("--save-every", type=int, default=0, help="also keep checkpoint_epoch<N>.pth.tar every N epochs")
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="skip TensorBoard files")
+    return p
+
+
+def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option: value")
+    known = {a.dest for a in parser._actions} - {"help", "config"}
+    out = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest not in known:
+            raise ConfigError(f"--config {path}: unknown key {key!r}")
+        out[dest] = value
+    return out
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse ``argv`` (default: sys.argv) with the YAML file of ``--config`` as defaults, then resolve."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        parser.set_defaults(**_load_yaml(first.config, parser))
+    cfg = parser.parse_args(argv)
+    return _resolve(cfg)
+
+
+def _resolve(cfg: argparse.Namespace) -> argparse.Namespace:
+    if not is_model(cfg.arch):
+        raise ConfigError(f"-a/--arch: {unknown_model_message(cfg.arch)}")
+    if cfg.amp_opt_level is not None:
+        cfg.amp = _APEX_LEVELS[cfg.amp_opt_level]
+    if cfg.padding is None:
+        cfg.padding = "partial" if cfg.arch.startswith("pd") else "zero"
+    elif cfg.arch.startswith("pd") and cfg.padding != "partial":
+        raise ConfigError(f"--padding {cfg.padding}: -a {cfg.arch} is partial padding by name; use the plain name")
+    for flag, value in (("-b/--batch-size", cfg.batch_size), ("--epochs", cfg.epochs)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1; got {value}")
+    if cfg.workers < 0:
+        raise ConfigError(f"-j/--workers must be >= 0; got {cfg.workers}")
+    if (cfg.data_train is None) != (cfg.data_val is None):
+        raise ConfigError("--data_train and --data_val go together (give both, or neither for the demo dataset)")
+    if cfg.evaluate and not (cfg.resume or cfg.pretrained):
+        raise ConfigError("-e/--evaluate needs weights: --resume PATH or --pretrained PATH")
+    return cfg
+
+
+def run_dir_of(cfg: argparse.Namespace) -> Path:
+    """``--output-dir`` if given, else the seed's ``<ckptdirprefix>checkpoint_<arch>_<prefix>/``."""
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    return Path(f"{cfg.ckptdirprefix}checkpoint_{cfg.arch}_{cfg.prefix}")
+
+
+def config_to_yaml(cfg: argparse.Namespace) -> str:
+    """The resolved config as YAML that ``--config`` accepts back (same keys, plain values)."""
+    return yaml.safe_dump({k: v for k, v in sorted(vars(cfg).items()) if k != "config"}, sort_keys=False)

@@ -1,0 +1,115 @@
+"""ImageFolder datasets for classification: RGB conversion, a bad-image policy, per-sample seeded augmentation.
+
+Augmentation randomness is a function of (seed, epoch, sample index) only: the sampler
+(:class:`partialconv.data.sampler.SeededSampler`) hands each index together with its own seed, so a run gives the
+same batches whatever the number of workers or ranks, and a resumed run (even mid-epoch) sees exactly the images the
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+__all__ = ["DataError", "ClassificationFolder", "collate_skipping_bad", "check_image_folders"]
+
+# What PIL raises for a file that is not an image, is truncated or is otherwise undecodable.
+_BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message is one line naming the directory or file."""
+
+
+def _rgb_loader(path: str) -> Image.Image:
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        # Palette images with transparency must go through RGBA, or PIL warns and drops the alpha meaning.
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        return img.convert("RGB")  # also grayscale, CMYK, RGBA (alpha dropped)
+
+
+def _class_dirs(root: Path) -> list[str]:
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _has_image(folder: Path) -> bool:
+    return any(p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS) for p in folder.rglob("*"))
+
+
+def check_image_folders(train: Union[str, Path], val: Union[str, Path]) -> list[str]:
+    """Validate the train/val ImageFolder layout before anything runs; returns the class names."""
+    classes = {}
+    for flag, root in (("--data_train", Path(train)), ("--data_val", Path(val))):
+        if not root.is_dir():
+            raise DataError(f"{flag} {root}: no such directory")
+        names = _class_dirs(root)
+        if not names:
+            raise DataError(f"{flag} {root}: no class folders (expected <root>/<class>/<image files>)")
+        empty = [n for n in names if not _has_image(root / n)]
+        if empty:
+            shown = ", ".join(empty[:5]) + (f" (+{len(empty) - 5} more)" if len(empty) > 5 else "")
+            raise DataError(f"{flag} {root}: class folders without images: {shown}")
+        classes[flag] = names
+    tr, va = classes["--data_train"], classes["--data_val"]
+    if tr != va:
+        only_tr = sorted(set(tr) - set(va))[:5]
+        only_va = sorted(set(va) - set(tr))[:5]
+        raise DataError(
+            f"--data_train {train} and --data_val {val} have different classes "
+            f"(train only: {only_tr or '-'}; val only: {only_va or '-'})"
+        )
+    return tr
+
+
+class ClassificationFolder(ImageFolder):
+    """``ImageFolder`` that converts every image to RGB and applies the bad-image policy.
+
+    ``__getitem__`` takes an index or an ``(index, seed)`` pair; with a seed, the transform's randomness is drawn
+    from a generator seeded with it (the caller's global RNG is left untouched). A sample that cannot be decoded
+    returns ``None`` with ``on_bad_image="skip"`` (:func:`collate_skipping_bad` drops and counts it) and raises
+    :class:`DataError` naming the file with ``"error"``.
+    """
+
+    def __init__(self, root: Union[str, Path], transform: Optional[Callable] = None, on_bad_image: str = "skip"):
+        super().__init__(str(root), transform=transform, loader=_rgb_loader)
+        if on_bad_image not in ("skip", "error"):
+            raise ValueError(f"on_bad_image must be skip or error; got {on_bad_image!r}")
+        self.on_bad_image = on_bad_image
+
+    def __getitem__(self, key: Union[int, tuple[int, int]]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        path, target = self.samples[index]
+        try:
+            image = self.loader(path)
+        except _BAD_IMAGE_ERRORS as e:
+            if self.on_bad_image == "error":
+                raise DataError(f"bad image {path}: {type(e).__name__}: {e} (use --on-bad-image skip)") from e
+            warnings.warn(f"skipping bad image {path}: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=1)
+            return None
+        if self.transform is not None:
+            if seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image = self.transform(image)
+        return image, target
+
+
+def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the good samples; the third element is how many bad ones were dropped (counted per epoch)."""
+    good = [b for b in batch if b is not None]
+    bad = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
+    images = torch.stack([torch.as_tensor(b[0]) for b in good])
+    targets = torch.tensor([b[1] for b in good], dtype=torch.long)
+    return images, targets, bad

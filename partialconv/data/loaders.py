@@ -1,0 +1,80 @@
+"""DataLoaders of a run from its resolved config: one place that turns flags into train/val loaders."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.data import DataLoader
+
+from .datasets import ClassificationFolder, DataError, check_image_folders, collate_skipping_bad
+from .demo import ensure_demo_dataset
+from .presets import eval_transform, train_transform
+from .sampler import SeededSampler
+
+if TYPE_CHECKING:  # data must not import engine at run time (imports flow engine -> data)
+    from ..engine.distributed import DistInfo
+
+__all__ = ["Loaders", "batch_to_device", "build_loaders", "resolve_data_dirs"]
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    train_sampler: SeededSampler
+    classes: list[str]
+
+
+def resolve_data_dirs(cfg: argparse.Namespace) -> None:
+    """Fill ``cfg.data_train/data_val`` with the embedded demo set when no data was given (made once)."""
+    if cfg.data_train is None:
+        train, val = ensure_demo_dataset()
+        cfg.data_train, cfg.data_val = str(train), str(val)
+
+
+def _loader(dataset, sampler: SeededSampler, batch: int, cfg: argparse.Namespace, dist: DistInfo) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        pin_memory=dist.device.type == "cuda",
+        persistent_workers=cfg.workers > 0,
+        collate_fn=collate_skipping_bad,
+        drop_last=False,
+    )
+
+
+def build_loaders(cfg: argparse.Namespace, dist: DistInfo) -> Loaders:
+    """Train loader (seeded, split over ranks, ``cfg.batch_size`` global) and exact val loader (no duplicates)."""
+    classes = check_image_folders(cfg.data_train, cfg.data_val)
+    if cfg.batch_size % dist.world_size:
+        raise DataError(f"-b/--batch-size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
+    local_batch = cfg.batch_size // dist.world_size
+    train_set = ClassificationFolder(cfg.data_train, train_transform(cfg.train_crop_size), cfg.on_bad_image)
+    val_set = ClassificationFolder(
+        cfg.data_val, eval_transform(cfg.val_resize_size, cfg.val_crop_size), cfg.on_bad_image
+    )
+    if len(train_set) < cfg.batch_size:
+        raise DataError(
+            f"--data_train {cfg.data_train}: {len(train_set)} images, fewer than one batch of {cfg.batch_size}"
+        )
+    train_sampler = SeededSampler(
+        len(train_set), dist.rank, dist.world_size, shuffle=True, seed=cfg.seed, local_batch=local_batch
+    )
+    val_sampler = SeededSampler(len(val_set), dist.rank, dist.world_size, shuffle=False, seed=cfg.seed)
+    return Loaders(
+        train=_loader(train_set, train_sampler, local_batch, cfg, dist),
+        val=_loader(val_set, val_sampler, local_batch, cfg, dist),
+        train_sampler=train_sampler,
+        classes=classes,
+    )
+
+
+def batch_to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool):
+    """Non-blocking host-to-device copy (pinned memory makes it asynchronous on CUDA)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return images.to(device, non_blocking=True, memory_format=fmt), targets.to(device, non_blocking=True)

@@ -1,0 +1,118 @@
+"""What a run leaves for humans and tools: console + ``log.txt``, ``metrics.jsonl``, TensorBoard, progress bars.
+
+Only rank 0 writes; every method is a no-op elsewhere, so callers need no rank checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ["RunLogger", "Progress", "write_text_atomic"]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _append_line(path: Path, line: str) -> None:
+    """One ``write`` of a whole line on an O_APPEND descriptor: readers never see half a line."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+class RunLogger:
+    def __init__(self, run_dir: Optional[Path], enabled: bool, tensorboard: bool = True) -> None:
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self._tb = None
+        if enabled and run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter  # slow import; only when asked for
+
+                self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def info(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        print(msg, flush=True)
+        if self.run_dir is not None:
+            _append_line(self.run_dir / "log.txt", f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
+
+    def warn(self, msg: str) -> None:
+        if self.enabled:
+            print(f"warning: {msg}", file=sys.stderr, flush=True)
+            if self.run_dir is not None:
+                _append_line(self.run_dir / "log.txt", f"{time.strftime('%Y-%m-%d %H:%M:%S')} warning: {msg}")
+
+    def truncate_metrics(self, completed_epochs: int) -> None:
+        """Drop ``metrics.jsonl`` lines of epochs that will be re-run (resume never duplicates an epoch)."""
+        path = self.run_dir / "metrics.jsonl" if self.run_dir is not None else None
+        if not self.enabled or path is None or not path.is_file():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["epoch"] <= completed_epochs:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn or foreign line: dropped rather than propagated
+        write_text_atomic(path, "".join(f"{line}\n" for line in keep))
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        if not self.enabled or self.run_dir is None:
+            return
+        _append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "epochs", "seed", "time"):
+                    self._tb.add_scalar(key, value, record["epoch"])
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class Progress:
+    """A tqdm bar on a terminal (rank 0), else nothing: the caller prints plain lines at the print frequency."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, initial: int = 0) -> None:
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False)
+
+    @property
+    def interactive(self) -> bool:
+        return self.bar is not None
+
+    def update(self, postfix: Optional[dict[str, float]] = None) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if postfix:
+                self.bar.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()}, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,51 @@
+"""Process-level set-up of a run: seeding, determinism, and wrapping the model (SyncBN, NHWC, compile, DDP)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .distributed import DistInfo
+
+__all__ = ["seed_everything", "configure_backends", "prepare_model"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_backends(cfg: argparse.Namespace, device: torch.device) -> None:
+    """``--deterministic``: deterministic kernels (warn where none exists), no cuDNN autotuning. Otherwise cuDNN
+    benchmark on GPU, and TF32 matmuls/convs (the usual ImageNet trade-off on Ampere and later)."""
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def prepare_model(model: nn.Module, cfg: argparse.Namespace, dist: DistInfo) -> tuple[nn.Module, nn.Module]:
+    """Returns ``(model, train_model)``: the plain module (saved, evaluated, optimised) on the device, and what the
+    training step calls (compiled and/or DDP-wrapped around the same parameters)."""
+    if cfg.sync_bn and dist.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(dist.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_model = torch.compile(model) if cfg.compile else model
+    if dist.distributed:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        train_model = DistributedDataParallel(train_model, device_ids=ids)
+    return model, train_model

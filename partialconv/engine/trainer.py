@@ -1,0 +1,216 @@
+"""The training loop's parts: optimiser/schedule/AMP setup, one step, one epoch, evaluation.
+
+No host synchronisation per step: losses, hits and the first non-finite step are accumulated on the device and
+read at the print frequency and at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.loaders import batch_to_device
+from .metrics import EpochMeter
+from .preemption import Preemption
+from .runlog import Progress
+
+__all__ = [
+    "AMP_DTYPES",
+    "NonFiniteLossError",
+    "TrainContext",
+    "EpochResult",
+    "build_context",
+    "lr_factor",
+    "train_step",
+    "train_one_epoch",
+    "evaluate",
+]
+
+AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/Inf; the message names the epoch and step."""
+
+
+@dataclass
+class TrainContext:
+    """Everything one training step needs. ``model`` is what runs forward (DDP- and/or compile-wrapped)."""
+
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp_dtype: Optional[torch.dtype] = None
+    channels_last: bool = False
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+
+def lr_factor(cfg: argparse.Namespace, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of ``cfg.lr`` at a global iteration: linear warm-up, then step (/gamma every step_size epochs)
+    or cosine to 0 at ``cfg.epochs``. Stepped per iteration, so warm-up is smooth at any epoch count."""
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+
+    def factor(it: int) -> float:
+        if it < warmup:
+            return (it + 1) / warmup
+        if cfg.lr_schedule == "step":
+            return cfg.lr_gamma ** ((it // steps_per_epoch) // cfg.lr_step_size)
+        progress = (it - warmup) / max(1.0, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_context(
+    cfg: argparse.Namespace, model: nn.Module, train_model: nn.Module, device: torch.device, steps_per_epoch: int
+) -> TrainContext:
+    """SGD with weight decay on every parameter (the seed's recipe), the per-iteration LR schedule and the
+    GradScaler (active for fp16 only)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    return TrainContext(
+        model=train_model,
+        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        device=device,
+        amp_dtype=AMP_DTYPES[cfg.amp],
+        channels_last=cfg.channels_last,
+    )
+
+
+def train_step(ctx: TrainContext, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward, optimiser and schedule step on a device batch; returns the (detached) loss and logits."""
+    with ctx.autocast():
+        logits = ctx.model(images)
+        loss = ctx.criterion(logits, targets)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scaler.scale(loss).backward()
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    ctx.scheduler.step()
+    return loss.detach(), logits.detach()
+
+
+@dataclass
+class EpochResult:
+    steps_done: int  # completed steps of this epoch, counting those before a mid-epoch resume
+    preempted: bool
+    seconds: float
+    images: int  # images this rank trained on in this session of the epoch
+
+
+def train_one_epoch(
+    ctx: TrainContext,
+    loader: DataLoader,
+    epoch: int,
+    meter: EpochMeter,
+    *,
+    start_step: int = 0,
+    total_steps: Optional[int] = None,
+    print_freq: int = 10,
+    log: Callable[[str], None] = print,
+    preemption: Optional[Preemption] = None,
+    distributed: bool = False,
+    show_progress: bool = False,
+) -> EpochResult:
+    """Train over ``loader`` (already positioned at ``start_step``); ``epoch`` is 0-based.
+
+    Stops after the current step when ``preemption`` was signalled (checked every step in a one-process run, every
+    ``print_freq`` steps, all ranks agreeing, in a distributed one). Raises :class:`NonFiniteLossError`.
+    """
+    ctx.model.train()
+    total_steps = total_steps if total_steps is not None else start_step + len(loader)
+    first_bad = torch.full((), -1, dtype=torch.long, device=ctx.device)
+    progress = Progress(total_steps, f"epoch {epoch + 1}", show_progress, initial=start_step)
+    step, images_seen, preempted = start_step, 0, False
+    start = time.perf_counter()
+    try:
+        for images, targets, bad in loader:
+            meter.bad += bad
+            if images.numel() == 0:
+                continue
+            images, targets = batch_to_device(images, targets, ctx.device, ctx.channels_last)
+            loss, logits = train_step(ctx, images, targets)
+            meter.update(loss, logits, targets)
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+            step += 1
+            images_seen += targets.shape[0]
+            at_print = step % print_freq == 0 or step == total_steps
+            progress.update(meter.local_summary() if at_print and progress.interactive else None)
+            if at_print:
+                _check_finite(first_bad, epoch)
+                if not progress.interactive:
+                    _log_progress(log, epoch, step, total_steps, meter, ctx.optimizer, images_seen, start)
+            if (
+                preemption is not None
+                and (at_print or not distributed)
+                and preemption.requested(distributed, ctx.device)
+            ):
+                preempted = True
+                break
+    finally:
+        progress.close()
+    _check_finite(first_bad, epoch)
+    return EpochResult(step, preempted, time.perf_counter() - start, images_seen)
+
+
+def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
+    bad_step = int(first_bad.item())
+    if bad_step >= 0:
+        raise NonFiniteLossError(
+            f"loss is NaN/Inf at epoch {epoch + 1} step {bad_step + 1}; stopping (the last checkpoint is untouched). "
+            "Lower --lr, add --warmup-epochs, or use --amp bf16 instead of fp16"
+        )
+
+
+def _log_progress(log, epoch, step, total, meter, optimizer, images_seen, start) -> None:
+    s = meter.local_summary()
+    rate = images_seen / max(time.perf_counter() - start, 1e-9)
+    log(
+        f"Epoch: [{epoch + 1}][{step}/{total}] loss {s['loss']:.4f} acc@1 {s['acc1']:.2f} acc@5 {s['acc5']:.2f} "
+        f"lr {optimizer.param_groups[0]['lr']:.5f} {rate:.1f} img/s/rank"
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """Loss and top-1/top-5 (percent) over the whole split, summed exactly over ranks (a collective)."""
+    model.eval()
+    meter = EpochMeter(device)
+    amp = torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    for images, targets, bad in loader:
+        meter.bad += bad
+        if images.numel() == 0:
+            continue
+        images, targets = batch_to_device(images, targets, device, channels_last)
+        with amp:
+            logits = model(images)
+            loss = criterion(logits, targets)
+        meter.update(loss.float(), logits.float(), targets)
+    return meter.reduce()

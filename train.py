@@ -1,0 +1,184 @@
+"""Train (or evaluate) an image classifier on ImageFolder data with zero/partial/reflect/replicate padding.
+
+One GPU:   python train.py -a pdresnet50 --data_train /path/train --data_val /path/val -b 192 -j 32 --prefix run1
+8 GPUs:    torchrun --nproc_per_node 8 train.py -a pdresnet50 ...
+Demo:      python train.py          (no data flags: a small embedded dataset, a small model, ~2 minutes on 2 cores)
+
+See README.md, "Training on ImageNet (train.py)", for every flag, the run directory and resume behaviour.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from torch import nn
+
+from partialconv.checkpoint import CheckpointError, load_checkpoint
+from partialconv.config import ConfigError, config_to_yaml, parse_config, run_dir_of
+from partialconv.data import DataError, build_loaders, resolve_data_dirs
+from partialconv.engine.checkpointing import (
+    LAST,
+    find_resume_checkpoint,
+    restore_run_state,
+    run_state,
+    save_run_checkpoint,
+)
+from partialconv.engine.distributed import barrier, cleanup, init_distributed
+from partialconv.engine.metrics import EpochMeter
+from partialconv.engine.preemption import Preemption
+from partialconv.engine.runlog import RunLogger, write_text_atomic
+from partialconv.engine.setup import configure_backends, prepare_model, seed_everything
+from partialconv.engine.trainer import AMP_DTYPES, NonFiniteLossError, build_context, evaluate, train_one_epoch
+from partialconv.models import create_model
+
+EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = parse_config(argv)
+    dist = init_distributed(cfg.device)
+    configure_backends(cfg, dist.device)
+    seed_everything(cfg.seed)
+    if dist.is_main:
+        resolve_data_dirs(cfg)  # the demo dataset, made once by rank 0
+    barrier()
+    resolve_data_dirs(cfg)
+    run_dir = run_dir_of(cfg)
+    log = RunLogger(None if cfg.evaluate else run_dir, dist.is_main, cfg.tensorboard)
+
+    loaders = build_loaders(cfg, dist)
+    cfg.num_classes = cfg.num_classes or len(loaders.classes)
+    model = create_model(cfg.arch, pretrained=cfg.pretrained, padding=cfg.padding, num_classes=cfg.num_classes)
+    if cfg.evaluate:
+        return evaluate_only(cfg, model, loaders, dist, run_dir, log)
+    ckpt, ckpt_path = find_resume_checkpoint(cfg.resume, run_dir, log.warn)
+    model, train_model = prepare_model(model, cfg, dist)
+    steps_per_epoch = loaders.train_sampler.steps_per_epoch()
+    ctx = build_context(cfg, model, train_model, dist.device, steps_per_epoch)
+    start_epoch, start_step, best_acc1, epoch_sums = 0, 0, 0.0, None
+    if ckpt is not None:
+        start_epoch, start_step, best_acc1, epoch_sums = restore_run_state(
+            ckpt, model, ctx, dist.rank, dist.world_size, log.warn
+        )
+        log.info(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}, best acc@1 {best_acc1:.3f}")
+    if cfg.start_epoch is not None:
+        start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
+    if dist.is_main:
+        log.truncate_metrics(start_epoch)
+        write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+    log.info(
+        f"{cfg.arch} ({cfg.padding} padding, {cfg.num_classes} classes) on {dist.world_size} x {dist.device}; "
+        f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images; run dir {run_dir}"
+    )
+
+    preemption = Preemption().install()
+    config = vars(cfg).copy()
+    for epoch in range(start_epoch, cfg.epochs):
+        epoch_start = time.time()
+        loaders.train_sampler.set_epoch(epoch, start_step)
+        meter = EpochMeter(dist.device)
+        meter.load_state_dict(epoch_sums if start_step else None)
+        lr = ctx.optimizer.param_groups[0]["lr"]
+        result = train_one_epoch(
+            ctx,
+            loaders.train,
+            epoch,
+            meter,
+            start_step=start_step,
+            total_steps=steps_per_epoch,
+            print_freq=cfg.print_freq,
+            log=log.info,
+            preemption=preemption,
+            distributed=dist.distributed,
+            show_progress=dist.is_main,
+        )
+        if result.preempted and result.steps_done < steps_per_epoch:
+            state = run_state(model, ctx, epoch, result.steps_done, best_acc1, config, meter.state_dict())
+            if dist.is_main:
+                save_run_checkpoint(run_dir, state)
+            return preempted_exit(preemption, log, run_dir, epoch, result.steps_done)
+        train = meter.reduce()
+        val = evaluate(model, loaders.val, ctx.criterion, dist.device, ctx.amp_dtype, cfg.channels_last)
+        is_best = val["acc1"] > best_acc1
+        best_acc1 = max(best_acc1, val["acc1"])
+        state = run_state(model, ctx, epoch + 1, 0, best_acc1, config)
+        if dist.is_main:
+            snapshot = epoch + 1 if cfg.save_every and (epoch + 1) % cfg.save_every == 0 else None
+            save_run_checkpoint(run_dir, state, is_best=is_best, snapshot_epoch=snapshot)
+        record = {
+            "epoch": epoch + 1,
+            "epochs": cfg.epochs,
+            "arch": cfg.arch,
+            "padding": cfg.padding,
+            "seed": cfg.seed,
+            "lr": lr,
+            "train_loss": train["loss"],
+            "train_acc1": train["acc1"],
+            "train_acc5": train["acc5"],
+            "val_loss": val["loss"],
+            "val_acc1": val["acc1"],
+            "val_acc5": val["acc5"],
+            "best_acc1": best_acc1,
+            "bad_images": int(train["bad"] + val["bad"]),
+            "images_per_sec": result.images * dist.world_size / max(result.seconds, 1e-9),
+            "epoch_seconds": time.time() - epoch_start,
+            "time": time.time(),
+        }
+        log.epoch(record)
+        log.info(
+            f"Epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc@1 {train['acc1']:.2f} | "
+            f"val loss {val['loss']:.4f} acc@1 {val['acc1']:.3f} acc@5 {val['acc5']:.3f} (best {best_acc1:.3f}) | "
+            f"{record['images_per_sec']:.1f} img/s, {record['epoch_seconds']:.1f} s"
+        )
+        if record["bad_images"]:
+            log.warn(f"epoch {epoch + 1}: {record['bad_images']} bad image(s) skipped (named in the warnings above)")
+        start_step = 0
+        if result.preempted:
+            return preempted_exit(preemption, log, run_dir, epoch + 1, 0)
+    log.info(f"done: {cfg.epochs} epochs, best val acc@1 {best_acc1:.3f}; checkpoints in {run_dir}")
+    log.close()
+    return 0
+
+
+def evaluate_only(cfg, model, loaders, dist, run_dir: Path, log: RunLogger) -> int:
+    """``-e``: top-1/top-5 of the ``--resume`` checkpoint (``auto``: the run directory's last) or ``--pretrained``."""
+    if cfg.resume:
+        load_checkpoint(model, run_dir / LAST if cfg.resume == "auto" else cfg.resume)
+    model, _ = prepare_model(model, cfg, dist)
+    val = evaluate(model, loaders.val, nn.CrossEntropyLoss(), dist.device, AMP_DTYPES[cfg.amp], cfg.channels_last)
+    log.info(
+        f"evaluate {cfg.arch} ({cfg.padding} padding) on {int(val['count'])} images of {cfg.data_val}: "
+        f"top-1 {val['acc1']:.3f} top-5 {val['acc5']:.3f} loss {val['loss']:.4f}"
+    )
+    return 0
+
+
+def preempted_exit(preemption: Preemption, log: RunLogger, run_dir: Path, epoch: int, step: int) -> int:
+    where = f"epoch {epoch + 1} step {step}" if step else f"the end of epoch {epoch}"
+    log.info(
+        f"preempted by {preemption.name}: stopped at {where}, checkpoint written to {run_dir / LAST}; "
+        "resume with the same command plus --resume auto"
+    )
+    log.close()
+    return preemption.exit_code
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """``main`` with expected failures as one ``error:`` line and exit code 1 (2 for bad flags/config)."""
+    try:
+        return main(argv)
+    except ConfigError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    except (*EXPECTED_ERRORS, ValueError, FileNotFoundError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
