@@ -45,7 +45,9 @@ RESERVED_FLAGS = (
     "--resume",
     "--device",
     "--data_train",
+    "--data-train",
     "--data_val",
+    "--data-val",
     "--prefix",
     "--ckptdirprefix",
 )
@@ -133,10 +135,19 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
         if arch.startswith("pd") and is_model(arch[2:]):
             parser.error(f"--archs: use {arch[2:]} (the padding comes from --paddings), not {arch}")
     for token in passthrough:
-        flag = token.split("=", 1)[0]
-        if flag in RESERVED_FLAGS or (token.startswith("-a") and not token.startswith("--")):
+        if _is_reserved(token):
+            flag = token.split("=", 1)[0]
             parser.error(f"train.py flag {flag} after `--` is set by the benchmark for each run; use its own options")
     return args, passthrough
+
+
+def _is_reserved(token: str) -> bool:
+    """Whether a train.py argument would override a per-run setting; argparse also accepts unambiguous prefixes
+    of long flags (``--pad``), so those count too."""
+    flag = token.split("=", 1)[0]
+    if flag.startswith("--"):
+        return len(flag) > 2 and any(r.startswith(flag) for r in RESERVED_FLAGS if r.startswith("--"))
+    return flag.startswith("-a")
 
 
 # ------------------------------------------------------------------------------------------------------ planning
@@ -252,20 +263,32 @@ class Runner:
         self.failed: list[tuple[Job, str]] = []
         self.succeeded: list[Job] = []
 
-    def _launch(self, job: Job, slot: int, position: int, total: int) -> _Active:
+    def _launch(self, job: Job, slot: int, position: int, total: int) -> Optional[_Active]:
+        """Start one run; None (reported as a failure) when its directory or process cannot be set up."""
         gpus = self.slots[slot]
         nproc = len(gpus) if gpus is not None else 1
         cmd = build_command(job, self.device, nproc, self.args.data_train, self.args.data_val, self.passthrough)
-        job.run_dir.mkdir(parents=True, exist_ok=True)
         log_path = job.run_dir / RUN_LOG
-        log = open(log_path, "ab")
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        log.write(f"=== padding_benchmark {stamp}: {format_command(cmd, gpus)}\n".encode())
-        log.flush()
         env = dict(os.environ)
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(log_path, "ab")
+        except OSError as e:
+            self.failed.append((job, f"cannot write {log_path} ({e.strerror})"))
+            print(f"[{position}/{total}] FAILED  {job.name}: cannot write {log_path} ({e.strerror})", flush=True)
+            return None
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"=== padding_benchmark {stamp}: {format_command(cmd, gpus)}\n".encode())
+        log.flush()
+        try:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as e:
+            log.close()
+            self.failed.append((job, f"cannot start {cmd[0]} ({e.strerror})"))
+            print(f"[{position}/{total}] FAILED  {job.name}: cannot start {cmd[0]} ({e.strerror})", flush=True)
+            return None
         where = f" on GPU {','.join(gpus)}" if gpus is not None else ""
         what = "resume" if job.state == "partial" else "start "
         print(f"[{position}/{total}] {what} {job.name} (seed {job.seed}){where}, log {log_path}", flush=True)
@@ -318,7 +341,9 @@ class Runner:
                 while pending and len(active) < len(self.slots):
                     slot = next(i for i in range(len(self.slots)) if i not in active)
                     position, job = pending.popleft()
-                    active[slot] = self._launch(job, slot, position, len(jobs))
+                    launched = self._launch(job, slot, position, len(jobs))
+                    if launched is not None:
+                        active[slot] = launched
                 for slot, a in list(active.items()):
                     if a.proc.poll() is not None:
                         del active[slot]

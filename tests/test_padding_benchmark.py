@@ -1,9 +1,12 @@
-"""scripts/padding_benchmark.py: planning, commands, GPU slots, argument checks, --dry-run."""
+"""scripts/padding_benchmark.py: planning, commands, GPU slots, argument checks, --dry-run, and an end-to-end
+matrix of real train.py runs (interrupted, restarted, reported)."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +129,126 @@ def test_dry_run_prints_commands_and_skips_finished(tmp_path):
     assert "--padding partial" in commands[0] and commands[0].endswith("--epochs 3")
     assert commands[1].startswith("CUDA_VISIBLE_DEVICES=2,3 ") and "--padding reflect" in commands[1]
     assert sorted(p for p in root.rglob("*")) == before  # nothing created
+
+
+def test_dry_run_max_runs_limits_the_commands(tmp_path):
+    cmd = [sys.executable, str(BENCH), "--archs", "simple_cnn", "--runs", "3", "--root", str(tmp_path)]
+    proc = subprocess.run(cmd + ["--device", "cpu", "--max-runs", "2", "--dry-run"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    commands = [line for line in proc.stdout.splitlines() if "train.py" in line]
+    assert len(commands) == 2 and "--padding zero --seed 2" in commands[1]
+
+
+# ------------------------------------------------------------------------------------------- end to end (CPU)
+
+ARCHS = ("simple_cnn", "resnet18")  # the smallest registered model first, so the interruption lands on resnet18
+TRAIN_FLAGS = ["--epochs", "1", "-b", "20", "-j", "0", "--no-tensorboard", "-p", "100"]
+# 64 px: reflect padding needs every feature map to be wider than the pad (resnet18's last stage is 2x2 here)
+TRAIN_FLAGS += ["--train-crop-size", "64", "--val-resize-size", "64", "--val-crop-size", "64"]
+
+
+def _bench_command(root: Path, data: Path) -> list[str]:
+    cmd = [sys.executable, str(BENCH), "--archs", *ARCHS, "--runs", "2", "--root", str(root), "--device", "cpu"]
+    cmd += ["--data_train", str(data / "train"), "--data_val", str(data / "val"), "--kill-timeout", "30"]
+    return cmd + ["--", *TRAIN_FLAGS]
+
+
+def _snapshot(root: Path) -> dict[Path, tuple[bytes, int]]:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    """2 archs x 4 paddings x 2 runs of 1-epoch train.py runs on generated 64 px ImageFolder data: interrupted by
+    SIGINT once the first 8 runs are done, then restarted after planting an unreadable checkpoint in one run."""
+    from partialconv.data.demo import make_demo_dataset
+
+    base = tmp_path_factory.mktemp("matrix")
+    data = make_demo_dataset(base / "data", train_per_class=2, val_per_class=1, size=64)
+    root = base / "results"
+    cmd = _bench_command(root, data)
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    done = 0
+    for line in first.stdout:  # progress lines arrive as the runs end
+        lines.append(line)
+        done += " done " in line
+        if done == 8:
+            first.send_signal(signal.SIGINT)
+            break
+    lines += first.stdout.readlines()
+    first.wait(timeout=120)
+    after_first = _snapshot(root)
+    broken = root / "resnet18" / "replicate" / "run2"
+    broken.mkdir(parents=True)
+    (broken / "checkpoint.pth.tar").write_bytes(b"not a checkpoint")
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return {
+        "root": root,
+        "first_rc": first.returncode,
+        "first_out": "".join(lines),
+        "after_first": after_first,
+        "second": second,
+        "broken": broken,
+    }
+
+
+def test_interrupt_stops_the_matrix_resumably(matrix):
+    assert matrix["first_rc"] == 128 + signal.SIGINT, matrix["first_out"]
+    out = matrix["first_out"]
+    assert "[8/16] done    simple_cnn/replicate/run2" in out
+    assert "interrupted; rerun the same command to continue" in out
+    finished = [p.parent for p in matrix["after_first"] if p.name == "metrics.jsonl"]
+    assert sorted(p.relative_to(matrix["root"]).as_posix() for p in finished) == sorted(
+        f"simple_cnn/{pad}/run{k}" for pad in ("zero", "partial", "reflect", "replicate") for k in (1, 2)
+    )
+    assert matrix["root"] / "results.md" not in matrix["after_first"]  # no report after an interruption
+
+
+def test_restart_skips_finished_runs_and_reports_the_failure(matrix):
+    second = matrix["second"]
+    out = second.stdout
+    assert second.returncode == 1, out + second.stderr  # one run failed: the exit code says so
+    assert "16 runs (2 archs x 4 paddings x 2) under" in out and "8 finished (skipped)" in out
+    assert "simple_cnn" not in "".join(line for line in out.splitlines() if " done " in line or "start" in line)
+    for path, (data, mtime) in matrix["after_first"].items():
+        if "simple_cnn" in path.parts:
+            assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
+    log = matrix["broken"] / "run.log"
+    assert f"FAILED resnet18/replicate/run2: exit code 1; log {log}" in second.stderr
+    text = log.read_text()
+    assert "train.py: error:" in text and str(matrix["broken"] / "checkpoint.pth.tar") in text
+    assert out.count(" done ") == 7  # the matrix went on after the failure
+    assert "7 run(s) finished, 1 failed, 8 skipped" in out
+
+
+def test_report_matches_the_metrics_files(matrix):
+    root = matrix["root"]
+    rows = {(r["arch"], r["padding"]): r for r in csv.DictReader((root / "results.csv").open())}
+    assert list(rows) == [(a, p) for a in sorted(ARCHS) for p in ("zero", "partial", "reflect", "replicate")]
+    for (arch, padding), row in rows.items():
+        best1, best5 = [], []
+        for k in (1, 2):
+            path = root / arch / padding / f"run{k}" / "metrics.jsonl"
+            if not path.exists():
+                continue
+            (rec,) = [json.loads(line) for line in path.read_text().splitlines()]
+            assert (rec["arch"], rec["padding"], rec["seed"], rec["epoch"], rec["epochs"]) == (arch, padding, k, 1, 1)
+            best1.append(rec["val_acc1"])
+            best5.append(rec["val_acc5"])
+        assert int(row["n_runs"]) == len(best1) == (1 if (arch, padding) == ("resnet18", "replicate") else 2)
+        assert [float(row[f"run{i}_top1"]) for i in range(1, len(best1) + 1)] == pytest.approx(best1, abs=1e-4)
+        assert [float(row[f"run{i}_top5"]) for i in range(1, len(best5) + 1)] == pytest.approx(best5, abs=1e-4)
+        assert float(row["mean_top1"]) == pytest.approx(sum(best1) / len(best1), abs=1e-4)
+        if padding != "zero":
+            zero = rows[(arch, "zero")]
+            assert float(row["diff_to_zero"]) == pytest.approx(float(row["mean_top1"]) - float(zero["mean_top1"]), 1e-3)
+    assert rows[("resnet18", "replicate")]["p_welch_vs_zero"] == ""  # one finished run: no t-test
+    assert rows[("resnet18", "zero")]["pytorch_official_top1"] == "69.758"
+    md = (root / "results.md").read_text()
+    assert "| resnet18 | replicate |" in md and "n/a" in md
+    for name in ("top1_bar.png", "val_top1_curves.png"):
+        assert (root / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        import matplotlib.image
+
+        assert matplotlib.image.imread(root / name).shape[0] > 100
