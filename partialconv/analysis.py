@@ -434,7 +434,7 @@ def plot_top1_bars(cells: Sequence[CellSummary], path: Path) -> None:
     paddings = sorted({c.padding for c in done}, key=_padding_key)
     colors = _padding_colors(paddings)
     width = 0.8 / max(len(paddings), 1)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 1.6 * len(archs)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 1.6 * len(archs)), 3.6), layout="constrained")
     lows = []
     for j, padding in enumerate(paddings):
         xs, means, errs = [], [], []
@@ -471,7 +471,7 @@ def plot_val_curves(cells: Sequence[CellSummary], path: Path) -> None:
 
     archs = list(dict.fromkeys(c.arch for c in cells))
     colors = _padding_colors([c.padding for c in cells])
-    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.4), squeeze=False, layout="constrained")
     for ax, arch in zip(axes[0], archs):
         for cell in (c for c in cells if c.arch == arch):
             color = colors[cell.padding]
@@ -487,8 +487,13 @@ def plot_val_curves(cells: Sequence[CellSummary], path: Path) -> None:
             for i, run in enumerate(cell.incomplete):
                 label = f"{cell.padding} incomplete" if i == 0 else None
                 ax.plot(*zip(*run.curve), color=color, ls="--", lw=0.8, marker=".", label=label)
+        last = max(e for c in cells if c.arch == arch for r in c.finished + c.incomplete for e, _ in r.curve)
+        ax.set_xlim(0.5, last + 0.5)
         ax.set_title(arch, fontsize=10)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if last <= 12:
+            ax.set_xticks(range(1, last + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("val top-1 (%)")
         ax.grid(alpha=0.3)
