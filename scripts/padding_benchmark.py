@@ -129,6 +129,13 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
         parser.error("--gpus-per-run must be >= 1")
     if args.max_runs is not None and args.max_runs < 0:
         parser.error("--max-runs must be >= 0")
+    if (args.data_train is None) != (args.data_val is None):
+        parser.error("--data_train and --data_val go together (give both, or neither for train.py's demo data)")
+    for flag, path in (("--data_train", args.data_train), ("--data_val", args.data_val)):
+        if path is not None and not Path(path).is_dir():
+            parser.error(f"{flag} {path}: not a directory")
+    if args.root.exists() and not args.root.is_dir():
+        parser.error(f"--root {args.root}: exists and is not a directory")
     for arch in args.archs:
         if not is_model(arch):
             parser.error(f"--archs: {unknown_model_message(arch)}")

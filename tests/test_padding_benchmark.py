@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,8 @@ def test_visible_gpus_respects_cuda_visible_devices(monkeypatch):
         (["--archs", "pdresnet18"], "use resnet18 (the padding comes from --paddings)"),
         (["--archs", "resnet18", "--paddings", "circular"], "invalid choice: 'circular'"),
         (["--archs", "resnet18", "--runs", "0"], "--runs must be >= 1"),
+        (["--archs", "resnet18", "--data_train", "/nonexistent"], "--data_train and --data_val go together"),
+        (["--archs", "resnet18", "--data_train", "/nonexistent", "--data_val", "/"], "--data_train /nonexistent: not"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_reason(argv, message, capsys):
@@ -168,6 +171,8 @@ def matrix(tmp_path_factory):
     root = base / "results"
     cmd = _bench_command(root, data)
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(600, first.kill)  # a hung benchmark fails the test instead of blocking the suite
+    watchdog.start()
     lines = []
     done = 0
     for line in first.stdout:  # progress lines arrive as the runs end
@@ -178,6 +183,7 @@ def matrix(tmp_path_factory):
             break
     lines += first.stdout.readlines()
     first.wait(timeout=120)
+    watchdog.cancel()
     after_first = _snapshot(root)
     broken = root / "resnet18" / "replicate" / "run2"
     broken.mkdir(parents=True)
