@@ -316,10 +316,17 @@ def summarize(runs: Sequence[RunResult]) -> list[CellSummary]:
 # ---------------------------------------------------------------------------------------------------- writing
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; reports are meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -435,26 +442,28 @@ def plot_top1_bars(cells: Sequence[CellSummary], path: Path) -> None:
     colors = _padding_colors(paddings)
     width = 0.8 / max(len(paddings), 1)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 1.6 * len(archs)), 3.6), layout="constrained")
-    lows = []
+    bars = []  # (x, mean, stdev, padding)
     for j, padding in enumerate(paddings):
-        xs, means, errs = [], [], []
         for i, arch in enumerate(archs):
             cell = next((c for c in done if c.arch == arch and c.padding == padding), None)
-            if cell is None:
-                continue
-            xs.append(i + (j - (len(paddings) - 1) / 2) * width)
-            means.append(cell.mean1)
-            errs.append(cell.std1 or 0.0)
-        lows += [m - e for m, e in zip(means, errs)]
-        bars = ax.bar(xs, means, width, yerr=errs, capsize=3, color=colors[padding], label=padding)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7, label_type="center")
-    # Differences between paddings are a few tenths of a percent: start the axis just below the lowest bar.
-    top = max(c.mean1 + (c.std1 or 0.0) for c in done)
-    ax.set_ylim(max(0.0, min(lows) - 0.15 * max(top - min(lows), 1.0)), top + 0.15 * max(top - min(lows), 1.0))
+            if cell is not None:
+                bars.append((i + (j - (len(paddings) - 1) / 2) * width, cell.mean1, cell.std1 or 0.0, padding))
+    for padding in paddings:
+        xs, means, errs = zip(*[(x, m, e) for x, m, e, p in bars if p == padding])
+        ax.bar(xs, means, width, yerr=errs, capsize=3, color=colors[padding], label=padding)
+    # Differences between paddings are a few tenths of a percent on ImageNet: start the axis below the lowest
+    # error bar rather than at 0, and write each average above its error bar.
+    low = min(m - e for _, m, e, _ in bars)
+    high = max(m + e for _, m, e, _ in bars)
+    margin = 0.18 * max(high - low, 1.0)
+    bottom = max(0.0, low - margin)
+    ax.set_ylim(bottom, high + margin)
+    for x, m, e, _ in bars:
+        ax.text(x, m + e + 0.1 * margin, f"{m:.2f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(archs)), archs)
     ax.set_ylabel("best val top-1 (%)")
     ax.set_title("Average best top-1 per padding (error bars: stdev over runs)", fontsize=9)
-    ax.legend(fontsize=8, ncol=len(paddings), loc="upper left")
+    ax.legend(fontsize=8, ncol=len(paddings), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     _save_figure(fig, path)
     plt.close(fig)

@@ -15,6 +15,7 @@ Exit codes: 0 every run attempted finished; 1 at least one run failed (each is n
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import signal
@@ -269,6 +270,7 @@ class Runner:
         self.stop = _Stop()
         self.failed: list[tuple[Job, str]] = []
         self.succeeded: list[Job] = []
+        self.durations: list[float] = []
 
     def _launch(self, job: Job, slot: int, position: int, total: int) -> Optional[_Active]:
         """Start one run; None (reported as a failure) when its directory or process cannot be set up."""
@@ -309,7 +311,9 @@ class Runner:
         run, _ = load_run(job.run_dir) if (job.run_dir / "metrics.jsonl").is_file() else (None, [])
         if code == 0 and run is not None and run.finished:
             self.succeeded.append(job)
-            print(f"{head} done    {job.name} in {took:.1f} s: best val top-1 {run.best_acc1:.2f}", flush=True)
+            self.durations.append(took)
+            print(f"{head} done    {job.name} in {took:.1f} s: best val top-1 {run.best_acc1:.2f}{self._eta(total)}")
+            sys.stdout.flush()
             return
         if code == 0:
             why = "exited 0 but metrics.jsonl does not record the last epoch"
@@ -321,6 +325,14 @@ class Runner:
             self.failed.append((job, why))
         label = "stopped" if self.stop.signum else "FAILED "
         print(f"{head} {label} {job.name} after {took:.1f} s: {why}; log {job.run_dir / RUN_LOG}", flush=True)
+
+    def _eta(self, total: int) -> str:
+        """Remaining time from the mean duration of the runs finished so far (runs of one matrix are alike)."""
+        left = total - len(self.succeeded) - len(self.failed)
+        if not left or not self.durations:
+            return ""
+        seconds = sum(self.durations) / len(self.durations) * math.ceil(left / len(self.slots))
+        return f"; {left} left, about {seconds / 3600:.1f} h" if seconds >= 3600 else f"; {left} left, ~{seconds:.0f} s"
 
     def _signal_all(self, active: dict[int, _Active], sig: int) -> None:
         for a in active.values():
