@@ -34,11 +34,12 @@ from partialconv.engine.setup import configure_backends, prepare_model, seed_eve
 from partialconv.engine.trainer import AMP_DTYPES, NonFiniteLossError, build_context, evaluate, train_one_epoch
 from partialconv.models import create_model
 
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg = parse_config(argv)
+    cfg = parse_config(argv, demo_config=DEMO_CONFIG)
     dist = init_distributed(cfg.device)
     configure_backends(cfg, dist.device)
     seed_everything(cfg.seed)
@@ -46,12 +47,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         resolve_data_dirs(cfg)  # the demo dataset, made once by rank 0
     barrier()
     resolve_data_dirs(cfg)
-    run_dir = run_dir_of(cfg)
-    log = RunLogger(None if cfg.evaluate else run_dir, dist.is_main, cfg.tensorboard)
-
     loaders = build_loaders(cfg, dist)
     cfg.num_classes = cfg.num_classes or len(loaders.classes)
     model = create_model(cfg.arch, pretrained=cfg.pretrained, padding=cfg.padding, num_classes=cfg.num_classes)
+    run_dir = run_dir_of(cfg)
+    log = RunLogger(None if cfg.evaluate else run_dir, dist.is_main, cfg.tensorboard and not cfg.evaluate)
     if cfg.evaluate:
         return evaluate_only(cfg, model, loaders, dist, run_dir, log)
     ckpt, ckpt_path = find_resume_checkpoint(cfg.resume, run_dir, log.warn)
@@ -74,73 +74,81 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images; run dir {run_dir}"
     )
 
-    preemption = Preemption().install()
-    config = vars(cfg).copy()
-    for epoch in range(start_epoch, cfg.epochs):
-        epoch_start = time.time()
-        loaders.train_sampler.set_epoch(epoch, start_step)
-        meter = EpochMeter(dist.device)
-        meter.load_state_dict(epoch_sums if start_step else None)
-        lr = ctx.optimizer.param_groups[0]["lr"]
-        result = train_one_epoch(
-            ctx,
-            loaders.train,
-            epoch,
-            meter,
-            start_step=start_step,
-            total_steps=steps_per_epoch,
-            print_freq=cfg.print_freq,
-            log=log.info,
-            preemption=preemption,
-            distributed=dist.distributed,
-            show_progress=dist.is_main,
-        )
-        if result.preempted and result.steps_done < steps_per_epoch:
-            state = run_state(model, ctx, epoch, result.steps_done, best_acc1, config, meter.state_dict())
+    with Preemption() as preemption:
+        config = vars(cfg).copy()
+        for epoch in range(start_epoch, cfg.epochs):
+            epoch_start = time.time()
+            loaders.train_sampler.set_epoch(epoch, start_step)
+            meter = EpochMeter(dist.device)
+            meter.load_state_dict(epoch_sums if start_step else None)
+            lr = ctx.optimizer.param_groups[0]["lr"]
+            result = train_one_epoch(
+                ctx,
+                loaders.train,
+                epoch,
+                meter,
+                start_step=start_step,
+                total_steps=steps_per_epoch,
+                print_freq=cfg.print_freq,
+                log=log.info,
+                preemption=preemption,
+                show_progress=dist.is_main,
+            )
+            if result.preempted and result.steps_done < steps_per_epoch:
+                state = run_state(model, ctx, epoch, result.steps_done, best_acc1, config, meter.state_dict())
+                if dist.is_main:
+                    save_run_checkpoint(run_dir, state)
+                return preempted_exit(preemption, log, run_dir, epoch, result.steps_done)
+            train = meter.reduce()
+            val = evaluate(model, loaders.val, ctx.criterion, dist.device, ctx.amp_dtype, cfg.channels_last)
+            is_best = val["acc1"] > best_acc1
+            best_acc1 = max(best_acc1, val["acc1"])
+            state = run_state(model, ctx, epoch + 1, 0, best_acc1, config)
             if dist.is_main:
-                save_run_checkpoint(run_dir, state)
-            return preempted_exit(preemption, log, run_dir, epoch, result.steps_done)
-        train = meter.reduce()
-        val = evaluate(model, loaders.val, ctx.criterion, dist.device, ctx.amp_dtype, cfg.channels_last)
-        is_best = val["acc1"] > best_acc1
-        best_acc1 = max(best_acc1, val["acc1"])
-        state = run_state(model, ctx, epoch + 1, 0, best_acc1, config)
-        if dist.is_main:
-            snapshot = epoch + 1 if cfg.save_every and (epoch + 1) % cfg.save_every == 0 else None
-            save_run_checkpoint(run_dir, state, is_best=is_best, snapshot_epoch=snapshot)
-        record = {
-            "epoch": epoch + 1,
-            "epochs": cfg.epochs,
-            "arch": cfg.arch,
-            "padding": cfg.padding,
-            "seed": cfg.seed,
-            "lr": lr,
-            "train_loss": train["loss"],
-            "train_acc1": train["acc1"],
-            "train_acc5": train["acc5"],
-            "val_loss": val["loss"],
-            "val_acc1": val["acc1"],
-            "val_acc5": val["acc5"],
-            "best_acc1": best_acc1,
-            "bad_images": int(train["bad"] + val["bad"]),
-            "images_per_sec": result.images * dist.world_size / max(result.seconds, 1e-9),
-            "epoch_seconds": time.time() - epoch_start,
-            "time": time.time(),
-        }
-        log.epoch(record)
-        log.info(
-            f"Epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc@1 {train['acc1']:.2f} | "
-            f"val loss {val['loss']:.4f} acc@1 {val['acc1']:.3f} acc@5 {val['acc5']:.3f} (best {best_acc1:.3f}) | "
-            f"{record['images_per_sec']:.1f} img/s, {record['epoch_seconds']:.1f} s"
-        )
-        if record["bad_images"]:
-            log.warn(f"epoch {epoch + 1}: {record['bad_images']} bad image(s) skipped (named in the warnings above)")
-        start_step = 0
-        if result.preempted:
-            return preempted_exit(preemption, log, run_dir, epoch + 1, 0)
+                snapshot = epoch + 1 if cfg.save_every and (epoch + 1) % cfg.save_every == 0 else None
+                save_run_checkpoint(run_dir, state, is_best=is_best, snapshot_epoch=snapshot)
+            record = epoch_record(cfg, epoch, lr, train, val, best_acc1, result, dist.world_size, epoch_start)
+            log.epoch(record)
+            log.info(
+                f"Epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc@1 {train['acc1']:.2f} | "
+                f"val loss {val['loss']:.4f} acc@1 {val['acc1']:.3f} acc@5 {val['acc5']:.3f} (best {best_acc1:.3f}) | "
+                f"{record['images_per_sec']:.1f} img/s, {record['epoch_seconds']:.1f} s"
+            )
+            if record["bad_images"]:
+                log.warn(
+                    f"epoch {epoch + 1}: {record['bad_images']} bad image(s) skipped (named in the warnings above)"
+                )
+            start_step = 0
+            if result.preempted:
+                return preempted_exit(preemption, log, run_dir, epoch + 1, 0)
     log.info(f"done: {cfg.epochs} epochs, best val acc@1 {best_acc1:.3f}; checkpoints in {run_dir}")
     log.close()
     return 0
+
+
+def epoch_record(
+    cfg, epoch: int, lr: float, train: dict, val: dict, best_acc1: float, result, world: int, start: float
+):
+    """One ``metrics.jsonl`` line (the shared contract's keys, plus best_acc1 and bad_images)."""
+    return {
+        "epoch": epoch + 1,
+        "epochs": cfg.epochs,
+        "arch": cfg.arch,
+        "padding": cfg.padding,
+        "seed": cfg.seed,
+        "lr": lr,
+        "train_loss": train["loss"],
+        "train_acc1": train["acc1"],
+        "train_acc5": train["acc5"],
+        "val_loss": val["loss"],
+        "val_acc1": val["acc1"],
+        "val_acc5": val["acc5"],
+        "best_acc1": best_acc1,
+        "bad_images": int(train["bad"] + val["bad"]),
+        "images_per_sec": result.images * world / max(result.seconds, 1e-9),
+        "epoch_seconds": time.time() - start,
+        "time": time.time(),
+    }
 
 
 def evaluate_only(cfg, model, loaders, dist, run_dir: Path, log: RunLogger) -> int:
@@ -173,7 +181,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except (*EXPECTED_ERRORS, ValueError, FileNotFoundError) as e:
+    except EXPECTED_ERRORS as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("model")
-    g.add_argument("-a", "--arch", default="pdresnet18", help="registry model name (e.g. resnet50, pdresnet50)")
+    g.add_argument("-a", "--arch", default="resnet18", help="registry model name (e.g. resnet50, pdresnet50)")
     g.add_argument("--padding", choices=PADDINGS, default=None, help="padding; default: partial for pd* names")
     g.add_argument("--num-classes", type=int, default=None, help="classifier width; default: from the data")
     g.add_argument("--pretrained", default=None, metavar="PATH", help="initial weights from a local checkpoint")
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data_val", "--data-val", dest="data_val", default=None, help="ImageFolder val dir")
     g.add_argument("-j", "--workers", type=int, default=4, help="DataLoader worker processes per rank")
     g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
+    g.add_argument(
+        "--train-min-scale", type=float, default=0.08, help="RandomResizedCrop's smallest crop area (fraction)"
+    )
     g.add_argument("--val-resize-size", type=int, default=256, help="eval resize of the shorter side")
     g.add_argument("--val-crop-size", type=int, default=224, help="eval center crop")
     g.add_argument(
@@ -86,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-e", "--evaluate", action="store_true", help="only evaluate (--resume or --pretrained weights)")
     g.add_argument("-p", "--print-freq", type=int, default=10, help="steps between progress lines")
     g.add_argument("--save-every", type=int, default=0, help="also keep checkpoint_epoch<N>.pth.tar every N epochs")
-    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="skip TensorBoard files")
+    g.add_argument(
+        "--tensorboard", action=argparse.BooleanOptionalAction, default=True, help="TensorBoard event files in tb/"
+    )
     return p
 
 
@@ -110,13 +115,19 @@ def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     return out
 
 
-def parse_config(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse ``argv`` (default: sys.argv) with the YAML file of ``--config`` as defaults, then resolve."""
+def parse_config(argv: Optional[Sequence[str]] = None, demo_config: Optional[Path] = None) -> argparse.Namespace:
+    """Parse ``argv`` (default: sys.argv) with the YAML file of ``--config`` as defaults, then resolve.
+
+    Without ``--config`` and without data flags, ``demo_config`` (train.py passes ``configs/demo.yaml``) supplies
+    the defaults: a bare ``python train.py`` is the demo recipe, not the ImageNet one on toy data.
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     first, _ = parser.parse_known_args(argv)
+    if first.config is None and first.data_train is None and first.data_val is None and demo_config is not None:
+        first.config = str(demo_config)
     if first.config:
-        parser.set_defaults(**_load_yaml(first.config, parser))
+        parser.set_defaults(**_load_yaml(first.config, parser), config=first.config)
     cfg = parser.parse_args(argv)
     return _resolve(cfg)
 
@@ -133,6 +144,8 @@ def _resolve(cfg: argparse.Namespace) -> argparse.Namespace:
     for flag, value in (("-b/--batch-size", cfg.batch_size), ("--epochs", cfg.epochs)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1; got {value}")
+    if not 0 < cfg.train_min_scale <= 1:
+        raise ConfigError(f"--train-min-scale must be in (0, 1]; got {cfg.train_min_scale}")
     if cfg.workers < 0:
         raise ConfigError(f"-j/--workers must be >= 0; got {cfg.workers}")
     if (cfg.data_train is None) != (cfg.data_val is None):

@@ -8,7 +8,7 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import warnings
+import sys
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -92,7 +92,8 @@ class ClassificationFolder(ImageFolder):
         except _BAD_IMAGE_ERRORS as e:
             if self.on_bad_image == "error":
                 raise DataError(f"bad image {path}: {type(e).__name__}: {e} (use --on-bad-image skip)") from e
-            warnings.warn(f"skipping bad image {path}: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=1)
+            # stderr, not warnings.warn: worker processes have no warning filters, and each file must be named
+            print(f"warning: skipping bad image {path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             return None
         if self.transform is not None:
             if seed is None:

@@ -1,9 +1,10 @@
 """The embedded demo dataset: ten procedurally drawn texture classes in ImageFolder layout, made once on disk.
 
 Each class is a pattern family (stripes in three orientations, checkerboard, dots, rings, grid, zigzag, noise,
-radial gradient) drawn with random colours, frequency, phase and noise; the patterns fill the image, so random
-resized crops keep the class. Generating the default set takes a few seconds; it is built in a temporary directory
-and renamed into place, so an interrupted build never leaves a half-written dataset behind.
+radial gradient) drawn with random colours, frequency, phase and noise; the patterns fill the image with periods of
+6-12 px, so a random resized crop still shows a few periods and keeps the class. Generating the default set takes a
+few seconds; it is built in a temporary directory and renamed into place, so an interrupted build never leaves a
+half-written dataset behind.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _Pattern = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
 
 def _stripes(angle: float) -> _Pattern:
     def draw(y, x, rng):
-        freq = rng.uniform(0.15, 0.45)
+        freq = 2 * np.pi / rng.uniform(6, 12)  # period in pixels
         a = angle + rng.uniform(-0.15, 0.15)
         return np.sin((x * np.cos(a) + y * np.sin(a)) * freq + rng.uniform(0, 2 * np.pi)) > 0
 
@@ -31,31 +32,31 @@ def _stripes(angle: float) -> _Pattern:
 
 
 def _checker(y, x, rng):
-    s = rng.uniform(4, 10)
+    s = rng.uniform(3, 6)
     return ((np.floor(x / s) + np.floor(y / s)) % 2) == 0
 
 
 def _dots(y, x, rng):
-    s = rng.uniform(6, 12)
-    r = s * rng.uniform(0.2, 0.35)
+    s = rng.uniform(6, 10)
+    r = s * rng.uniform(0.2, 0.3)
     return ((x % s - s / 2) ** 2 + (y % s - s / 2) ** 2) < r**2
 
 
 def _rings(y, x, rng):
     cy, cx = rng.uniform(0, y.max(), 2)
-    return np.sin(np.hypot(y - cy, x - cx) * rng.uniform(0.3, 0.7)) > 0
+    return np.sin(np.hypot(y - cy, x - cx) * 2 * np.pi / rng.uniform(6, 12)) > 0
 
 
 def _grid(y, x, rng):
-    s = rng.uniform(6, 12)
-    w = rng.uniform(1, 2.5)
+    s = rng.uniform(6, 10)
+    w = rng.uniform(1.5, 2.5)
     return ((x % s) < w) | ((y % s) < w)
 
 
 def _zigzag(y, x, rng):
-    period = rng.uniform(8, 16)
+    period = rng.uniform(8, 12)
     tri = np.abs((x % period) - period / 2)
-    return np.sin((y + tri * rng.uniform(1.0, 2.0)) * rng.uniform(0.3, 0.6)) > 0
+    return np.sin((y + tri * rng.uniform(1.0, 2.0)) * 2 * np.pi / rng.uniform(6, 10)) > 0
 
 
 def _noise(y, x, rng):

@@ -54,7 +54,9 @@ def build_loaders(cfg: argparse.Namespace, dist: DistInfo) -> Loaders:
     if cfg.batch_size % dist.world_size:
         raise DataError(f"-b/--batch-size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
     local_batch = cfg.batch_size // dist.world_size
-    train_set = ClassificationFolder(cfg.data_train, train_transform(cfg.train_crop_size), cfg.on_bad_image)
+    train_set = ClassificationFolder(
+        cfg.data_train, train_transform(cfg.train_crop_size, cfg.train_min_scale), cfg.on_bad_image
+    )
     val_set = ClassificationFolder(
         cfg.data_val, eval_transform(cfg.val_resize_size, cfg.val_crop_size), cfg.on_bad_image
     )

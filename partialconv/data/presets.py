@@ -1,6 +1,6 @@
 """Train/eval preprocessing (torchvision.transforms.v2), kept as parameters another pipeline (GPU decode) can reuse.
 
-Train: RandomResizedCrop(crop, scale=(0.08, 1), ratio=(3/4, 4/3), bilinear, antialias) + horizontal flip +
+Train: RandomResizedCrop(crop, scale=(min_scale=0.08, 1), ratio=(3/4, 4/3), bilinear, antialias) + horizontal flip +
 normalise. Eval: resize of the shorter side to ``val_resize`` + center crop ``val_crop`` + normalise.
 """
 
@@ -25,11 +25,16 @@ def _to_normalized_tensor() -> list:
     ]
 
 
-def train_transform(crop_size: int) -> v2.Compose:
+def train_transform(crop_size: int, min_scale: float = RRC_SCALE[0]) -> v2.Compose:
+    """``min_scale``: the smallest crop area as a fraction of the image (ImageNet recipe: 0.08)."""
     return v2.Compose(
         [
             v2.RandomResizedCrop(
-                crop_size, scale=RRC_SCALE, ratio=RRC_RATIO, interpolation=InterpolationMode.BILINEAR, antialias=True
+                crop_size,
+                scale=(min_scale, RRC_SCALE[1]),
+                ratio=RRC_RATIO,
+                interpolation=InterpolationMode.BILINEAR,
+                antialias=True,
             ),
             v2.RandomHorizontalFlip(),
             *_to_normalized_tensor(),

@@ -7,8 +7,7 @@ import threading
 from typing import Optional
 
 import torch
-
-from .distributed import all_reduce_sum
+import torch.distributed as dist
 
 __all__ = ["Preemption"]
 
@@ -16,23 +15,31 @@ _SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class Preemption:
-    """Records a preemption signal; ``requested(sync=...)`` says whether to stop, agreed over all ranks when synced.
+    """Records a preemption signal; :meth:`requested`, called by every rank after every step, says when to stop.
 
-    A rank may get the signal a step later than another, so in a distributed run the flag is all-reduced (a
-    collective every rank calls at the same steps) before anyone acts on it.
+    Ranks may get the signal at different steps, so in a distributed run they agree through a CPU (gloo) all-reduce
+    of the flags, started asynchronously after step k and read after step k+1: no GPU synchronisation, no waiting,
+    and every rank stops after the same step (one step after the signal reached the first rank).
     """
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
         self._previous: dict[int, object] = {}
+        self._group = None
+        self._pending: Optional[tuple[object, torch.Tensor]] = None
 
-    def install(self) -> Preemption:
+    def __enter__(self) -> Preemption:
         if threading.current_thread() is threading.main_thread():
             for s in _SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            self._group = dist.new_group(backend="gloo")  # a collective: every rank enters at the same point
         return self
 
-    def uninstall(self) -> None:
+    def __exit__(self, *exc) -> None:
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
@@ -40,14 +47,21 @@ class Preemption:
     def _handle(self, signum: int, frame) -> None:
         self.signum = signum
 
-    def requested(self, distributed: bool, device: torch.device) -> bool:
-        if not distributed:
+    def requested(self) -> bool:
+        if self._group is None:
             return self.signum is not None
-        mine = [float(self.signum == s) for s in _SIGNALS]
-        seen = all_reduce_sum(torch.tensor(mine, device=device)).tolist()
-        if self.signum is None:
-            self.signum = next((s for s, n in zip(_SIGNALS, seen) if n > 0), None)
-        return self.signum is not None
+        if self._pending is not None:
+            work, flags = self._pending
+            work.wait()
+            self._pending = None
+            seen = flags.tolist()
+            if any(seen):
+                if self.signum is None:
+                    self.signum = next(s for s, n in zip(_SIGNALS, seen) if n > 0)
+                return True
+        flags = torch.tensor([float(self.signum == s) for s in _SIGNALS])
+        self._pending = (dist.all_reduce(flags, group=self._group, async_op=True), flags)
+        return False
 
     @property
     def exit_code(self) -> int:

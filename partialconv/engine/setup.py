@@ -8,12 +8,13 @@ import random
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .distributed import DistInfo
 
-__all__ = ["seed_everything", "configure_backends", "prepare_model"]
+__all__ = ["seed_everything", "configure_backends", "prepare_model", "broadcast_buffers"]
 
 
 def seed_everything(seed: int) -> None:
@@ -49,3 +50,11 @@ def prepare_model(model: nn.Module, cfg: argparse.Namespace, dist: DistInfo) -> 
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         train_model = DistributedDataParallel(train_model, device_ids=ids)
     return model, train_model
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank. DDP syncs them at the start of each
+    forward, so after the last step of an epoch they differ by that step's update."""
+    if tdist.is_initialized():
+        for buf in model.buffers():
+            tdist.broadcast(buf, src=0)

@@ -129,13 +129,12 @@ def train_one_epoch(
     print_freq: int = 10,
     log: Callable[[str], None] = print,
     preemption: Optional[Preemption] = None,
-    distributed: bool = False,
     show_progress: bool = False,
 ) -> EpochResult:
     """Train over ``loader`` (already positioned at ``start_step``); ``epoch`` is 0-based.
 
-    Stops after the current step when ``preemption`` was signalled (checked every step in a one-process run, every
-    ``print_freq`` steps, all ranks agreeing, in a distributed one). Raises :class:`NonFiniteLossError`.
+    Stops after the current step when ``preemption`` was signalled (in a distributed run, after the step at which
+    all ranks know of it). Raises :class:`NonFiniteLossError`.
     """
     ctx.model.train()
     total_steps = total_steps if total_steps is not None else start_step + len(loader)
@@ -160,11 +159,7 @@ def train_one_epoch(
                 _check_finite(first_bad, epoch)
                 if not progress.interactive:
                     _log_progress(log, epoch, step, total_steps, meter, ctx.optimizer, images_seen, start)
-            if (
-                preemption is not None
-                and (at_print or not distributed)
-                and preemption.requested(distributed, ctx.device)
-            ):
+            if preemption is not None and preemption.requested():
                 preempted = True
                 break
     finally:

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# SLURM example: N nodes x 8 GPUs, one torchrun per node, rendezvous on the first node (c10d backend).
+# Preemption: SLURM sends SIGUSR1 90 s before the time limit (--signal); train.py finishes its step, writes the
+# checkpoint and exits 138; requeue the job and --resume auto continues from there.
+#
+#   sbatch scripts/slurm_train.sh -a pdresnet50 --data_train /data/imagenet/train --data_val /data/imagenet/val \
+#       -b 192 -j 8 --prefix run1 --ckptdirprefix experiment_1/
+#
+#SBATCH --job-name=partialconv
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=64
+#SBATCH --time=24:00:00
+#SBATCH --signal=B:USR1@90
+#SBATCH --requeue
+#SBATCH --output=slurm-%j.out
+set -euo pipefail
+
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+RDZV_PORT=${RDZV_PORT:-29500}
+
+# Forward the batch script's SIGUSR1/SIGTERM to the torchrun launchers (which pass them to every rank), and
+# requeue the job once train.py has written its checkpoint.
+PREEMPTED=0
+trap 'PREEMPTED=1; kill -USR1 "$SRUN_PID" 2>/dev/null' USR1
+trap 'PREEMPTED=1; kill -TERM "$SRUN_PID" 2>/dev/null' TERM
+
+srun --kill-on-bad-exit=1 torchrun \
+    --nnodes "$SLURM_NNODES" \
+    --nproc_per_node "$GPUS_PER_NODE" \
+    --rdzv_id "$SLURM_JOB_ID" \
+    --rdzv_backend c10d \
+    --rdzv_endpoint "$HEAD_NODE:$RDZV_PORT" \
+    train.py --resume auto "$@" &
+SRUN_PID=$!
+
+set +e
+wait "$SRUN_PID"
+rc=$?
+while kill -0 "$SRUN_PID" 2>/dev/null; do  # a trapped signal interrupts wait before the run has exited
+    wait "$SRUN_PID"
+    rc=$?
+done
+if [ "$PREEMPTED" -eq 1 ]; then
+    echo "preempted: requeueing job $SLURM_JOB_ID; train.py continues with --resume auto"
+    scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$rc"

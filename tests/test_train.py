@@ -1,0 +1,276 @@
+"""train.py end to end on a tiny generated ImageFolder set (CPU): outputs, exact resume, preemption by a real
+signal, evaluation, torchrun/DDP equivalence, bad images, NaN loss and the up-front error cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import train
+from partialconv.checkpoint import read_checkpoint
+from partialconv.config import parse_config
+from partialconv.data import ClassificationFolder
+from partialconv.data.demo import make_demo_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING_KEYS = {"images_per_sec", "epoch_seconds", "time"}
+# 10 classes x 8 train images, batch 16: 5 steps per epoch. No BatchNorm: DDP equals one process exactly in math.
+BASE = [
+    "-a", "simple_cnn", "--device", "cpu", "-j", "0", "-b", "16", "--lr", "0.05", "--seed", "3",
+    "--train-crop-size", "16", "--val-resize-size", "20", "--val-crop-size", "16", "--deterministic",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_demo_dataset(tmp_path_factory.mktemp("data") / "demo", train_per_class=8, val_per_class=4, size=24)
+
+
+def args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [*BASE, "--data_train", str(data / "train"), "--data_val", str(data / "val"), "--output-dir", str(out)]
+
+
+def run(argv: list[str]) -> int:
+    return train.cli(argv)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run_dir: Path, name: str = "checkpoint.pth.tar") -> dict[str, torch.Tensor]:
+    return read_checkpoint(run_dir / name)["state_dict"]
+
+
+def assert_same_run(a: Path, b: Path, ignore: frozenset = frozenset()) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    strip = [[{k: v for k, v in m.items() if k not in TIMING_KEYS | ignore} for m in metrics(run)] for run in (a, b)]
+    assert strip[0] == strip[1]
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory) -> Path:
+    """Two epochs without interruption: the reference the other runs must reproduce."""
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    assert run([*args(data, out), "--epochs", "2", "-p", "2"]) == 0
+    return out
+
+
+def test_run_directory_contents(straight, data):
+    assert {"config.yaml", "log.txt", "metrics.jsonl", "checkpoint.pth.tar", "model_best.pth.tar"} <= {
+        p.name for p in straight.iterdir()
+    }
+    assert any((straight / "tb").glob("events.out.tfevents.*"))
+    lines = metrics(straight)
+    assert [m["epoch"] for m in lines] == [1, 2] and lines[-1]["epochs"] == 2
+    required = {"epoch", "epochs", "arch", "padding", "seed", "lr", "train_loss", "train_acc1", "train_acc5"}
+    required |= {"val_loss", "val_acc1", "val_acc5", "images_per_sec", "epoch_seconds", "time"}
+    assert required <= lines[0].keys()
+    assert lines[0]["arch"] == "simple_cnn" and lines[0]["padding"] == "zero" and lines[0]["seed"] == 3
+    for m in lines:
+        assert 0 <= m["val_acc1"] <= m["val_acc5"] <= 100 and m["images_per_sec"] > 0
+        # 40 val images: top-1 in percent is a multiple of 2.5 exactly when every image is counted once
+        assert (m["val_acc1"] / 2.5).is_integer()
+    ckpt = read_checkpoint(straight / "checkpoint.pth.tar")  # weights_only=True
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 0 and ckpt["config"]["arch"] == "simple_cnn"
+    assert {"optimizer", "scheduler", "scaler", "rng", "best_acc1"} <= ckpt.keys()
+    best = read_checkpoint(straight / "model_best.pth.tar")["best_acc1"]
+    assert best == max(m["val_acc1"] for m in lines)
+    cfg = yaml.safe_load((straight / "config.yaml").read_text())
+    assert cfg["arch"] == "simple_cnn" and cfg["batch_size"] == 16 and cfg["num_classes"] == 10
+    again = vars(parse_config(["--config", str(straight / "config.yaml")]))  # accepted back by --config
+    assert {k: again[k] for k in cfg} == cfg
+    assert "Epoch 2/2" in (straight / "log.txt").read_text()
+
+
+def test_resume_after_one_epoch_is_exact(straight, data, tmp_path):
+    out = tmp_path / "resumed"
+    assert run([*args(data, out), "--epochs", "1"]) == 0
+    assert run([*args(data, out), "--epochs", "2", "--resume", "auto", "-p", "2"]) == 0
+    assert_same_run(straight, out, ignore=frozenset({"epochs"}))  # the first run planned 1 epoch
+
+
+def test_auto_resume_falls_back_to_previous_checkpoint(straight, data, tmp_path, capsys):
+    out = tmp_path / "corrupt"
+    shutil.copytree(straight, out)
+    (out / "checkpoint.pth.tar").write_bytes(b"not a checkpoint")  # the epoch-2 checkpoint is lost
+    metrics_before = (out / "metrics.jsonl").read_text()
+    assert run([*args(data, out), "--epochs", "2", "--resume", "auto", "-p", "2"]) == 0
+    assert f"checkpoint {out / 'checkpoint.pth.tar'}: cannot be read" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() != metrics_before  # epoch 2 re-run: its line replaced, not added
+    assert_same_run(straight, out)
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(straight, data, tmp_path):
+    out = tmp_path / "preempted"
+    cmd = [sys.executable, "-u", str(ROOT / "train.py"), *args(data, out), "--epochs", "2", "-p", "1"]
+    cmd += ["--no-tensorboard"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("Epoch: [1][1/5]"):
+            # Freeze the process so the signal surely lands in epoch 1, deliver it, let it run on.
+            os.kill(proc.pid, signal.SIGSTOP)
+            os.kill(proc.pid, signal.SIGTERM)
+            os.kill(proc.pid, signal.SIGCONT)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    output = "".join(seen) + rest
+    assert proc.returncode == 143, output
+    assert "preempted by SIGTERM" in output and "--resume auto" in output
+    ckpt = read_checkpoint(out / "checkpoint.pth.tar")
+    assert ckpt["epoch"] == 0 and 1 <= ckpt["step"] < 5  # stopped inside epoch 1, after the current step
+    assert not (out / "metrics.jsonl").exists() or not metrics(out)
+    assert run([*args(data, out), "--epochs", "2", "--resume", "auto", "-p", "2"]) == 0
+    assert_same_run(straight, out)
+
+
+def test_evaluate_prints_top1_top5_of_checkpoint(straight, data, capsys):
+    assert run([*args(data, straight / "unused"), "-e", "--resume", str(straight / "model_best.pth.tar")]) == 0
+    best = max(m["val_acc1"] for m in metrics(straight))
+    out = capsys.readouterr().out
+    assert f"top-1 {best:.3f}" in out and "top-5" in out and "on 40 images" in out
+    assert not (straight / "unused").exists()
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(straight, data, tmp_path, capsys):
+    out = tmp_path / "nan"
+    shutil.copytree(straight, out)
+    before = (out / "checkpoint.pth.tar").read_bytes()
+    assert run([*args(data, out), "--epochs", "2", "--lr", "1e30", "-p", "100"]) == 1
+    err = capsys.readouterr().err
+    assert "loss is NaN/Inf at epoch 1 step" in err
+    assert (out / "checkpoint.pth.tar").read_bytes() == before
+
+
+def test_torchrun_two_processes_match_one_process(data, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run([*args(data, one), "--epochs", "1", "--no-tensorboard"]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "train.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [*cmd, *args(data, two), "--epochs", "1", "--no-tensorboard"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "on 2 x cpu" in res.stdout
+    w1, w2 = weights(one), weights(two)
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+    m1, m2 = metrics(one)[0], metrics(two)[0]
+    assert m1["val_acc1"] == m2["val_acc1"] and m1["val_acc5"] == m2["val_acc5"]
+    assert m1["train_loss"] == pytest.approx(m2["train_loss"], rel=1e-5)
+
+
+@pytest.fixture()
+def bad_data(data, tmp_path) -> tuple[Path, list[str]]:
+    """The tiny set plus odd-mode images (grayscale, CMYK, palette, RGBA) and two undecodable files."""
+    root = tmp_path / "bad"
+    shutil.copytree(data, root)
+    img = Image.open(next((root / "train" / "dots").glob("*.png")))
+    for mode in ("L", "CMYK", "P", "RGBA"):
+        ext = "jpg" if mode == "CMYK" else "png"
+        img.convert(mode).save(root / "train" / "dots" / f"mode_{mode}.{ext}")
+    truncated = root / "train" / "grid" / "truncated.png"
+    truncated.write_bytes((root / "train" / "grid" / "0000.png").read_bytes()[:200])
+    (root / "val" / "rings" / "garbage.jpg").write_bytes(b"\x00" * 64)
+    return root, [str(truncated), str(root / "val" / "rings" / "garbage.jpg")]
+
+
+def test_bad_images_are_skipped_with_warning_and_count(bad_data, tmp_path, capsys):
+    root, bad = bad_data
+    out = tmp_path / "run"
+    for mode in ("L", "CMYK", "P", "RGBA"):
+        ext = "jpg" if mode == "CMYK" else "png"
+        assert (
+            ClassificationFolder(root / "train").loader(str(root / "train" / "dots" / f"mode_{mode}.{ext}")).mode
+            == "RGB"
+        )
+    # 85 train images at batch 17: every one is drawn, so both bad files are met once
+    assert run([*args(root, out), "--epochs", "1", "--no-tensorboard", "-b", "17"]) == 0
+    captured = capsys.readouterr()
+    for path in bad:
+        assert f"skipping bad image {path}" in captured.err
+    (line,) = metrics(out)
+    assert line["bad_images"] == 2
+    assert "epoch 1: 2 bad image(s) skipped" in captured.err
+
+
+def test_bad_image_policy_error_names_the_file(bad_data, tmp_path, capsys):
+    root, bad = bad_data
+    code = run([*args(root, tmp_path / "run"), "--epochs", "1", "--no-tensorboard", "--on-bad-image", "error"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "train.py: error: bad image" in err and any(p in err for p in bad)
+
+
+def _empty_class(data: Path, tmp: Path) -> list[str]:
+    root = tmp / "d"
+    shutil.copytree(data, root)
+    for f in (root / "val" / "noise").iterdir():
+        f.unlink()
+    return ["--data_train", str(root / "train"), "--data_val", str(root / "val")]
+
+
+def _class_mismatch(data: Path, tmp: Path) -> list[str]:
+    root = tmp / "d"
+    shutil.copytree(data, root)
+    (root / "val" / "noise").rename(root / "val" / "static")
+    return ["--data_train", str(root / "train"), "--data_val", str(root / "val")]
+
+
+def _unknown_yaml_key(data: Path, tmp: Path) -> list[str]:
+    (tmp / "bad.yaml").write_text("epochs: 3\nlearning_rate_typo: 0.1\n")
+    return ["--config", str(tmp / "bad.yaml")]
+
+
+@pytest.mark.parametrize(
+    "make_flags, message",
+    [
+        (lambda d, t: ["--data_train", str(t / "nope"), "--data_val", str(d / "val")], "no such directory"),
+        (_empty_class, "class folders without images: noise"),
+        (_class_mismatch, "have different classes (train only: ['noise']; val only: ['static'])"),
+        (lambda d, t: ["-a", "pdresnet5"], "unknown model 'pdresnet5'; did you mean pdresnet50"),
+        (_unknown_yaml_key, "bad.yaml: unknown key 'learning_rate_typo'"),
+        (lambda d, t: ["-a", "pdresnet18", "--padding", "zero"], "partial padding by name"),
+        (lambda d, t: ["-b", "0"], "-b/--batch-size must be >= 1"),
+    ],
+    ids=["missing-dir", "empty-class", "class-mismatch", "unknown-arch", "yaml-key", "pd-padding", "zero-batch"],
+)
+def test_errors_before_training(data, tmp_path, capsys, make_flags, message):
+    out = tmp_path / "run"
+    argv = [*args(data, out), *make_flags(data, tmp_path)]
+    assert run(argv) in (1, 2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error:") and message in err[0], err
+    assert not out.exists()
+
+
+def test_bf16_channels_last_cosine_warmup_and_snapshots(data, tmp_path):
+    out = tmp_path / "modern"
+    extra = ["--amp", "bf16", "--channels-last", "--lr-schedule", "cosine", "--warmup-epochs", "0.5"]
+    extra += ["--label-smoothing", "0.1", "--save-every", "1", "--no-tensorboard", "--padding", "partial"]
+    assert run([*args(data, out), "--epochs", "2", *extra]) == 0
+    lines = metrics(out)
+    assert [m["padding"] for m in lines] == ["partial", "partial"]
+    assert lines[0]["lr"] == pytest.approx(0.05 / 2.5)  # warm-up: first of 2.5 iterations' ramp
+    assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in lines)
+    assert (out / "checkpoint_epoch1.pth.tar").is_file() and (out / "checkpoint_epoch2.pth.tar").is_file()
