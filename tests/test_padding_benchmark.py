@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -144,10 +145,10 @@ def test_dry_run_max_runs_limits_the_commands(tmp_path):
 
 # ------------------------------------------------------------------------------------------- end to end (CPU)
 
-ARCHS = ("simple_cnn", "resnet18")  # the smallest registered model first, so the interruption lands on resnet18
+# The two smallest registered models (without / with BatchNorm); the interruption lands on the first simple_cnn_bn run.
+ARCHS = ("simple_cnn", "simple_cnn_bn")
 TRAIN_FLAGS = ["--epochs", "1", "-b", "20", "-j", "0", "--no-tensorboard", "-p", "100"]
-# 64 px: reflect padding needs every feature map to be wider than the pad (resnet18's last stage is 2x2 here)
-TRAIN_FLAGS += ["--train-crop-size", "64", "--val-resize-size", "64", "--val-crop-size", "64"]
+TRAIN_FLAGS += ["--train-crop-size", "32", "--val-resize-size", "32", "--val-crop-size", "32"]
 
 
 def _bench_command(root: Path, data: Path) -> list[str]:
@@ -162,30 +163,29 @@ def _snapshot(root: Path) -> dict[Path, tuple[bytes, int]]:
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
-    """2 archs x 4 paddings x 2 runs of 1-epoch train.py runs on generated 64 px ImageFolder data: interrupted by
-    SIGINT once the first 8 runs are done, then restarted after planting an unreadable checkpoint in one run."""
+    """2 archs x 4 paddings x 2 runs of 1-epoch train.py runs on generated 32 px ImageFolder data: interrupted by
+    SIGINT (as Ctrl-C) once 8 runs are done and the 9th has started, then restarted after planting an unreadable
+    checkpoint in one run."""
     from partialconv.data.demo import make_demo_dataset
 
     base = tmp_path_factory.mktemp("matrix")
-    data = make_demo_dataset(base / "data", train_per_class=2, val_per_class=1, size=64)
+    data = make_demo_dataset(base / "data", train_per_class=2, val_per_class=1, size=32)
     root = base / "results"
     cmd = _bench_command(root, data)
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watchdog = threading.Timer(600, first.kill)  # a hung benchmark fails the test instead of blocking the suite
     watchdog.start()
     lines = []
-    done = 0
-    for line in first.stdout:  # progress lines arrive as the runs end
+    for line in first.stdout:  # progress lines arrive as runs start and end
         lines.append(line)
-        done += " done " in line
-        if done == 8:
+        if line.startswith("[9/16] start"):  # half the matrix is done; the 9th train.py is starting up
             first.send_signal(signal.SIGINT)
             break
     lines += first.stdout.readlines()
     first.wait(timeout=120)
     watchdog.cancel()
     after_first = _snapshot(root)
-    broken = root / "resnet18" / "replicate" / "run2"
+    broken = root / "simple_cnn_bn" / "replicate" / "run2"
     broken.mkdir(parents=True)
     (broken / "checkpoint.pth.tar").write_bytes(b"not a checkpoint")
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -204,6 +204,7 @@ def test_interrupt_stops_the_matrix_resumably(matrix):
     out = matrix["first_out"]
     assert "[8/16] done    simple_cnn/replicate/run2" in out
     assert "interrupted; rerun the same command to continue" in out
+    assert re.search(r"\[9/16\] stopped simple_cnn_bn/zero/run1 after [\d.]+ s: stopped \(resumable", out), out
     finished = [p.parent for p in matrix["after_first"] if p.name == "metrics.jsonl"]
     assert sorted(p.relative_to(matrix["root"]).as_posix() for p in finished) == sorted(
         f"simple_cnn/{pad}/run{k}" for pad in ("zero", "partial", "reflect", "replicate") for k in (1, 2)
@@ -216,12 +217,14 @@ def test_restart_skips_finished_runs_and_reports_the_failure(matrix):
     out = second.stdout
     assert second.returncode == 1, out + second.stderr  # one run failed: the exit code says so
     assert "16 runs (2 archs x 4 paddings x 2) under" in out and "8 finished (skipped)" in out
-    assert "simple_cnn" not in "".join(line for line in out.splitlines() if " done " in line or "start" in line)
+    started = re.findall(r"^\[\d+/8\] (?:start |resume) (\S+)", out, re.M)
+    assert len(started) == 8 and all(name.startswith("simple_cnn_bn/") for name in started), out
+    assert "resume simple_cnn_bn/zero/run1" in out  # the run interrupted by the SIGINT
     for path, (data, mtime) in matrix["after_first"].items():
         if "simple_cnn" in path.parts:
             assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
     log = matrix["broken"] / "run.log"
-    assert f"FAILED resnet18/replicate/run2: exit code 1; log {log}" in second.stderr
+    assert f"FAILED simple_cnn_bn/replicate/run2: exit code 1; log {log}" in second.stderr
     text = log.read_text()
     assert "train.py: error:" in text and str(matrix["broken"] / "checkpoint.pth.tar") in text
     assert out.count(" done ") == 7  # the matrix went on after the failure
@@ -242,17 +245,17 @@ def test_report_matches_the_metrics_files(matrix):
             assert (rec["arch"], rec["padding"], rec["seed"], rec["epoch"], rec["epochs"]) == (arch, padding, k, 1, 1)
             best1.append(rec["val_acc1"])
             best5.append(rec["val_acc5"])
-        assert int(row["n_runs"]) == len(best1) == (1 if (arch, padding) == ("resnet18", "replicate") else 2)
+        assert int(row["n_runs"]) == len(best1) == (1 if (arch, padding) == ("simple_cnn_bn", "replicate") else 2)
         assert [float(row[f"run{i}_top1"]) for i in range(1, len(best1) + 1)] == pytest.approx(best1, abs=1e-4)
         assert [float(row[f"run{i}_top5"]) for i in range(1, len(best5) + 1)] == pytest.approx(best5, abs=1e-4)
         assert float(row["mean_top1"]) == pytest.approx(sum(best1) / len(best1), abs=1e-4)
         if padding != "zero":
             zero = rows[(arch, "zero")]
             assert float(row["diff_to_zero"]) == pytest.approx(float(row["mean_top1"]) - float(zero["mean_top1"]), 1e-3)
-    assert rows[("resnet18", "replicate")]["p_welch_vs_zero"] == ""  # one finished run: no t-test
-    assert rows[("resnet18", "zero")]["pytorch_official_top1"] == "69.758"
+    assert rows[("simple_cnn_bn", "replicate")]["p_welch_vs_zero"] == ""  # one finished run: no t-test
+    assert rows[("simple_cnn", "zero")]["pytorch_official_top1"] == ""  # no published ImageNet number
     md = (root / "results.md").read_text()
-    assert "| resnet18 | replicate |" in md and "n/a" in md
+    assert "| simple_cnn_bn | replicate |" in md and "n/a" in md
     for name in ("top1_bar.png", "val_top1_curves.png"):
         assert (root / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         import matplotlib.image
