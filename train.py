@@ -2,7 +2,7 @@
 
 One GPU:   python train.py -a pdresnet50 --data_train /path/train --data_val /path/val -b 192 -j 32 --prefix run1
 8 GPUs:    torchrun --nproc_per_node 8 train.py -a pdresnet50 ...
-Demo:      python train.py          (no data flags: a small embedded dataset, a small model, ~2 minutes on 2 cores)
+Demo:      python train.py          (no data flags: a small embedded dataset, a small model, ~30 s on 2 cores)
 
 See README.md, "Training on ImageNet (train.py)", for every flag, the run directory and resume behaviour.
 """
@@ -64,10 +64,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ckpt, model, ctx, dist.rank, dist.world_size, log.warn
         )
         log.info(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}, best acc@1 {best_acc1:.3f}")
+    elif (run_dir / LAST).is_file():
+        log.warn(f"{run_dir} already holds a run; starting over (add --resume auto to continue it instead)")
     if cfg.start_epoch is not None:
         start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
     if dist.is_main:
         log.truncate_metrics(start_epoch)
+        run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
     log.info(
         f"{cfg.arch} ({cfg.padding} padding, {cfg.num_classes} classes) on {dist.world_size} x {dist.device}; "
@@ -128,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def epoch_record(
     cfg, epoch: int, lr: float, train: dict, val: dict, best_acc1: float, result, world: int, start: float
-):
+) -> dict:
     """One ``metrics.jsonl`` line (the shared contract's keys, plus best_acc1 and bad_images)."""
     return {
         "epoch": epoch + 1,

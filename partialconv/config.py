@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data_train", "--data-train", dest="data_train", default=None, help="ImageFolder train dir")
     g.add_argument("--data_val", "--data-val", dest="data_val", default=None, help="ImageFolder val dir")
     g.add_argument("-j", "--workers", type=int, default=4, help="DataLoader worker processes per rank")
+    g.add_argument(
+        "--data-backend",
+        choices=("pil", "gpu"),
+        default="pil",
+        help="pil: decode/augment in the workers; gpu: workers read bytes, the device decodes (nvJPEG) and augments",
+    )
     g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
     g.add_argument(
         "--train-min-scale", type=float, default=0.08, help="RandomResizedCrop's smallest crop area (fraction)"

@@ -314,3 +314,85 @@ def test_convert_padding_on_torchvision_model_matches_pd_model():
     torch.testing.assert_close(convert_padding(tv, "partial")(x), pd(x))
     with pytest.raises(ValueError, match="padding must be one of"):
         convert_padding(tv, "circular")
+
+
+def test_gradient_seen_by_other_consumers_is_left_intact():
+    torch.manual_seed(0)
+    a = PartialConv2d(3, 4, 3, padding=1).double()
+    b = PartialConv2d(3, 4, 3, stride=1, padding=2, dilation=2).double()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    seen = {}
+
+    def keep(name):
+        def hook(grad):
+            seen[name] = (grad, grad.clone())
+
+        return hook
+
+    ya, yb = a(x), b(x)
+    ya.register_hook(keep("a"))
+    yb.register_hook(keep("b"))
+    (ya + yb).pow(2).sum().backward()  # the add hands one gradient tensor to both convs
+    for grad, snapshot in seen.values():
+        assert torch.equal(grad, snapshot)
+    # and each conv's weight gradient matches the one computed alone
+    for layer, y_other in ((a, yb), (b, ya)):
+        ref = layer.weight.grad.clone()
+        layer.weight.grad = None
+        (layer(x) + y_other.detach()).pow(2).sum().backward()
+        torch.testing.assert_close(layer.weight.grad, ref)
+
+
+def test_gradcheck_and_double_backward():
+    torch.manual_seed(0)
+    layer = PartialConv2d(2, 3, 3, stride=2, padding=1, bias=True).double()
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    w = layer.weight.detach().clone().requires_grad_()
+    b = layer.bias.detach().clone().requires_grad_()
+
+    def fn(x, w, b):
+        return torch.func.functional_call(layer, {"weight": w, "bias": b}, (x,))
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_padding_mode_autocast_matches_fp32_and_keeps_fp32_grads(dtype):
+    torch.manual_seed(0)
+    layer = PartialConv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 12, 12).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=dtype):
+        out = layer(x)
+    assert out.dtype == dtype
+    out.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32 and torch.isfinite(layer.weight.grad).all()
+    torch.testing.assert_close(out.float(), layer(x), rtol=0.05, atol=0.05)
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, results: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = nn.Sequential(PartialConv2d(3, 4, 3, padding=1), nn.ReLU(), PartialConv2d(4, 2, 3, stride=2, padding=1))
+    x = torch.randn(4, 3, 10, 10)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    ddp(x[rank * 2 : rank * 2 + 2]).square().mean().backward()
+    if rank == 0:
+        torch.save({k: p.grad for k, p in model.named_parameters()}, results)
+    dist.destroy_process_group()
+
+
+def test_distributed_data_parallel_matches_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    results = tmp_path / "grads.pt"
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(results)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = nn.Sequential(PartialConv2d(3, 4, 3, padding=1), nn.ReLU(), PartialConv2d(4, 2, 3, stride=2, padding=1))
+    x = torch.randn(4, 3, 10, 10)
+    model(x).square().mean().backward()
+    ddp_grads = torch.load(results, weights_only=True)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ddp_grads[name], p.grad)

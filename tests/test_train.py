@@ -3,12 +3,16 @@ signal, evaluation, torchrun/DDP equivalence, bad images, NaN loss and the up-fr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -24,9 +28,10 @@ from partialconv.data.demo import make_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"images_per_sec", "epoch_seconds", "time"}
-# 10 classes x 8 train images, batch 16: 5 steps per epoch. No BatchNorm: DDP equals one process exactly in math.
+# 10 classes x 8 train images, batch 4: 20 steps per epoch (a signal sent at step 1 surely lands inside epoch 1).
+# No BatchNorm: a DDP run is the same computation as one process.
 BASE = [
-    "-a", "simple_cnn", "--device", "cpu", "-j", "0", "-b", "16", "--lr", "0.05", "--seed", "3",
+    "-a", "simple_cnn", "--device", "cpu", "-j", "0", "-b", "4", "--lr", "0.05", "--seed", "3",
     "--train-crop-size", "16", "--val-resize-size", "20", "--val-crop-size", "16", "--deterministic",
 ]  # fmt: skip
 
@@ -90,7 +95,7 @@ def test_run_directory_contents(straight, data):
     best = read_checkpoint(straight / "model_best.pth.tar")["best_acc1"]
     assert best == max(m["val_acc1"] for m in lines)
     cfg = yaml.safe_load((straight / "config.yaml").read_text())
-    assert cfg["arch"] == "simple_cnn" and cfg["batch_size"] == 16 and cfg["num_classes"] == 10
+    assert cfg["arch"] == "simple_cnn" and cfg["batch_size"] == 4 and cfg["num_classes"] == 10
     again = vars(parse_config(["--config", str(straight / "config.yaml")]))  # accepted back by --config
     assert {k: again[k] for k in cfg} == cfg
     assert "Epoch 2/2" in (straight / "log.txt").read_text()
@@ -122,7 +127,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(straight, data, tmp_p
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith("Epoch: [1][1/5]"):
+        if line.startswith("Epoch: [1][1/20]"):
             # Freeze the process so the signal surely lands in epoch 1, deliver it, let it run on.
             os.kill(proc.pid, signal.SIGSTOP)
             os.kill(proc.pid, signal.SIGTERM)
@@ -133,7 +138,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(straight, data, tmp_p
     assert proc.returncode == 143, output
     assert "preempted by SIGTERM" in output and "--resume auto" in output
     ckpt = read_checkpoint(out / "checkpoint.pth.tar")
-    assert ckpt["epoch"] == 0 and 1 <= ckpt["step"] < 5  # stopped inside epoch 1, after the current step
+    assert ckpt["epoch"] == 0 and 1 <= ckpt["step"] < 20  # stopped inside epoch 1, after the current step
     assert not (out / "metrics.jsonl").exists() or not metrics(out)
     assert run([*args(data, out), "--epochs", "2", "--resume", "auto", "-p", "2"]) == 0
     assert_same_run(straight, out)
@@ -237,6 +242,11 @@ def _class_mismatch(data: Path, tmp: Path) -> list[str]:
     return ["--data_train", str(root / "train"), "--data_val", str(root / "val")]
 
 
+def _corrupt_resume(data: Path, tmp: Path) -> list[str]:
+    (tmp / "bad.pth.tar").write_bytes(b"\x80\x02 truncated")
+    return ["--resume", str(tmp / "bad.pth.tar")]
+
+
 def _unknown_yaml_key(data: Path, tmp: Path) -> list[str]:
     (tmp / "bad.yaml").write_text("epochs: 3\nlearning_rate_typo: 0.1\n")
     return ["--config", str(tmp / "bad.yaml")]
@@ -250,10 +260,20 @@ def _unknown_yaml_key(data: Path, tmp: Path) -> list[str]:
         (_class_mismatch, "have different classes (train only: ['noise']; val only: ['static'])"),
         (lambda d, t: ["-a", "pdresnet5"], "unknown model 'pdresnet5'; did you mean pdresnet50"),
         (_unknown_yaml_key, "bad.yaml: unknown key 'learning_rate_typo'"),
+        (_corrupt_resume, "bad.pth.tar: cannot be read"),
         (lambda d, t: ["-a", "pdresnet18", "--padding", "zero"], "partial padding by name"),
         (lambda d, t: ["-b", "0"], "-b/--batch-size must be >= 1"),
     ],
-    ids=["missing-dir", "empty-class", "class-mismatch", "unknown-arch", "yaml-key", "pd-padding", "zero-batch"],
+    ids=[
+        "missing-dir",
+        "empty-class",
+        "class-mismatch",
+        "unknown-arch",
+        "yaml-key",
+        "bad-resume",
+        "pd-padding",
+        "zero-batch",
+    ],
 )
 def test_errors_before_training(data, tmp_path, capsys, make_flags, message):
     out = tmp_path / "run"
@@ -271,6 +291,29 @@ def test_bf16_channels_last_cosine_warmup_and_snapshots(data, tmp_path):
     assert run([*args(data, out), "--epochs", "2", *extra]) == 0
     lines = metrics(out)
     assert [m["padding"] for m in lines] == ["partial", "partial"]
-    assert lines[0]["lr"] == pytest.approx(0.05 / 2.5)  # warm-up: first of 2.5 iterations' ramp
+    assert lines[0]["lr"] == pytest.approx(0.05 / 10)  # warm-up over 0.5 epoch = 10 iterations: lr starts at 1/10
     assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in lines)
     assert (out / "checkpoint_epoch1.pth.tar").is_file() and (out / "checkpoint_epoch2.pth.tar").is_file()
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(data, tmp_path):
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    cmd = [sys.executable, str(ROOT / "train.py"), *args(data, tmp_path / "tty"), "--epochs", "1", "-p", "1"]
+    proc = subprocess.Popen([*cmd, "--no-tensorboard"], cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    out, _ = proc.communicate(timeout=120)
+    os.close(master)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert re.search(r"epoch 1:\s+\d+%\|.*\| \d+/20 \[", terminal), terminal  # tqdm's bar on the terminal
+    assert "Epoch: [1][" not in out and "Epoch 1/1:" in out  # no per-step lines next to a bar

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from .datasets import ClassificationFolder, DataError, check_image_folders, collate_skipping_bad
 from .demo import ensure_demo_dataset
-from .presets import eval_transform, train_transform
+from .presets import RRC_SCALE, eval_transform, train_transform
 from .sampler import SeededSampler
 
 if TYPE_CHECKING:  # data must not import engine at run time (imports flow engine -> data)
@@ -54,6 +54,12 @@ def build_loaders(cfg: argparse.Namespace, dist: DistInfo) -> Loaders:
     if cfg.batch_size % dist.world_size:
         raise DataError(f"-b/--batch-size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
     local_batch = cfg.batch_size // dist.world_size
+    if cfg.data_backend == "gpu":
+        from .gpu_decode import build_gpu_loaders  # only the GPU path needs torchvision.io
+
+        if cfg.train_min_scale != RRC_SCALE[0]:
+            raise DataError(f"--train-min-scale {cfg.train_min_scale}: --data-backend gpu crops with scale {RRC_SCALE}")
+        return build_gpu_loaders(cfg, dist, classes, local_batch)
     train_set = ClassificationFolder(
         cfg.data_train, train_transform(cfg.train_crop_size, cfg.train_min_scale), cfg.on_bad_image
     )

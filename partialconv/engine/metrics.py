@@ -33,7 +33,9 @@ class EpochMeter:
     def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         n = targets.shape[0]
         c1, c5 = topk_correct(logits, targets)
-        self.sums += torch.stack([loss.detach().to(self.sums.dtype) * n, c1, c5, self.sums.new_tensor(n)])
+        count = torch.full((), n, dtype=self.sums.dtype, device=self.sums.device)  # a fill, not a host copy
+        dt = self.sums.dtype
+        self.sums += torch.stack([loss.detach().to(dt) * n, c1.to(dt), c5.to(dt), count])
 
     def state_dict(self) -> dict[str, float]:
         """Plain floats (one host sync), to carry a partial epoch over a preemption."""

@@ -39,29 +39,28 @@ def _append_line(path: Path, line: str) -> None:
 
 
 class RunLogger:
+    """The run directory is created by the first write, so a run that fails its checks leaves nothing behind."""
+
     def __init__(self, run_dir: Optional[Path], enabled: bool, tensorboard: bool = True) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
+        self.tensorboard = tensorboard
         self._tb = None
-        if enabled and run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter  # slow import; only when asked for
 
-                self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+    def _log_line(self, msg: str) -> None:
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _append_line(self.run_dir / "log.txt", f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
 
     def info(self, msg: str) -> None:
-        if not self.enabled:
-            return
-        print(msg, flush=True)
-        if self.run_dir is not None:
-            _append_line(self.run_dir / "log.txt", f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
+        if self.enabled:
+            print(msg, flush=True)
+            self._log_line(msg)
 
     def warn(self, msg: str) -> None:
         if self.enabled:
             print(f"warning: {msg}", file=sys.stderr, flush=True)
-            if self.run_dir is not None:
-                _append_line(self.run_dir / "log.txt", f"{time.strftime('%Y-%m-%d %H:%M:%S')} warning: {msg}")
+            self._log_line(f"warning: {msg}")
 
     def truncate_metrics(self, completed_epochs: int) -> None:
         """Drop ``metrics.jsonl`` lines of epochs that will be re-run (resume never duplicates an epoch)."""
@@ -80,7 +79,12 @@ class RunLogger:
     def epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled or self.run_dir is None:
             return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         _append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
+        if self.tensorboard and self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter  # slow import; only when asked for
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
         if self._tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "epochs", "seed", "time"):

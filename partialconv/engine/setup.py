@@ -12,6 +12,7 @@ import torch.distributed as tdist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..config import ConfigError
 from .distributed import DistInfo
 
 __all__ = ["seed_everything", "configure_backends", "prepare_model", "broadcast_buffers"]
@@ -41,6 +42,8 @@ def prepare_model(model: nn.Module, cfg: argparse.Namespace, dist: DistInfo) -> 
     """Returns ``(model, train_model)``: the plain module (saved, evaluated, optimised) on the device, and what the
     training step calls (compiled and/or DDP-wrapped around the same parameters)."""
     if cfg.sync_bn and dist.distributed:
+        if dist.device.type != "cuda":
+            raise ConfigError(f"--sync-bn: SyncBatchNorm runs on CUDA only; this run is on {dist.device.type}")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(dist.device)
     if cfg.channels_last:

@@ -10,7 +10,8 @@ Padding mode (no ``mask_in``): M is 1 inside the image and 0 in the zero padding
 only on the spatial size and the conv geometry, is separable per spatial dimension, and differs from 1 only on a few
 border rows/columns. We compute it in closed form once per geometry, cache it per device/dtype in a module-level
 table (no per-module state, so DataParallel replicas, DDP, torch.compile and torch.export all see a pure function),
-and rescale only the border slices of the conv output. A conv whose padding is 0 is a plain conv.
+and rescale only the border boxes of the conv output, forward and backward (see _BorderRescaledConv). A conv whose
+padding is 0 is a plain conv.
 
 Inpainting mode (``mask_in`` given): the count is a channel sum of the mask followed by one box filter (a depthwise
 conv with a ones kernel per group), never a C_out x C_in x k x k ones-kernel convolution. Counts and ratios are
@@ -57,30 +58,44 @@ def padding_ratio_1d(
     return counts, ratios
 
 
-# A padding-mode plan: (has_holes, borders, dense_ratio, update_mask). borders holds per spatial dim
-# (lead, trail, head_ratio, tail_ratio): output positions [0, lead) and [trail, L) are rescaled by head/tail.
-# dense_ratio/update_mask exist only when some window lies entirely in the padding (padding >= kernel extent).
+# A padding-mode plan: (dense, regions, dense_ratio, update_mask).
+# regions: disjoint output boxes (starts, lengths, ratio) covering every position whose ratio is not 1; the ratio of
+# a box is the outer product of the per-dimension ratio vectors over it. dense_ratio/update_mask are built only for
+# the rare geometries the border path does not cover: a window entirely in the padding (padding >= kernel extent,
+# so some outputs are holes) or asymmetric padding ('same' with an even kernel).
 _Plan = tuple
 
 
-def _make_plan(counts: list[list[int]], ratios: list[list[float]], device: torch.device, dtype: torch.dtype) -> _Plan:
-    ndim = len(counts)
-    has_holes = any(c == 0 for dim in counts for c in dim)
-    borders = []
-    for d, r in enumerate(ratios):
-        lead = next((i for i, v in enumerate(r) if v == 1.0), len(r))
-        trail = len(r) - next((i for i, v in enumerate(reversed(r)) if v == 1.0), 0)
-        trail = max(trail, lead)
-        shape = [-1 if i == d else 1 for i in range(ndim)]
-        head = torch.tensor(r[:lead], dtype=dtype, device=device).view(shape) if lead else None
-        tail = torch.tensor(r[trail:], dtype=dtype, device=device).view(shape) if trail < len(r) else None
-        borders.append((lead, trail, head, tail))
-    dense_ratio = update_mask = None
-    if has_holes:
+def _make_plan(
+    counts: list[list[int]], ratios: list[list[float]], symmetric: bool, device: torch.device, dtype: torch.dtype
+) -> _Plan:
+    nd = len(counts)
+    dense = not symmetric or any(c == 0 for dim in counts for c in dim)
+    if dense:
         dense_ratio = _outer([torch.tensor(r, dtype=torch.float32, device=device) for r in ratios])
         update_mask = (dense_ratio > 0).to(dtype)
-        dense_ratio = dense_ratio.to(dtype)
-    return has_holes, tuple(borders), dense_ratio, update_mask
+        return True, (), dense_ratio.to(dtype), update_mask
+
+    # Per dimension the ratio differs from 1 on a leading and a trailing run of positions only.
+    spans = []
+    for r in ratios:
+        lead = next((i for i, v in enumerate(r) if v == 1.0), len(r))
+        trail = max(lead, len(r) - next((i for i, v in enumerate(reversed(r)) if v == 1.0), 0))
+        spans.append((lead, trail))
+    regions = []
+    for d in range(nd):
+        for start, stop in ((0, spans[d][0]), (spans[d][1], len(ratios[d]))):
+            if stop <= start:
+                continue
+            # Earlier dims: their interior only (their borders are boxes of their own); later dims: everything.
+            starts = [spans[e][0] for e in range(d)] + [start] + [0] * (nd - d - 1)
+            stops = [spans[e][1] for e in range(d)] + [stop] + [len(ratios[e]) for e in range(d + 1, nd)]
+            if any(hi <= lo for lo, hi in zip(starts, stops)):
+                continue
+            vectors = [torch.tensor(ratios[e][starts[e] : stops[e]], dtype=torch.float32) for e in range(nd)]
+            ratio = _outer(vectors).to(device=device, dtype=dtype)
+            regions.append((tuple(starts), tuple(hi - lo for lo, hi in zip(starts, stops)), ratio))
+    return False, tuple(regions), None, None
 
 
 def _outer(vectors: Sequence[Tensor]) -> Tensor:
@@ -102,9 +117,10 @@ def _border_plan(spatial: Sequence[int], geometry: tuple, device: torch.device, 
     ]
     counts = [c for c, _ in per_dim]
     ratios = [r for _, r in per_dim]
+    symmetric = all(lo == hi for lo, hi in pads)
     if torch.compiler.is_compiling():
         # Traced code must not read mutable globals; the plan becomes graph constants instead.
-        return _make_plan(counts, ratios, device, dtype)
+        return _make_plan(counts, ratios, symmetric, device, dtype)
     key = (tuple(spatial), geometry, device, dtype)
     with _plan_lock:
         plan = _plan_cache.get(key)
@@ -113,12 +129,73 @@ def _border_plan(spatial: Sequence[int], geometry: tuple, device: torch.device, 
             return plan
     # Built outside inference mode so cached tensors can be saved for backward by later training steps.
     with torch.inference_mode(False):
-        plan = _make_plan(counts, ratios, device, dtype)
+        plan = _make_plan(counts, ratios, symmetric, device, dtype)
     with _plan_lock:
         _plan_cache[key] = plan
         while len(_plan_cache) > _CACHE_SIZE:
             _plan_cache.popitem(last=False)
     return plan
+
+
+def _narrow(t: Tensor, starts: Sequence[int], lengths: Sequence[int]) -> Tensor:
+    for d, (start, length) in enumerate(zip(starts, lengths)):
+        t = t.narrow(2 + d, start, length)
+    return t
+
+
+def _writable_dense(t: Tensor) -> bool:
+    """No overlapping or broadcast (stride-0) memory, so in-place writes touch each element once."""
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    return t.is_contiguous() or (t.dim() in formats and t.is_contiguous(memory_format=formats[t.dim()]))
+
+
+class _BorderRescaledConv(torch.autograd.Function):
+    """conv(x, W) * ratio + b where the ratio differs from 1 only on a few border boxes.
+
+    A plain ``raw * ratio`` costs a full pass over the output forward and another over its gradient backward. Here
+    forward rescales the border boxes of the conv output in place, and backward scales the border boxes of the
+    incoming gradient in place, runs the conv backward on it, and puts the saved border values back: the gradient
+    is unchanged for any other consumer once this returns, and the overhead over nn.Conv2d is a few border-sized ops.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], params: tuple, regions: tuple) -> Tensor:
+        stride, padding, dilation, groups = params
+        nd = weight.dim() - 2
+        out = torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * nd, groups)
+        bias_b = bias.view(-1, *([1] * nd)) if bias is not None else None
+        for starts, lengths, ratio in regions:
+            box = _narrow(out, starts, lengths)
+            box.mul_(ratio)
+            if bias_b is not None:
+                box.add_(bias_b * (1 - ratio))
+        ctx.save_for_backward(x, weight)
+        ctx.params, ctx.regions, ctx.has_bias = params, regions, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.params
+        nd = weight.dim() - 2
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        # The bias is added after the rescaling: its gradient is the plain sum of the unscaled gradient.
+        grad_bias = grad.sum([0, *range(2, grad.dim())]) if need_b else None
+
+        in_place = not torch.is_grad_enabled() and _writable_dense(grad)
+        scaled = grad if in_place else grad.clone(memory_format=torch.preserve_format)
+        saved = []
+        for starts, lengths, ratio in ctx.regions:
+            box = _narrow(scaled, starts, lengths)
+            if in_place:
+                saved.append(box.clone())
+            box.mul_(ratio)
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            scaled, x, weight, None, stride, padding, dilation, False, [0] * nd, groups, [need_x, need_w, False]
+        )
+        for (starts, lengths, _), original in zip(ctx.regions, saved):
+            _narrow(scaled, starts, lengths).copy_(original)
+        return grad_x, grad_w, grad_bias, None, None
 
 
 class _PartialConvMixin:
@@ -164,29 +241,27 @@ class _PartialConvMixin:
             out = self._conv_forward(input, self.weight, self.bias)
             return out, (out.new_ones(()).expand(out.shape) if self.return_mask else None)
 
-        # The conv keeps its fused bias: raw * r + b == out * r + b * (1 - r), and with an update mask u (r is 0
-        # wherever u is) raw * r + b * u == out * r + b * (u - r).
-        out = self._conv_forward(input, self.weight, self.bias)
+        device_type = input.device.type
+        autocast_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        dtype = autocast_dtype or input.dtype
         geometry = (tuple(self.kernel_size), tuple(self.stride), pads, tuple(self.dilation))
-        has_holes, borders, dense_ratio, update_mask = _border_plan(
-            tuple(input.shape[-nd:]), geometry, out.device, out.dtype
-        )
-        bias = self.bias.to(out.dtype).view(-1, *([1] * nd)) if self.bias is not None else None
-        if has_holes:
-            out = out * dense_ratio
-            if bias is not None:
-                out = out + bias * (update_mask - dense_ratio)
+        dense, regions, dense_ratio, update_mask = _border_plan(tuple(input.shape[-nd:]), geometry, input.device, dtype)
+        if dense:
+            # raw * r + b * u == out * r + b * (u - r), since r is 0 wherever u is.
+            out = self._conv_forward(input, self.weight, self.bias) * dense_ratio
+            if self.bias is not None:
+                out = out + self.bias.to(out.dtype).view(-1, *([1] * nd)) * (update_mask - dense_ratio)
             return out, (update_mask.expand(out.shape) if self.return_mask else None)
 
-        for d, (lead, trail, head, tail) in enumerate(borders):
-            axis = out.dim() - nd + d
-            for ratio, start, stop in ((head, 0, lead), (tail, trail, out.shape[axis])):
-                if ratio is None:
-                    continue
-                border = out.narrow(axis, start, stop - start)
-                border.mul_(ratio)
-                if bias is not None:
-                    border.add_(bias * (1 - ratio))
+        weight, bias = self.weight, self.bias
+        if autocast_dtype is not None:
+            # Cast as autocast would for a conv; the function itself then runs with autocast off so that its
+            # backward sees the same dtypes as its forward.
+            input, weight = input.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        params = (tuple(self.stride), tuple(lo for lo, _ in pads), tuple(self.dilation), self.groups)
+        with torch.autocast(device_type, enabled=False):
+            out = _BorderRescaledConv.apply(input, weight, bias, params, regions)
         return out, (out.new_ones(()).expand(out.shape) if self.return_mask else None)
 
     def _masked_forward(self, input: Tensor, mask_in: Tensor) -> tuple[Tensor, Tensor]:
@@ -224,8 +299,9 @@ class _PartialConvMixin:
         else:
             out = grouped * ratio_b.to(raw.dtype)
         if self.bias is not None:
+            # In place and broadcast: one pass over the output, no full-size bias * update temporary.
             bias = self.bias.to(raw.dtype).view(1, groups, c_out // groups, *([1] * nd))
-            out = out + bias * update_b.to(raw.dtype)
+            out.addcmul_(bias, update_b.to(raw.dtype))
         out = out.view_as(raw)
 
         mask_dtype = mask_in.dtype if mask_in.is_floating_point() else out.dtype

@@ -1,0 +1,584 @@
+"""Training throughput: images/s of full training steps (forward, backward, SGD step) per architecture.
+
+    python benchmarks/train_throughput.py --amp bf16 --channels-last --compile            # model only (synthetic)
+    python benchmarks/train_throughput.py --data real -j 16 --archs resnet50 pdresnet50    # the whole step
+    python benchmarks/train_throughput.py --data loader-only -j 1 2 --malloc default glibc # the data pipeline alone
+
+Data modes: ``synthetic`` (one random batch already on the device: measures the model), ``real`` (the training data
+path over an ImageFolder of JPEGs, PIL or GPU decode: measures the whole step), ``loader-only`` (the data path alone,
+worker counts and worker allocator settings interleaved). Without ``--data-dir`` an ImageNet-like JPEG folder (about
+500x375, ~100 KB, photo-like) is generated once under ``--cache-dir``.
+
+All configurations of a run are measured interleaved: after a per-config warm-up (excluded; includes compilation),
+each timed window runs every config for ``--steps`` steps, in alternating order, so pd and zero padding see the same
+machine state; img/s is the median over ``--windows`` windows and the pd overhead is the median of per-window
+pd/zero ratios. Peak GPU memory per config is ``torch.cuda.max_memory_allocated`` during its windows, less the
+memory held by the other (idle) configs' parameters and optimizer state.
+
+Results: a table on stdout and ``--output-dir``/train_throughput_<date>_<device>.{json,md} with date, device, torch
+version, CPU count and the exact command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import gc
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from benchmarks._jpeg_folder import make_jpeg_folder  # noqa: E402
+from partialconv import PartialConv2d, create_model  # noqa: E402
+from partialconv.config import parse_config  # noqa: E402
+from partialconv.data import build_loaders  # noqa: E402
+from partialconv.data.allocator import ALLOCATOR_SETTINGS, AllocatorWorkerInit  # noqa: E402
+from partialconv.engine.distributed import DistInfo  # noqa: E402
+from partialconv.layers.partial_conv import padding_ratio_1d  # noqa: E402
+from partialconv.models._registry import is_model, unknown_model_message  # noqa: E402
+
+DEFAULT_ARCHS = ("resnet50", "pdresnet50", "vgg16_bn", "pdvgg16_bn")
+AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# --------------------------------------------------------------------------------------------------- the pd variant
+class FullRatioPartialConv2d(PartialConv2d):
+    """Benchmark-only baseline: padding-mode partial conv as the straightforward full-tensor multiply.
+
+    ``out = conv(x, W) * ratio + b * update`` with a dense (H_out, W_out) ratio map, i.e. one extra read and write of
+    the whole output per layer; the package's layer rescales only the border rows/columns. Same numerics.
+    """
+
+    def _padding_forward(self, input: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        pads = self._pads()
+        if not any(lo or hi for lo, hi in pads):
+            return super()._padding_forward(input)
+        raw = self._conv_forward(input, self.weight, None)
+        geometry = (tuple(self.kernel_size), tuple(self.stride), pads, tuple(self.dilation))
+        ratio, update = _dense_ratio(tuple(input.shape[-2:]), geometry, raw.device, raw.dtype)
+        out = raw * ratio
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype).view(-1, 1, 1) * update
+        return out, (update.expand(out.shape) if self.return_mask else None)
+
+
+_VARIANTS = {"full": FullRatioPartialConv2d}
+_dense_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _dense_ratio(spatial: tuple[int, ...], geometry: tuple, device: torch.device, dtype: torch.dtype):
+    key = (spatial, geometry, device, dtype)
+    if not torch.compiler.is_compiling() and key in _dense_cache:
+        return _dense_cache[key]
+    kernel, stride, pads, dilation = geometry
+    rows, cols = (
+        torch.tensor(padding_ratio_1d(spatial[d], kernel[d], stride[d], *pads[d], dilation[d])[1], device=device)
+        for d in (0, 1)
+    )
+    ratio = torch.outer(rows, cols)
+    value = (ratio.to(dtype), (ratio > 0).to(dtype))
+    if not torch.compiler.is_compiling():
+        _dense_cache[key] = value
+    return value
+
+
+def use_pd_variant(model: nn.Module, impl: str) -> int:
+    """Switch every padding-mode PartialConv2d of ``model`` to a benchmark variant ("full"); returns
+    how many were switched. The variants add no state, so swapping the class is enough."""
+    count = 0
+    for module in model.modules():
+        if type(module) is PartialConv2d and not module.multi_channel:
+            module.__class__ = _VARIANTS[impl]
+            count += 1
+    return count
+
+
+# ------------------------------------------------------------------------------------------------------- arguments
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Training throughput (img/s) of full training steps; pd vs zero padding interleaved.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), help="architectures to measure, interleaved")
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="batch size per step")
+    p.add_argument("--image-size", type=int, default=224, help="training crop size in pixels")
+    p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    p.add_argument("--amp", choices=sorted(AMP_DTYPES), default="none", help="autocast dtype (fp16 uses GradScaler)")
+    p.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is warm-up)")
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+                   help="torch.compile mode (reduce-overhead: CUDA graphs)")  # fmt: skip
+    p.add_argument("--pd-impl", nargs="+", choices=("border", "full"), default=["border"],
+                   help="partial-padding implementation(s) for pd archs, measured side by side: border = the "
+                   "package's layer (ratio on border rows/columns only, one autograd Function); full = benchmark-only "
+                   "full-tensor ratio multiply"
+                   )  # fmt: skip
+    p.add_argument("--data", choices=("synthetic", "real", "loader-only"), default="synthetic",
+                   help="synthetic: one batch on the device (model only); real: the training data path over JPEGs "
+                   "(whole step); loader-only: the data path alone")  # fmt: skip
+    p.add_argument("--data-dir", type=Path, help="ImageFolder root of JPEGs (default: generate one in --cache-dir)")
+    p.add_argument("--data-backend", choices=("pil", "gpu"), default="pil",
+                   help="pil: decode/augment in DataLoader workers; gpu: workers read bytes, the device decodes "
+                   "(nvJPEG on CUDA) and augments")  # fmt: skip
+    p.add_argument("-j", "--workers", type=int, nargs="+", default=[min(16, os.cpu_count() or 1)],
+                   help="DataLoader workers (loader-only: several values, measured interleaved)")  # fmt: skip
+    p.add_argument("--malloc", nargs="+", choices=sorted(ALLOCATOR_SETTINGS), default=["default"],
+                   help="loader-only: worker allocator settings to compare: default; glibc = mallopt trim/mmap "
+                   "thresholds (as MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_); pillow = PILLOW_BLOCKS_MAX"
+                   )  # fmt: skip
+    p.add_argument("--cache-dir", type=Path, default=ROOT / "data" / "bench_jpeg", help="where generated JPEGs live")
+    p.add_argument("--gen-images", type=int, default=4096, help="number of generated JPEGs")
+    p.add_argument("--gen-size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"), help="generated size")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps per config before measuring")
+    p.add_argument("--steps", type=int, default=20, help="steps per timed window")
+    p.add_argument("--windows", type=int, default=5, help="timed windows per config (img/s is their median)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's); 1 steadies CPU runs on a busy machine")  # fmt: skip
+    p.add_argument("--find-max-batch", action="store_true",
+                   help="CUDA only: largest batch that fits per arch (double -b until OOM, then bisect)")  # fmt: skip
+    p.add_argument("--max-batch-step", type=int, default=8, help="--find-max-batch resolution")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, synthetic data and generated JPEGs")
+    p.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where results go")
+    p.add_argument("--no-save", action="store_true", help="print the table only, write no files")
+    args = p.parse_args(argv)
+    for arch in args.archs:
+        if not is_model(arch):
+            p.error(f"--archs: {unknown_model_message(arch)}")
+    for name in ("batch_size", "image_size", "steps", "windows", "gen_images", "max_batch_step"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.warmup < 0 or min(args.workers) < 0:
+        p.error("--warmup and -j/--workers must be >= 0")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        p.error(f"--data-dir {args.data_dir}: not a directory (expected an ImageFolder root: <dir>/<class>/<img>)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    if args.data != "loader-only" and (len(args.workers) > 1 or args.malloc != ["default"]):
+        p.error("several -j values and --malloc are for --data loader-only")
+    if args.malloc != ["default"] and min(args.workers) == 0:
+        p.error("--malloc applies to worker processes; use -j >= 1")
+    return args
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+def data_root(args: argparse.Namespace) -> Path:
+    if args.data_dir is not None:
+        return args.data_dir
+    print(f"generating {args.gen_images} JPEGs under {args.cache_dir} (once; reused afterwards)", flush=True)
+    return make_jpeg_folder(args.cache_dir, args.gen_images, num_classes=16, seed=args.seed, size=tuple(args.gen_size))
+
+
+def build_real_loader(args: argparse.Namespace, root: Path, workers: int, device: torch.device) -> Any:
+    """train.py's training loader (its flags, presets, sampler and backend) over ``root``: batches of
+    ``(images, targets, bad)``, on the CPU for the PIL backend and on the device for the gpu backend."""
+    argv = ["--data_train", str(root), "--data_val", str(root), "-a", args.archs[0], "-b", str(args.batch_size)]
+    argv += ["-j", str(workers), "--train-crop-size", str(args.image_size), "--seed", str(args.seed)]
+    argv += ["--data-backend", args.data_backend, "--device", device.type]
+    argv += ["--channels-last"] if args.channels_last else []
+    cfg = parse_config(argv)
+    return build_loaders(cfg, DistInfo(rank=0, local_rank=0, world_size=1, device=device)).train
+
+
+class BatchStream:
+    """Endless batches from a loader (restarting it at the end of each pass), moved to the device."""
+
+    def __init__(self, loader: Any, device: torch.device, memory_format: torch.memory_format) -> None:
+        self.loader = loader
+        self.device = device
+        self.memory_format = memory_format
+        self.it = iter(loader)
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        try:
+            x, y, _ = next(self.it)
+        except StopIteration:
+            self.it = iter(self.loader)
+            x, y, _ = next(self.it)
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return x, y.to(self.device, non_blocking=True)
+
+
+# ------------------------------------------------------------------------------------------------------ model steps
+@dataclass
+class Config:
+    arch: str
+    pd_impl: str  # "border" | "full" | "-" (no partial convs)
+    step: Callable[[Tensor, Tensor], None] = field(repr=False)
+    state_bytes: int = 0
+    rates: list[float] = field(default_factory=list)
+    peak_bytes: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.arch if self.pd_impl in ("-", "border") else f"{self.arch} ({self.pd_impl})"
+
+
+def build_step(args: argparse.Namespace, arch: str, pd_impl: str, device: torch.device) -> tuple[Callable, int]:
+    """A closure doing one training step on (x, y), and the bytes of its parameters + grads + optimizer state."""
+    torch.manual_seed(args.seed)
+    model = create_model(arch, num_classes=args.num_classes)
+    if pd_impl in _VARIANTS:
+        use_pd_variant(model, pd_impl)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    forward = torch.compile(model, mode=args.compile_mode) if args.compile else model
+    amp_dtype = AMP_DTYPES[args.amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+
+    def step(x: Tensor, y: Tensor) -> None:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = F.cross_entropy(forward(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    state_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())  # weights, grads, momentum
+    return step, state_bytes
+
+
+def pd_impls_for(arch: str, impls: list[str]) -> list[str]:
+    model_has_pd = arch.startswith("pd")
+    return list(impls) if model_has_pd else ["-"]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(args: argparse.Namespace, device: torch.device, configs: list[Config], batches: Callable) -> None:
+    """Warm up each config, then run ``--windows`` interleaved timed windows (order alternating per window)."""
+    for cfg in configs:
+        for _ in range(args.warmup):
+            cfg.step(*batches())
+        synchronize(device)
+        print(f"warmed up {cfg.label}", flush=True)
+    for window in range(args.windows):
+        order = configs if window % 2 == 0 else configs[::-1]
+        for cfg in order:
+            if device.type == "cuda":
+                base = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                cfg.step(*batches())
+            synchronize(device)
+            cfg.rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
+            if device.type == "cuda":
+                idle = base - cfg.state_bytes  # the other configs' resident state
+                cfg.peak_bytes = max(cfg.peak_bytes, torch.cuda.max_memory_allocated(device) - max(idle, 0))
+        rates = ", ".join(f"{c.label} {c.rates[-1]:.1f}" for c in configs)
+        print(f"window {window + 1}/{args.windows}: img/s {rates}", flush=True)
+
+
+def pd_overheads(configs: list[Config]) -> dict[str, float]:
+    """Median over windows of pd img/s / zero img/s, for each pd config whose zero-padded arch was measured."""
+    by_arch = {c.arch: c for c in configs if c.pd_impl == "-"}
+    out = {}
+    for cfg in configs:
+        base = by_arch.get(cfg.arch[2:]) if cfg.pd_impl != "-" else None
+        if base is not None:
+            out[cfg.label] = statistics.median(p / z for p, z in zip(cfg.rates, base.rates))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- max batch size
+def _is_oom(error: BaseException) -> bool:
+    # cuDNN/cuBLAS report some allocation failures as plain RuntimeErrors.
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _fits(args: argparse.Namespace, arch: str, device: torch.device, batch: int) -> bool:
+    """Whether two training steps of ``arch`` at ``batch`` run; the caller frees the memory afterwards."""
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    try:
+        step, _ = build_step(args, arch, args.pd_impl[0] if arch.startswith("pd") else "-", device)
+        x = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
+        x = x.contiguous(memory_format=memory_format)
+        y = torch.randint(0, args.num_classes, (batch,), device=device)
+        for _ in range(2):
+            step(x, y)
+        synchronize(device)
+        return True
+    except RuntimeError as e:  # OutOfMemoryError is a RuntimeError
+        if not _is_oom(e):
+            raise
+        return False
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def find_max_batch(args: argparse.Namespace, arch: str, device: torch.device) -> int:
+    """Largest batch (to ``--max-batch-step``) for which two training steps run: double, then bisect."""
+
+    def fits(batch: int) -> bool:
+        ok = _fits(args, arch, device, batch)
+        if device.type == "cuda":
+            _release_memory()  # after the exception (and its traceback's tensors) is gone
+        return ok
+
+    lo, hi = 0, args.batch_size
+    while fits(hi):
+        print(f"{arch}: batch {hi} fits", flush=True)
+        lo, hi = hi, hi * 2
+    while hi - lo > args.max_batch_step:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        print(f"{arch}: max batch in [{lo}, {hi})", flush=True)
+    return lo
+
+
+# ----------------------------------------------------------------------------------------------------- loader-only
+@dataclass
+class LoaderConfig:
+    workers: int
+    malloc: str
+    stream: BatchStream = field(repr=False)
+    rates: list[float] = field(default_factory=list)
+
+
+def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -> list[dict]:
+    """The data path alone, one train.py loader per (workers, allocator) setting, measured in interleaved windows.
+
+    The allocator setting is applied in each worker process by its ``worker_init_fn``. Each window first drains
+    the batches a loader prefetched while it was idle (``2 * workers + 1``, untimed), so only steady-state
+    production is timed.
+    """
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    configs = []
+    for workers in args.workers:
+        for malloc in args.malloc:
+            loader = build_real_loader(args, root, workers, device)
+            torch_loader = getattr(loader, "loader", loader)  # the DataLoader inside a GpuDecodeLoader
+            torch_loader.worker_init_fn = AllocatorWorkerInit(malloc, torch_loader.worker_init_fn)
+            configs.append(LoaderConfig(workers, malloc, BatchStream(loader, device, fmt)))
+    for cfg in configs:
+        for _ in range(args.warmup):
+            cfg.stream.next()
+    for window in range(args.windows):
+        for cfg in configs if window % 2 == 0 else configs[::-1]:
+            for _ in range(2 * cfg.workers + 1):
+                cfg.stream.next()
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                cfg.stream.next()
+            synchronize(device)
+            cfg.rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
+        rates = ", ".join(f"-j {c.workers} {c.malloc} {c.rates[-1]:.1f}" for c in configs)
+        print(f"window {window + 1}/{args.windows}: img/s {rates}", flush=True)
+    return [
+        {
+            "workers": c.workers,
+            "malloc": c.malloc,
+            "env": ALLOCATOR_SETTINGS[c.malloc],
+            "rates": c.rates,
+            "img_per_s": statistics.median(c.rates),
+        }  # fmt: skip
+        for c in configs
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------- results
+def machine_info(device: torch.device, argv: list[str]) -> dict[str, Any]:
+    import torchvision
+
+    info = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        # Other processes on the machine skew CPU numbers; the load average at the start says how busy it was.
+        "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+        "command": "python " + shlex.join(["benchmarks/train_throughput.py", *argv]),
+    }
+    return info
+
+
+def git_commit() -> Optional[str]:
+    """HEAD of the checkout (with "+dirty" for uncommitted changes), so a result names the code it measured."""
+    try:
+        run = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=10, check=True)
+        head = run(["git", "rev-parse", "--short=12", "HEAD"]).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return "CPU: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU: " + (platform.processor() or platform.machine())
+
+
+def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader_rows: list[dict], extra: dict) -> str:
+    lines = [
+        f"# Training throughput, {info['device_name']}",
+        "",
+        f"- date: {info['date']}; commit {info['git_commit']}",
+        f"- torch {info['torch']}, torchvision {info['torchvision']}, CUDA {info['cuda']}, cuDNN {info['cudnn']}",
+        f"- CPUs: {info['cpu_count']} ({info['cpus_usable']} usable), torch threads {info['torch_threads']}, "
+        f"1-min load average at start {info['loadavg_1min']}",
+        f"- command: `{info['command']}`",
+        f"- data {args.data}"
+        + (f" ({args.data_backend} backend, -j {args.workers[0]})" if args.data == "real" else "")
+        + f", batch {args.batch_size}, {args.image_size} px, amp {args.amp}, channels_last {args.channels_last}, "
+        f"compile {args.compile} ({args.compile_mode})",
+        f"- warm-up {args.warmup} steps per config, then img/s = median of {args.windows} interleaved windows of "
+        f"{args.steps} steps",
+        "",
+    ]
+    if configs:
+        overhead = pd_overheads(configs)
+        lines += [
+            "| arch | img/s (median) | min-max | ms/step | pd/zero | peak mem (GiB) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in configs:
+            med = statistics.median(c.rates)
+            ratio = f"{overhead[c.label]:.3f}" if c.label in overhead else ""
+            mem = f"{c.peak_bytes / 2**30:.2f}" if c.peak_bytes else "n/a (CPU)"
+            lines.append(
+                f"| {c.label} | {med:.1f} | {min(c.rates):.1f}-{max(c.rates):.1f} | "
+                f"{1000 * args.batch_size / med:.1f} | {ratio} | {mem} |"
+            )
+    if loader_rows:
+        lines += ["| backend | workers | allocator | img/s (median) |", "|---|---|---|---|"]
+        for r in loader_rows:
+            env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "default"
+            lines.append(f"| {args.data_backend} | {r['workers']} | {env} | {r['img_per_s']:.1f} |")
+    for key, value in extra.items():
+        lines.append(f"- {key}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(args: argparse.Namespace, info: dict, payload: dict, text: str) -> Path:
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    kind = re.sub(r"[^A-Za-z0-9]+", "-", info["device_name"] if info["device"] != "cpu" else "cpu").strip("-").lower()
+    base = args.output_dir / f"train_throughput_{stamp}_{kind}_{args.data}"
+    for suffix, content in ((".json", json.dumps(payload, indent=2) + "\n"), (".md", text)):
+        tmp = base.with_suffix(suffix + ".tmp")
+        tmp.write_text(content)
+        os.replace(tmp, base.with_suffix(suffix))
+    return base
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+def main(argv: Optional[list[str]] = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    info = machine_info(device, argv)
+    configs: list[Config] = []
+    loader_rows: list[dict] = []
+    extra: dict[str, Any] = {}
+
+    if args.data == "loader-only":
+        loader_rows = measure_loader(args, data_root(args), device)
+    else:
+        for arch in args.archs:
+            for impl in pd_impls_for(arch, args.pd_impl):
+                step, state = build_step(args, arch, impl, device)
+                configs.append(Config(arch, impl, step, state))
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        if args.data == "synthetic":
+            g = torch.Generator().manual_seed(args.seed)
+            x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
+            x = x.to(device).contiguous(memory_format=memory_format)
+            y = torch.randint(0, args.num_classes, (args.batch_size,), generator=g).to(device)
+            measure(args, device, configs, lambda: (x, y))
+        else:
+            root = data_root(args)
+            stream = BatchStream(build_real_loader(args, root, args.workers[0], device), device, memory_format)
+            measure(args, device, configs, stream.next)
+
+    if args.find_max_batch:
+        if device.type != "cuda":
+            extra["max batch"] = "skipped: --find-max-batch is only meaningful on a CUDA device"
+            print(extra["max batch"], flush=True)
+        else:
+            for cfg in configs:
+                cfg.step = None  # free the measured models first
+            _release_memory()
+            extra["max batch"] = {arch: find_max_batch(args, arch, device) for arch in args.archs}
+
+    text = markdown(info, args, configs, loader_rows, extra)
+    print(text)
+    payload = {
+        "machine": info,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "results": [
+            {
+                "arch": c.arch,
+                "pd_impl": c.pd_impl,
+                "label": c.label,
+                "img_per_s": statistics.median(c.rates),
+                "rates": c.rates,
+                "peak_mem_bytes": c.peak_bytes or None,
+            }  # fmt: skip
+            for c in configs
+        ],
+        "pd_over_zero": pd_overheads(configs) if configs else {},
+        "loader": loader_rows,
+        **{k.replace(" ", "_"): v for k, v in extra.items()},
+    }
+    if not args.no_save:
+        base = write_results(args, info, payload, text)
+        print(f"wrote {base}.json and {base}.md")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

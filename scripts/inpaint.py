@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Fill the holes of images with a trained PConv U-Net and write the composites as PNGs.
+
+    python3 scripts/inpaint.py --checkpoint runs/pconv/checkpoint.pth.tar --input photo.jpg --mask holes.png
+        --output filled.png
+    python3 scripts/inpaint.py --checkpoint ... --input photos/ --random-mask 0.3 --output filled/
+
+Mask PNGs use the NVIDIA irregular-mask convention: white = hole, black = known. A folder of inputs takes masks
+from a folder (matched by file name stem) or one mask file for all; with --random-mask the generated masks are
+written next to the outputs as NAME_mask.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from partialconv.checkpoint import CheckpointError  # noqa: E402
+from partialconv.data.inpainting import IMAGE_EXTENSIONS, load_image  # noqa: E402
+from partialconv.data.masks import generate_mask, list_images, load_mask_png, save_mask_png  # noqa: E402
+from partialconv.engine.distributed import init_distributed  # noqa: E402
+from partialconv.engine.inpainting import AMP_DTYPES, inpaint, load_inpainting_model  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="train_inpainting.py checkpoint (or a plain state_dict)")
+    p.add_argument("--input", required=True, help="an image file or a folder of images (recursive)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--mask", help="a mask PNG (white = hole) or a folder of them matched to inputs by name stem")
+    src.add_argument(
+        "--random-mask",
+        type=float,
+        metavar="RATIO",
+        help="generate an irregular mask with about this hole ratio (0 < RATIO < 0.9) per image",
+    )
+    p.add_argument("--output", required=True, help="output PNG for a single input, else an output folder")
+    p.add_argument("--layer-size", type=int, help="network depth, only for checkpoints that do not store it")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="mixed precision for the network")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random-mask (image i uses seed+i)")
+    args = p.parse_args(argv)
+    if args.random_mask is not None and not 0.0 < args.random_mask < 0.9:
+        p.error(f"--random-mask must be in (0, 0.9), got {args.random_mask}")
+    return args
+
+
+def _pairs(args) -> list[tuple[Path, Path | None, Path]]:
+    """(image, mask file or None, output file) for every input."""
+    src = Path(args.input)
+    if src.is_file():
+        images, out_paths = [src], [Path(args.output)]
+        if out_paths[0].suffix.lower() != ".png":
+            raise ValueError(f"--output {args.output}: a single input needs a .png output file")
+    elif src.is_dir():
+        images = list_images(src, IMAGE_EXTENSIONS)
+        if not images:
+            raise FileNotFoundError(f"--input {src}: no images found")
+        out_paths = [Path(args.output) / img.relative_to(src).with_suffix(".png") for img in images]
+    else:
+        raise FileNotFoundError(f"--input {src}: no such file or folder")
+    masks: list[Path | None] = [None] * len(images)
+    if args.mask:
+        mask_src = Path(args.mask)
+        if mask_src.is_file():
+            masks = [mask_src] * len(images)
+        elif mask_src.is_dir():
+            by_stem = {m.stem: m for m in list_images(mask_src, (".png",))}
+            missing = [img.name for img in images if img.stem not in by_stem]
+            if missing:
+                raise FileNotFoundError(f"--mask {mask_src}: no mask PNG named like {', '.join(missing[:5])}")
+            masks = [by_stem[img.stem] for img in images]
+        else:
+            raise FileNotFoundError(f"--mask {mask_src}: no such file or folder")
+    return list(zip(images, masks, out_paths))
+
+
+def _mask_for(args, mask_path, index: int, h: int, w: int) -> torch.Tensor:
+    if mask_path is None:
+        r = args.random_mask
+        arr = generate_mask(h, w, (max(0.0, r - 0.025), r + 0.025), seed=args.seed + index)
+        return torch.from_numpy(arr).float()[None, None]
+    m = torch.from_numpy(load_mask_png(mask_path)).float()[None, None]
+    if m.shape[-2:] != (h, w):
+        m = F.interpolate(m, size=(h, w), mode="nearest")  # nearest keeps it binary
+    return m
+
+
+def _save_png(image: torch.Tensor, path: Path) -> None:
+    arr = (image[0].permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = init_distributed(args.device).device
+    model = load_inpainting_model(args.checkpoint, device, args.layer_size)
+    pairs = _pairs(args)
+    for i, (img_path, mask_path, out_path) in enumerate(pairs):
+        image = load_image(img_path)[None].to(device)
+        mask = _mask_for(args, mask_path, i, *image.shape[-2:]).to(device)
+        result = inpaint(model, image, mask, args.amp)
+        _save_png(result, out_path)
+        if mask_path is None:
+            save_mask_png(mask[0, 0], out_path.with_name(out_path.stem + "_mask.png"))
+        print(f"[{i + 1}/{len(pairs)}] {img_path} -> {out_path}", flush=True)
+    return 0
+
+
+def cli(argv=None) -> int:
+    """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
+    try:
+        return main(argv)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

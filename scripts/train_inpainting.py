@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""Train the PConv U-Net for irregular-hole inpainting (Liu et al., ECCV 2018).
+
+Phase 1:  python3 scripts/train_inpainting.py --data DIR --vgg-weights vgg16-397923af.pth --output-dir runs/pconv
+Phase 2:  python3 scripts/train_inpainting.py --data DIR --vgg-weights ... --finetune
+              --pretrained runs/pconv/checkpoint.pth.tar --output-dir runs/pconv_ft
+Multi-GPU: torchrun --nproc_per_node 8 scripts/train_inpainting.py ...
+Without --data it trains a few steps on the photos bundled with scikit-image (the embedded demo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from torch.utils.data import DataLoader, Subset  # noqa: E402
+
+from partialconv.checkpoint import CheckpointError, extract_state_dict, read_checkpoint, save_checkpoint  # noqa: E402
+from partialconv.data.inpainting import InpaintingDataset, InpaintingSampler, skimage_demo_folder  # noqa: E402
+from partialconv.data.masks import IrregularMaskGenerator, MaskFolder  # noqa: E402
+from partialconv.engine import distributed as dist  # noqa: E402
+from partialconv.engine.inpainting import (  # noqa: E402
+    AMP_DTYPES,
+    PreemptionFlag,
+    autocast,
+    compose,
+    image_grid,
+    l1_percent,
+    psnr,
+    ssim,
+    train_step,
+)
+from partialconv.losses.inpainting import DEFAULT_WEIGHTS, InpaintingLoss, default_vgg_weights_path  # noqa: E402
+from partialconv.models import create_model  # noqa: E402
+
+CHECKPOINT = "checkpoint.pth.tar"
+DEMO_DIR = Path("data/demo_inpainting")
+# Demo-mode defaults, used only for flags the user did not give when --data is absent.
+DEMO_DEFAULTS = {"image_size": 128, "iters": 20, "batch_size": 2, "log_every": 5, "val_every": 10, "workers": 0}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="folder of training images (searched recursively); default: the embedded demo")
+    p.add_argument("--val-data", help="folder of validation images (default: the training folder, fixed masks)")
+    p.add_argument("--masks", help="folder of training mask PNGs (NVIDIA format, white = hole); default: generated")
+    p.add_argument("--val-masks", help="folder of validation mask PNGs; default: generated, fixed per image")
+    p.add_argument("--image-size", type=int, help="square training crop in pixels (default 512; demo 128)")
+    p.add_argument(
+        "--layer-size", type=int, help="encoder/decoder stages (default: 8 for >= 512 px, else log2(size)-1)"
+    )
+    p.add_argument("-b", "--batch-size", type=int, help="images per GPU/process per step (default 6, the paper's)")
+    p.add_argument("-j", "--workers", type=int, help="data-loading worker processes per GPU/process (default 4)")
+    p.add_argument("--iters", type=int, help="total optimisation steps of this phase (default 1000000; demo 20)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4, or 5e-5 with --finetune)")
+    p.add_argument("--finetune", action="store_true", help="fine-tuning phase: encoder BN frozen, lr 5e-5")
+    p.add_argument("--pretrained", help="initialise the weights from this checkpoint (e.g. phase 1's, for --finetune)")
+    p.add_argument("--resume", help="continue a run from PATH, or 'auto': OUTPUT_DIR/checkpoint.pth.tar if it exists")
+    p.add_argument("--output-dir", default="runs/inpainting", help="run directory (default runs/inpainting)")
+    p.add_argument(
+        "--vgg-weights",
+        default=str(default_vgg_weights_path()),
+        help="torchvision's ImageNet VGG-16 state_dict for the loss (default: %(default)s)",
+    )
+    p.add_argument(
+        "--loss-weights",
+        default="",
+        help="override loss weights, e.g. 'hole=6,tv=0.1' (terms: " + ",".join(DEFAULT_WEIGHTS) + ")",
+    )
+    p.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="mixed precision for the network")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs (small per-GPU batches)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, sample order, crops and masks")
+    p.add_argument("--log-every", type=int, help="steps between log lines / TensorBoard scalars (default 100)")
+    p.add_argument("--val-every", type=int, help="steps between validation, image grids and checkpoints (default 5000)")
+    p.add_argument("--val-images", type=int, default=100, help="validation images used (default 100)")
+    args = p.parse_args(argv)
+    demo = args.data is None
+    defaults = {
+        "image_size": 512,
+        "iters": 1_000_000,
+        "batch_size": 6,
+        "log_every": 100,
+        "val_every": 5000,
+        "workers": 4,
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, DEMO_DEFAULTS[key] if demo else value)
+    if args.lr is None:
+        args.lr = 5e-5 if args.finetune else 2e-4
+    if args.layer_size is None:
+        args.layer_size = min(8, max(1, int(math.log2(args.image_size)) - 1))
+    if args.image_size % 2**args.layer_size:
+        p.error(f"--image-size {args.image_size} must be a multiple of 2**--layer-size = {2**args.layer_size}")
+    for key in ("batch_size", "iters", "log_every", "val_every", "val_images"):
+        if getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be >= 1")
+    args.loss_weight_overrides = _parse_weights(p, args.loss_weights)
+    return args
+
+
+def _parse_weights(p: argparse.ArgumentParser, text: str) -> dict[str, float]:
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, _, value = item.partition("=")
+        if key not in DEFAULT_WEIGHTS:
+            p.error(f"--loss-weights: unknown term {key!r}; expected one of {', '.join(DEFAULT_WEIGHTS)}")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            p.error(f"--loss-weights: {item!r} is not TERM=NUMBER")
+    return out
+
+
+class RunLog:
+    """log.txt, metrics.jsonl and TensorBoard of rank 0; silent on other ranks."""
+
+    def __init__(self, out_dir: Path, active: bool) -> None:
+        self.active = active
+        self.out_dir = out_dir
+        self.tb = None
+        if active:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+
+    def print(self, msg: str) -> None:
+        if self.active:
+            print(msg, flush=True)
+            with open(self.out_dir / "log.txt", "a") as f:
+                f.write(msg + "\n")
+
+    def metrics(self, record: dict) -> None:
+        if self.active:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def build_data(args, info: dist.DistInfo, start_step: int):
+    if args.data is None:
+        if info.is_main:  # one writer; the other ranks wait for the files
+            skimage_demo_folder(DEMO_DIR)
+        dist.barrier()
+    data = Path(args.data) if args.data else DEMO_DIR
+    train_masks = MaskFolder(args.masks, args.image_size, augment=True) if args.masks else None
+    train = InpaintingDataset(data, args.image_size, train=True, masks=train_masks, seed=args.seed)
+    val_masks = MaskFolder(args.val_masks, args.image_size) if args.val_masks else None
+    val_gen = IrregularMaskGenerator(args.image_size, bucket=None, border=None)
+    val = InpaintingDataset(
+        args.val_data or data, args.image_size, train=False, masks=val_masks, seed=args.seed + 1, generator=val_gen
+    )
+    val = Subset(val, range(info.rank, min(len(val), args.val_images), info.world_size))
+    sampler = InpaintingSampler(len(train), args.batch_size, info.rank, info.world_size, args.seed, start_step)
+    common = {"num_workers": args.workers, "pin_memory": info.device.type == "cuda"}
+    if args.workers > 0:
+        common["persistent_workers"] = True
+    train_loader = DataLoader(train, batch_size=args.batch_size, sampler=sampler, drop_last=True, **common)
+    val_loader = DataLoader(val, batch_size=args.batch_size, shuffle=False, **common)
+    return train_loader, val_loader
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, amp: str):
+    """Mean L1 (%), PSNR and SSIM of the composite over the validation set (summed over ranks), plus one batch."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    shown = None
+    for masked, mask, target in loader:
+        masked, mask, target = (t.to(device, non_blocking=True) for t in (masked, mask, target))
+        with autocast(device, amp):
+            output, _ = model(masked, mask)
+        comp = compose(masked, mask, output.float()).clamp(0, 1)
+        sums += torch.stack(
+            [
+                l1_percent(comp, target).sum(),
+                psnr(comp, target).clamp(max=100).sum(),
+                ssim(comp, target).sum(),
+                torch.tensor(float(len(target)), device=device),
+            ]
+        ).double()
+        if shown is None:
+            shown = (masked, mask, output, target)
+    dist.all_reduce_sum(sums)
+    model.train()
+    n = max(sums[3].item(), 1.0)
+    return {"val_l1": sums[0].item() / n, "val_psnr": sums[1].item() / n, "val_ssim": sums[2].item() / n}, shown
+
+
+def save_state(path: Path, model, optimizer, scaler, iteration: int, args) -> None:
+    config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    save_checkpoint(
+        {
+            "arch": "pconv_unet",
+            "layer_size": args.layer_size,
+            "image_size": args.image_size,
+            "finetune": args.finetune,
+            "iteration": iteration,
+            "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "config": config,
+        },
+        path,
+    )
+
+
+def resume_path(args, out_dir: Path):
+    if not args.resume:
+        return None
+    if args.resume == "auto":
+        path = out_dir / CHECKPOINT
+        return path if path.is_file() else None
+    return Path(args.resume)
+
+
+def load_state(path: Path, model, optimizer, scaler, args) -> int:
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or "iteration" not in ckpt:
+        raise CheckpointError(f"checkpoint {path}: not a train_inpainting.py run checkpoint (no 'iteration')")
+    if ckpt.get("layer_size") != args.layer_size or bool(ckpt.get("finetune")) != args.finetune:
+        raise CheckpointError(
+            f"checkpoint {path}: layer_size={ckpt.get('layer_size')} finetune={ckpt.get('finetune')} does not match "
+            f"this run (--layer-size {args.layer_size}{' --finetune' if args.finetune else ''}); to start the "
+            f"fine-tuning phase from a phase-1 run use --pretrained, not --resume"
+        )
+    model.load_state_dict(extract_state_dict(ckpt, path))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    return int(ckpt["iteration"])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    info = dist.init_distributed(args.device)
+    device = info.device
+    out_dir = Path(args.output_dir)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    log = RunLog(out_dir, info.is_main)
+    try:
+        return _train(args, info, device, out_dir, log)
+    finally:
+        log.close()
+        dist.cleanup()
+
+
+def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: RunLog) -> int:
+    torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model = create_model("pconv_unet", layer_size=args.layer_size)
+    if args.pretrained:
+        model.load_state_dict(extract_state_dict(read_checkpoint(args.pretrained), args.pretrained))
+    if args.sync_bn and info.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.finetune:
+        model.freeze_encoder_bn()
+    model.to(device)
+    criterion = InpaintingLoss(args.vgg_weights, args.loss_weight_overrides).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=args.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+
+    start = 0
+    path = resume_path(args, out_dir)
+    if path is not None:
+        start = load_state(path, model, optimizer, scaler, args)
+        log.print(f"resumed from {path} at iteration {start}")
+    if start >= args.iters:
+        log.print(f"run already finished ({start}/{args.iters} iterations)")
+        return 0
+    if info.is_main:
+        config = {k: v for k, v in vars(args).items() if k != "loss_weight_overrides"}
+        tmp = out_dir / ".config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(config, sort_keys=True))
+        os.replace(tmp, out_dir / "config.yaml")
+    ddp = (
+        DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if info.distributed
+        else model
+    )
+    train_loader, val_loader = build_data(args, info, start)
+    log.print(
+        f"training pconv_unet (layer_size {args.layer_size}, {args.image_size}px) from iteration {start} to "
+        f"{args.iters} on {info.world_size} x {device}, batch {args.batch_size}/process, lr {args.lr}"
+        f"{', encoder BN frozen' if args.finetune else ''}, amp {args.amp}"
+    )
+
+    model.train()
+    sums, count, t0 = None, 0, time.perf_counter()
+    with PreemptionFlag() as stop:
+        it = iter(train_loader)
+        for iteration in range(start + 1, args.iters + 1):
+            batch = tuple(t.to(device, non_blocking=True) for t in next(it))
+            losses, output = train_step(ddp, criterion, optimizer, scaler, batch, args.amp)
+            stacked = torch.stack(list(losses.values()))
+            sums = stacked if sums is None else sums + stacked
+            count += 1
+            last = iteration == args.iters
+            if iteration % args.log_every == 0 or last:
+                dist.all_reduce_sum(sums)
+                means = dict(zip(losses, (sums / (count * info.world_size)).tolist()))
+                elapsed = time.perf_counter() - t0
+                ips = count * args.batch_size * info.world_size / elapsed
+                log.print(
+                    f"iter {iteration}/{args.iters} "
+                    + " ".join(f"{k} {v:.4f}" for k, v in means.items())
+                    + f" | {ips:.1f} img/s"
+                )
+                if log.tb is not None:
+                    for k, v in means.items():
+                        log.tb.add_scalar(f"loss/{k}", v, iteration)
+                    log.tb.add_scalar("images_per_sec", ips, iteration)
+                sums, count, t0 = None, 0, time.perf_counter()
+            if iteration % args.val_every == 0 or last:
+                metrics, shown = evaluate(ddp, val_loader, device, args.amp)
+                log.print(
+                    f"iter {iteration} val: L1 {metrics['val_l1']:.3f}% PSNR {metrics['val_psnr']:.2f} dB "
+                    f"SSIM {metrics['val_ssim']:.4f}"
+                )
+                log.metrics({"iteration": iteration, "iters": args.iters, **metrics, "time": time.time()})
+                if log.tb is not None:
+                    for k, v in metrics.items():
+                        log.tb.add_scalar(k.replace("val_", "val/"), v, iteration)
+                    log.tb.add_image(
+                        "train/input_mask_output_composite_gt", image_grid(*batch[:2], output, batch[2]), iteration
+                    )
+                    if shown is not None:
+                        log.tb.add_image("val/input_mask_output_composite_gt", image_grid(*shown), iteration)
+                if info.is_main:
+                    save_state(out_dir / CHECKPOINT, model, optimizer, scaler, iteration, args)
+            if _should_stop(stop, iteration, args.log_every, device):
+                if info.is_main:
+                    save_state(out_dir / CHECKPOINT, model, optimizer, scaler, iteration, args)
+                dist.barrier()
+                log.print(
+                    f"preempted at iteration {iteration}; checkpoint written to {out_dir / CHECKPOINT}; resume "
+                    f"with the same command plus --resume auto"
+                )
+                return stop.exit_code
+    log.print(f"done: {args.iters} iterations; checkpoint {out_dir / CHECKPOINT}")
+    return 0
+
+
+def _should_stop(stop: PreemptionFlag, iteration: int, every: int, device: torch.device) -> bool:
+    """Single process: as soon as the signal arrived. Under torchrun every rank votes every ``every`` steps, so all
+    ranks stop at the same step even if only some were signalled (and no step pays a host sync otherwise)."""
+    if not torch.distributed.is_initialized():
+        return stop.signum is not None
+    if iteration % every:
+        return False
+    votes = dist.all_reduce_sum(torch.tensor([float(stop.signum is not None)], device=device))
+    if votes.item() > 0 and stop.signum is None:
+        stop.signum = 15  # stopped because another rank was signalled: exit like SIGTERM
+    return votes.item() > 0
+
+
+def cli(argv=None) -> int:
+    """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
+    try:
+        return main(argv)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
