@@ -22,9 +22,10 @@ from partialconv.analysis import ReportError, write_report  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Tables (markdown, CSV) and figures comparing paddings over multiple train.py runs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--root", required=True, type=Path, help="results root: searched recursively for metrics.jsonl")
+    parser.add_argument(
+        "--root", required=True, type=Path, help="results root (required): searched at any depth for metrics.jsonl"
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="directory for results.md/results.csv/PNGs (default: the results root)"
     )
