@@ -1,0 +1,439 @@
+#!/usr/bin/env python3
+"""Run the padding comparison matrix (archs x paddings x runs) with train.py, then write the report.
+
+    python scripts/padding_benchmark.py --archs resnet50 vgg16_bn --runs 5 --root results/padding \\
+        --data_train /data/imagenet/train --data_val /data/imagenet/val -- --epochs 90 --amp bf16
+
+Every run is a train.py run in <root>/<arch>/<padding>/run<k>/ (seed k + --seed-offset, the same seed for every
+padding, so paddings are compared on equal terms). Finished runs are skipped and interrupted ones are resumed
+(--resume auto): stop the benchmark at any time (Ctrl-C) and run the same command again to continue.
+
+Exit codes: 0 every run attempted finished; 1 at least one run failed (each is named with its log); 2 bad arguments;
+130/143 interrupted by SIGINT/SIGTERM (runs were stopped with SIGTERM so train.py saves a resumable checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from partialconv.analysis import PADDING_ORDER, ReportError, load_run, run_state, write_report  # noqa: E402
+from partialconv.models import is_model  # noqa: E402
+from partialconv.models._registry import unknown_model_message  # noqa: E402
+
+TRAIN = REPO / "train.py"
+RUN_LOG = "run.log"
+# Set per run by the benchmark; passing them after `--` would silently break the matrix layout.
+RESERVED_FLAGS = (
+    "-a",
+    "--arch",
+    "--padding",
+    "--seed",
+    "--output-dir",
+    "--resume",
+    "--device",
+    "--data_train",
+    "--data-train",
+    "--data_val",
+    "--data-val",
+    "--prefix",
+    "--ckptdirprefix",
+)
+
+
+class UsageError(Exception):
+    """Bad command line; the message is one line."""
+
+
+@dataclass
+class Job:
+    arch: str
+    padding: str
+    index: int  # 1-based run number within its (arch, padding) cell
+    seed: int
+    run_dir: Path
+    state: str  # 'new' | 'partial' | 'finished' when planned
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}/{self.padding}/run{self.index}"
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, list[str]]:
+    """The benchmark's own arguments and the train.py arguments given after ``--``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    own, passthrough = argv[:cut], argv[cut + 1 :]
+    parser = argparse.ArgumentParser(
+        description="Train every (arch, padding, run) of a padding comparison with train.py, resumably, then "
+        "write results.md/results.csv/figures at the results root. train.py flags go after `--`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: %(prog)s --archs resnet50 --root results/padding --data_train T --data_val V "
+        "-- --epochs 90 --amp bf16",
+    )
+    parser.add_argument("--archs", nargs="+", required=True, help="architectures (registry names, e.g. resnet50)")
+    parser.add_argument(
+        "--paddings", nargs="+", default=list(PADDING_ORDER), choices=PADDING_ORDER, help="padding schemes"
+    )
+    parser.add_argument("--runs", type=int, default=5, help="runs per (arch, padding); run k uses seed k+offset")
+    parser.add_argument("--seed-offset", type=int, default=0, help="run k trains with seed k + this offset")
+    parser.add_argument("--data_train", default=None, help="training ImageFolder (default: train.py's demo data)")
+    parser.add_argument("--data_val", default=None, help="validation ImageFolder (default: train.py's demo data)")
+    parser.add_argument("--root", type=Path, default=Path("results/padding"), help="results root directory")
+    parser.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda when available, else cpu"
+    )
+    parser.add_argument(
+        "--gpus",
+        default=None,
+        help="comma-separated GPU ids to use (default: all visible, from CUDA_VISIBLE_DEVICES or the driver)",
+    )
+    parser.add_argument("--parallel", type=int, default=1, help="concurrent runs (GPU only), each on its own GPUs")
+    parser.add_argument(
+        "--gpus-per-run",
+        type=int,
+        default=None,
+        help="GPUs per run, via torchrun when > 1 (default: all GPUs divided by --parallel)",
+    )
+    parser.add_argument(
+        "--max-runs", type=int, default=None, help="start at most this many runs in this invocation, then stop"
+    )
+    parser.add_argument(
+        "--kill-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a run has to save its checkpoint after SIGTERM on Ctrl-C before it is killed",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
+    parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    args = parser.parse_args(own)
+    for name in ("runs", "parallel"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.gpus_per_run is not None and args.gpus_per_run < 1:
+        parser.error("--gpus-per-run must be >= 1")
+    if args.max_runs is not None and args.max_runs < 0:
+        parser.error("--max-runs must be >= 0")
+    if (args.data_train is None) != (args.data_val is None):
+        parser.error("--data_train and --data_val go together (give both, or neither for train.py's demo data)")
+    for flag, path in (("--data_train", args.data_train), ("--data_val", args.data_val)):
+        if path is not None and not Path(path).is_dir():
+            parser.error(f"{flag} {path}: not a directory")
+    if args.root.exists() and not args.root.is_dir():
+        parser.error(f"--root {args.root}: exists and is not a directory")
+    for arch in args.archs:
+        if not is_model(arch):
+            parser.error(f"--archs: {unknown_model_message(arch)}")
+        if arch.startswith("pd") and is_model(arch[2:]):
+            parser.error(f"--archs: use {arch[2:]} (the padding comes from --paddings), not {arch}")
+    for token in passthrough:
+        if _is_reserved(token):
+            flag = token.split("=", 1)[0]
+            parser.error(f"train.py flag {flag} after `--` is set by the benchmark for each run; use its own options")
+    return args, passthrough
+
+
+def _is_reserved(token: str) -> bool:
+    """Whether a train.py argument would override a per-run setting; argparse also accepts unambiguous prefixes
+    of long flags (``--pad``), so those count too."""
+    flag = token.split("=", 1)[0]
+    if flag.startswith("--"):
+        return len(flag) > 2 and any(r.startswith(flag) for r in RESERVED_FLAGS if r.startswith("--"))
+    return flag.startswith("-a")
+
+
+# ------------------------------------------------------------------------------------------------------ planning
+
+
+def plan_matrix(archs: list[str], paddings: list[str], runs: int, root: Path, seed_offset: int = 0) -> list[Job]:
+    """Every (arch, padding, run) in a fixed order, each with its directory's current state."""
+    jobs = []
+    for arch in dict.fromkeys(archs):
+        for padding in dict.fromkeys(paddings):
+            for k in range(1, runs + 1):
+                run_dir = root / arch / padding / f"run{k}"
+                jobs.append(Job(arch, padding, k, k + seed_offset, run_dir, run_state(run_dir)))
+    return jobs
+
+
+def visible_gpus(gpus: Optional[str]) -> list[str]:
+    if gpus:
+        return [g.strip() for g in gpus.split(",") if g.strip()]
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def resolve_device(device: str, gpus: Optional[str]) -> str:
+    if device != "auto":
+        return device
+    if gpus:
+        return "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def gpu_slots(device: str, gpus: list[str], parallel: int, gpus_per_run: Optional[int]) -> list[Optional[list[str]]]:
+    """The GPU ids of each concurrent slot; ``[None]`` (one slot, no pinning) on CPU."""
+    if device == "cpu":
+        if parallel > 1 or gpus_per_run:
+            raise UsageError("--parallel/--gpus-per-run need --device cuda; on CPU runs are sequential")
+        return [None]
+    if not gpus:
+        raise UsageError("--device cuda: no GPU visible (check CUDA_VISIBLE_DEVICES or pass --gpus)")
+    per_run = gpus_per_run or len(gpus) // parallel
+    if per_run < 1 or per_run * parallel > len(gpus):
+        raise UsageError(
+            f"--parallel {parallel} x --gpus-per-run {gpus_per_run or per_run} needs "
+            f"{parallel * max(per_run, 1)} GPUs; {len(gpus)} available ({','.join(gpus)})"
+        )
+    return [gpus[i * per_run : (i + 1) * per_run] for i in range(parallel)]
+
+
+def build_command(
+    job: Job, device: str, nproc: int, data_train: Optional[str], data_val: Optional[str], passthrough: list[str]
+) -> list[str]:
+    """The train.py command line of one run (torchrun when it spans several GPUs)."""
+    if nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    else:
+        launcher = [sys.executable]
+    cmd = launcher + [str(TRAIN), "-a", job.arch, "--padding", job.padding, "--seed", str(job.seed)]
+    cmd += ["--output-dir", str(job.run_dir), "--resume", "auto", "--device", device]
+    if data_train:
+        cmd += ["--data_train", data_train]
+    if data_val:
+        cmd += ["--data_val", data_val]
+    return cmd + passthrough
+
+
+def format_command(cmd: list[str], gpus: Optional[list[str]]) -> str:
+    prefix = f"CUDA_VISIBLE_DEVICES={','.join(gpus)} " if gpus is not None else ""
+    return prefix + shlex.join(cmd)
+
+
+# ----------------------------------------------------------------------------------------------------- running
+
+
+class _Stop:
+    """Signal bookkeeping: the first SIGINT/SIGTERM stops the matrix gracefully, a second one kills at once."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self.count = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signum = self.signum or signum
+        self.count += 1
+
+
+@dataclass
+class _Active:
+    job: Job
+    proc: subprocess.Popen
+    log: IO[bytes]
+    started: float
+    position: int
+    slot: int
+
+
+class Runner:
+    """Runs jobs on slots (one process per slot at a time) with progress lines, failure reports and Ctrl-C
+    handling. Each child runs in its own session so a terminal Ctrl-C reaches only the benchmark, which then
+    sends SIGTERM to every child's process group (train.py checkpoints and exits) and SIGKILL after a timeout."""
+
+    def __init__(self, slots: list[Optional[list[str]]], device: str, args: argparse.Namespace, passthrough: list[str]):
+        self.slots = slots
+        self.device = device
+        self.args = args
+        self.passthrough = passthrough
+        self.stop = _Stop()
+        self.failed: list[tuple[Job, str]] = []
+        self.succeeded: list[Job] = []
+        self.durations: list[float] = []
+
+    def _launch(self, job: Job, slot: int, position: int, total: int) -> Optional[_Active]:
+        """Start one run; None (reported as a failure) when its directory or process cannot be set up."""
+        gpus = self.slots[slot]
+        nproc = len(gpus) if gpus is not None else 1
+        cmd = build_command(job, self.device, nproc, self.args.data_train, self.args.data_val, self.passthrough)
+        log_path = job.run_dir / RUN_LOG
+        env = dict(os.environ)
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        try:
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(log_path, "ab")
+        except OSError as e:
+            self.failed.append((job, f"cannot write {log_path} ({e.strerror})"))
+            print(f"[{position}/{total}] FAILED  {job.name}: cannot write {log_path} ({e.strerror})", flush=True)
+            return None
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"=== padding_benchmark {stamp}: {format_command(cmd, gpus)}\n".encode())
+        log.flush()
+        try:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as e:
+            log.close()
+            self.failed.append((job, f"cannot start {cmd[0]} ({e.strerror})"))
+            print(f"[{position}/{total}] FAILED  {job.name}: cannot start {cmd[0]} ({e.strerror})", flush=True)
+            return None
+        where = f" on GPU {','.join(gpus)}" if gpus is not None else ""
+        what = "resume" if job.state == "partial" else "start "
+        print(f"[{position}/{total}] {what} {job.name} (seed {job.seed}){where}, log {log_path}", flush=True)
+        return _Active(job, proc, log, time.monotonic(), position, slot)
+
+    def _finish(self, active: _Active, total: int) -> None:
+        active.log.close()
+        job, code = active.job, active.proc.returncode
+        took = time.monotonic() - active.started
+        head = f"[{active.position}/{total}]"
+        run, _ = load_run(job.run_dir) if (job.run_dir / "metrics.jsonl").is_file() else (None, [])
+        if code == 0 and run is not None and run.finished:
+            self.succeeded.append(job)
+            self.durations.append(took)
+            print(f"{head} done    {job.name} in {took:.1f} s: best val top-1 {run.best_acc1:.2f}{self._eta(total)}")
+            sys.stdout.flush()
+            return
+        if code == 0:
+            why = "exited 0 but metrics.jsonl does not record the last epoch"
+        elif code in (138, 143, -signal.SIGTERM, -signal.SIGKILL) and self.stop.signum:
+            why = "stopped (resumable: run the same command again)"
+        else:
+            why = f"exit code {code}"
+        if not self.stop.signum:
+            self.failed.append((job, why))
+        label = "stopped" if self.stop.signum else "FAILED "
+        print(f"{head} {label} {job.name} after {took:.1f} s: {why}; log {job.run_dir / RUN_LOG}", flush=True)
+
+    def _eta(self, total: int) -> str:
+        """Remaining time from the mean duration of the runs finished so far (runs of one matrix are alike)."""
+        left = total - len(self.succeeded) - len(self.failed)
+        if not left or not self.durations:
+            return ""
+        seconds = sum(self.durations) / len(self.durations) * math.ceil(left / len(self.slots))
+        return f"; {left} left, about {seconds / 3600:.1f} h" if seconds >= 3600 else f"; {left} left, ~{seconds:.0f} s"
+
+    def _signal_all(self, active: dict[int, _Active], sig: int) -> None:
+        for a in active.values():
+            if a.proc.poll() is None:
+                try:
+                    os.killpg(a.proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    def run(self, jobs: list[Job]) -> Optional[int]:
+        """Run ``jobs``; returns the signal number if interrupted, else None."""
+        previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        pending = deque(enumerate(jobs, 1))
+        active: dict[int, _Active] = {}
+        kill_at: Optional[float] = None
+        try:
+            while pending or active:
+                if self.stop.signum and kill_at is None:
+                    pending.clear()
+                    print(f"padding_benchmark: stopping {len(active)} run(s) (SIGTERM, checkpoint)...", flush=True)
+                    self._signal_all(active, signal.SIGTERM)
+                    kill_at = time.monotonic() + self.args.kill_timeout
+                if kill_at is not None and (self.stop.count > 1 or time.monotonic() > kill_at):
+                    self._signal_all(active, signal.SIGKILL)
+                while pending and len(active) < len(self.slots):
+                    slot = next(i for i in range(len(self.slots)) if i not in active)
+                    position, job = pending.popleft()
+                    launched = self._launch(job, slot, position, len(jobs))
+                    if launched is not None:
+                        active[slot] = launched
+                for slot, a in list(active.items()):
+                    if a.proc.poll() is not None:
+                        del active[slot]
+                        self._finish(a, len(jobs))
+                time.sleep(0.1)
+        finally:
+            self._signal_all(active, signal.SIGKILL)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return self.stop.signum
+
+
+# -------------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args, passthrough = parse_args(argv)
+    try:
+        device = resolve_device(args.device, args.gpus)
+        gpus = visible_gpus(args.gpus) if device == "cuda" else []
+        slots = gpu_slots(device, gpus, args.parallel, args.gpus_per_run)
+    except UsageError as e:
+        print(f"padding_benchmark: error: {e}", file=sys.stderr)
+        return 2
+    jobs = plan_matrix(args.archs, args.paddings, args.runs, args.root, args.seed_offset)
+    todo = [j for j in jobs if j.state != "finished"]
+    counts = {s: sum(j.state == s for j in jobs) for s in ("finished", "partial", "new")}
+    print(
+        f"padding_benchmark: {len(jobs)} runs ({len(set(args.archs))} archs x {len(set(args.paddings))} paddings x "
+        f"{args.runs}) under {args.root}: {counts['finished']} finished (skipped), {counts['partial']} to resume, "
+        f"{counts['new']} new; device {device}, {len(slots)} concurrent slot(s)",
+        flush=True,
+    )
+    limited = todo if args.max_runs is None else todo[: args.max_runs]
+
+    if args.dry_run:
+        for job in jobs:
+            if job.state == "finished":
+                print(f"# skip {job.name}: finished")
+        for i, job in enumerate(limited):
+            gpus_i = slots[i % len(slots)]
+            nproc = len(gpus_i) if gpus_i is not None else 1
+            cmd = build_command(job, device, nproc, args.data_train, args.data_val, passthrough)
+            print(f"# {job.name} ({job.state}), log {job.run_dir / RUN_LOG}\n{format_command(cmd, gpus_i)}")
+        return 0
+
+    if not TRAIN.is_file():
+        print(f"padding_benchmark: error: {TRAIN} not found", file=sys.stderr)
+        return 2
+    runner = Runner(slots, device, args, passthrough)
+    signum = runner.run(limited)
+    if signum:
+        print(f"padding_benchmark: interrupted; rerun the same command to continue ({args.root})", file=sys.stderr)
+        return 128 + signum
+
+    left = len(todo) - len(limited)
+    print(
+        f"padding_benchmark: {len(runner.succeeded)} run(s) finished, {len(runner.failed)} failed, "
+        f"{counts['finished']} skipped" + (f", {left} not started (--max-runs {args.max_runs})" if left else ""),
+        flush=True,
+    )
+    for job, why in runner.failed:
+        print(f"padding_benchmark: FAILED {job.name}: {why}; log {job.run_dir / RUN_LOG}", file=sys.stderr)
+    if not args.no_report:
+        try:
+            files = write_report(args.root)
+            print(f"padding_benchmark: report {files.markdown}", flush=True)
+        except ReportError as e:
+            print(f"padding_benchmark: no report: {e}", file=sys.stderr)
+    return 1 if runner.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
