@@ -30,7 +30,7 @@ from partialconv.engine.distributed import barrier, cleanup, init_distributed
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
 from partialconv.engine.runlog import RunLogger, write_text_atomic
-from partialconv.engine.setup import configure_backends, prepare_model, seed_everything
+from partialconv.engine.setup import check_input_size, configure_backends, prepare_model, seed_everything
 from partialconv.engine.trainer import AMP_DTYPES, NonFiniteLossError, build_context, evaluate, train_one_epoch
 from partialconv.models import create_model
 
@@ -49,6 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     resolve_data_dirs(cfg)
     loaders = build_loaders(cfg, dist)
     cfg.num_classes = cfg.num_classes or len(loaders.classes)
+    check_input_size(cfg)
     model = create_model(cfg.arch, pretrained=cfg.pretrained, padding=cfg.padding, num_classes=cfg.num_classes)
     run_dir = run_dir_of(cfg)
     log = RunLogger(None if cfg.evaluate else run_dir, dist.is_main, cfg.tensorboard and not cfg.evaluate)

@@ -263,6 +263,10 @@ def _unknown_yaml_key(data: Path, tmp: Path) -> list[str]:
         (_corrupt_resume, "bad.pth.tar: cannot be read"),
         (lambda d, t: ["-a", "pdresnet18", "--padding", "zero"], "partial padding by name"),
         (lambda d, t: ["-b", "0"], "-b/--batch-size must be >= 1"),
+        (
+            lambda d, t: ["-a", "resnet18", "--padding", "reflect", "--train-crop-size", "32"],
+            "--train-crop-size 32 is too small for resnet18 with reflect padding",
+        ),
     ],
     ids=[
         "missing-dir",
@@ -273,6 +277,7 @@ def _unknown_yaml_key(data: Path, tmp: Path) -> list[str]:
         "bad-resume",
         "pd-padding",
         "zero-batch",
+        "crop-too-small",
     ],
 )
 def test_errors_before_training(data, tmp_path, capsys, make_flags, message):

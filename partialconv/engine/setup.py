@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError
+from ..models import create_model
 from .distributed import DistInfo
 
 __all__ = ["seed_everything", "configure_backends", "prepare_model", "broadcast_buffers"]
@@ -61,3 +62,16 @@ def broadcast_buffers(model: nn.Module) -> None:
     if tdist.is_initialized():
         for buf in model.buffers():
             tdist.broadcast(buf, src=0)
+
+
+def check_input_size(cfg: argparse.Namespace) -> None:
+    """Fail before any training when a crop is too small for the architecture, e.g. reflect padding reaching a 1x1
+    feature map (ResNets below 64 px). The probe runs on the meta device: no memory, no compute."""
+    with torch.device("meta"):
+        probe = create_model(cfg.arch, padding=cfg.padding, num_classes=cfg.num_classes or 2)
+    for flag, size in (("--train-crop-size", cfg.train_crop_size), ("--val-crop-size", cfg.val_crop_size)):
+        try:
+            probe(torch.empty(2, 3, size, size, device="meta"))
+        except RuntimeError as e:
+            reason = str(e).strip().splitlines()[0]
+            raise ConfigError(f"{flag} {size} is too small for {cfg.arch} with {cfg.padding} padding ({reason})") from e

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from contextlib import nullcontext
 from typing import Optional, Sequence, Union
 
 import torch
@@ -198,6 +199,21 @@ class _BorderRescaledConv(torch.autograd.Function):
         return grad_x, grad_w, grad_bias, None, None
 
 
+def _autocast_available(device_type: str) -> bool:
+    # Devices without autocast (meta, used for shape probes) must not reach the autocast queries, which raise.
+    return device_type in ("cpu", "cuda", "xpu", "mps", "hpu", "xla")
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    if _autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _autocast_off(device_type: str):
+    return torch.autocast(device_type, enabled=False) if _autocast_available(device_type) else nullcontext()
+
+
 class _PartialConvMixin:
     """Shared forward of PartialConv2d/3d. Relies on the nn.ConvNd attributes of the concrete class."""
 
@@ -242,7 +258,7 @@ class _PartialConvMixin:
             return out, (out.new_ones(()).expand(out.shape) if self.return_mask else None)
 
         device_type = input.device.type
-        autocast_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        autocast_dtype = _autocast_dtype(device_type)
         dtype = autocast_dtype or input.dtype
         geometry = (tuple(self.kernel_size), tuple(self.stride), pads, tuple(self.dilation))
         dense, regions, dense_ratio, update_mask = _border_plan(tuple(input.shape[-nd:]), geometry, input.device, dtype)
@@ -260,7 +276,7 @@ class _PartialConvMixin:
             input, weight = input.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         params = (tuple(self.stride), tuple(lo for lo, _ in pads), tuple(self.dilation), self.groups)
-        with torch.autocast(device_type, enabled=False):
+        with _autocast_off(device_type):
             out = _BorderRescaledConv.apply(input, weight, bias, params, regions)
         return out, (out.new_ones(()).expand(out.shape) if self.return_mask else None)
 
@@ -279,7 +295,7 @@ class _PartialConvMixin:
 
         # fp32 at least, whatever autocast says: counts are exact integers and ratios never overflow.
         exact = torch.float64 if input.dtype == torch.float64 else torch.float32
-        with torch.autocast(device_type=input.device.type, enabled=False):
+        with _autocast_off(input.device.type):
             m = mask.to(exact)
             summed = m.view(m.shape[0], groups, -1, *m.shape[2:]).sum(2) if m.shape[1] > 1 else m
             box = torch.ones((groups, 1, *self.kernel_size), dtype=exact, device=input.device)
