@@ -60,8 +60,8 @@ def padding_ratio_1d(
 
 
 # A padding-mode plan: (dense, regions, dense_ratio, update_mask).
-# regions: disjoint output boxes (starts, lengths, ratio) covering every position whose ratio is not 1; the ratio of
-# a box is the outer product of the per-dimension ratio vectors over it. dense_ratio/update_mask are built only for
+# regions: disjoint output boxes (starts, lengths, ratio, 1 - ratio) covering every position whose ratio is not 1;
+# a box's ratio is the outer product of the per-dimension ratio vectors over it. dense_ratio/update_mask are built for
 # the rare geometries the border path does not cover: a window entirely in the padding (padding >= kernel extent,
 # so some outputs are holes) or asymmetric padding ('same' with an even kernel).
 _Plan = tuple
@@ -95,7 +95,8 @@ def _make_plan(
                 continue
             vectors = [torch.tensor(ratios[e][starts[e] : stops[e]], dtype=torch.float32) for e in range(nd)]
             ratio = _outer(vectors).to(device=device, dtype=dtype)
-            regions.append((tuple(starts), tuple(hi - lo for lo, hi in zip(starts, stops)), ratio))
+            lengths = tuple(hi - lo for lo, hi in zip(starts, stops))
+            regions.append((tuple(starts), lengths, ratio, 1 - ratio))
     return False, tuple(regions), None, None
 
 
@@ -165,11 +166,10 @@ class _BorderRescaledConv(torch.autograd.Function):
         nd = weight.dim() - 2
         out = torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * nd, groups)
         bias_b = bias.view(-1, *([1] * nd)) if bias is not None else None
-        for starts, lengths, ratio in regions:
-            box = _narrow(out, starts, lengths)
-            box.mul_(ratio)
+        for starts, lengths, ratio, one_minus_ratio in regions:
+            box = _narrow(out, starts, lengths).mul_(ratio)
             if bias_b is not None:
-                box.add_(bias_b * (1 - ratio))
+                box.addcmul_(bias_b, one_minus_ratio)
         ctx.save_for_backward(x, weight)
         ctx.params, ctx.regions, ctx.has_bias = params, regions, bias is not None
         return out
@@ -186,7 +186,7 @@ class _BorderRescaledConv(torch.autograd.Function):
         in_place = not torch.is_grad_enabled() and _writable_dense(grad)
         scaled = grad if in_place else grad.clone(memory_format=torch.preserve_format)
         saved = []
-        for starts, lengths, ratio in ctx.regions:
+        for starts, lengths, ratio, _ in ctx.regions:
             box = _narrow(scaled, starts, lengths)
             if in_place:
                 saved.append(box.clone())
@@ -194,7 +194,7 @@ class _BorderRescaledConv(torch.autograd.Function):
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             scaled, x, weight, None, stride, padding, dilation, False, [0] * nd, groups, [need_x, need_w, False]
         )
-        for (starts, lengths, _), original in zip(ctx.regions, saved):
+        for (starts, lengths, _, _), original in zip(ctx.regions, saved):
             _narrow(scaled, starts, lengths).copy_(original)
         return grad_x, grad_w, grad_bias, None, None
 
