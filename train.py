@@ -29,9 +29,10 @@ from partialconv.engine.checkpointing import (
 from partialconv.engine.distributed import barrier, cleanup, init_distributed
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
-from partialconv.engine.runlog import RunLogger, write_text_atomic
+from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import configure_backends, prepare_model, seed_everything
 from partialconv.engine.trainer import AMP_DTYPES, NonFiniteLossError, build_context, evaluate, train_one_epoch
+from partialconv.fileio import write_text_atomic
 from partialconv.models import create_model
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"

@@ -13,7 +13,6 @@ written next to the outputs as NAME_mask.png.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from partialconv.data.inpainting import IMAGE_EXTENSIONS, load_image  # noqa: E4
 from partialconv.data.masks import generate_mask, list_images, load_mask_png, save_mask_png  # noqa: E402
 from partialconv.engine.distributed import init_distributed  # noqa: E402
 from partialconv.engine.inpainting import AMP_DTYPES, inpaint, load_inpainting_model  # noqa: E402
+from partialconv.fileio import atomic_write  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -97,10 +97,8 @@ def _mask_for(args, mask_path, index: int, h: int, w: int) -> torch.Tensor:
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
     arr = (image[0].permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        Image.fromarray(arr).save(f, format="PNG")
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from partialconv.engine.inpainting import (  # noqa: E402
     ssim,
     train_step,
 )
+from partialconv.fileio import write_text_atomic  # noqa: E402
 from partialconv.losses.inpainting import DEFAULT_WEIGHTS, InpaintingLoss, default_vgg_weights_path  # noqa: E402
 from partialconv.models import create_model  # noqa: E402
 
@@ -287,9 +287,7 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
         return 0
     if info.is_main:
         config = {k: v for k, v in vars(args).items() if k != "loss_weight_overrides"}
-        tmp = out_dir / ".config.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(config, sort_keys=True))
-        os.replace(tmp, out_dir / "config.yaml")
+        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=True))
     ddp = (
         DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         if info.distributed
