@@ -26,6 +26,7 @@ from partialconv.engine.checkpointing import (
     run_state,
     save_run_checkpoint,
 )
+from partialconv.engine.cli import run_cli
 from partialconv.engine.distributed import barrier, cleanup, init_distributed
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
@@ -180,16 +181,7 @@ def preempted_exit(preemption: Preemption, log: RunLogger, run_dir: Path, epoch:
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """``main`` with expected failures as one ``error:`` line and exit code 1 (2 for bad flags/config)."""
-    try:
-        return main(argv)
-    except ConfigError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    except EXPECTED_ERRORS as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        cleanup()
+    return run_cli(main, argv, "train.py", [(ConfigError, 2), (EXPECTED_ERRORS, 1)], cleanup=cleanup)
 
 
 if __name__ == "__main__":

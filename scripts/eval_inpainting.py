@@ -35,6 +35,7 @@ from partialconv.data.masks import (  # noqa: E402
     bucket_of,
     hole_ratio,
 )
+from partialconv.engine.cli import run_cli  # noqa: E402
 from partialconv.engine.distributed import init_distributed  # noqa: E402
 from partialconv.engine.inpainting import AMP_DTYPES, inpaint, l1_percent, load_inpainting_model, psnr, ssim  # noqa: E402
 from partialconv.fileio import write_text_atomic  # noqa: E402
@@ -170,11 +171,7 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    try:
-        return main(argv)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError), 2)])
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from PIL import Image  # noqa: E402
 from partialconv.checkpoint import CheckpointError  # noqa: E402
 from partialconv.data.inpainting import IMAGE_EXTENSIONS, load_image  # noqa: E402
 from partialconv.data.masks import generate_mask, list_images, load_mask_png, save_mask_png  # noqa: E402
+from partialconv.engine.cli import run_cli  # noqa: E402
 from partialconv.engine.distributed import init_distributed  # noqa: E402
 from partialconv.engine.inpainting import AMP_DTYPES, inpaint, load_inpainting_model  # noqa: E402
 from partialconv.fileio import atomic_write  # noqa: E402
@@ -119,11 +120,7 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    try:
-        return main(argv)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError), 2)])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from partialconv.checkpoint import CheckpointError, extract_state_dict, read_che
 from partialconv.data.inpainting import InpaintingDataset, InpaintingSampler, skimage_demo_folder  # noqa: E402
 from partialconv.data.masks import IrregularMaskGenerator, MaskFolder  # noqa: E402
 from partialconv.engine import distributed as dist  # noqa: E402
+from partialconv.engine.cli import run_cli  # noqa: E402
 from partialconv.engine.inpainting import (  # noqa: E402
     AMP_DTYPES,
     PreemptionFlag,
@@ -371,11 +372,7 @@ def _should_stop(stop: PreemptionFlag, iteration: int, every: int, device: torch
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    try:
-        return main(argv)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError), 2)])
 
 
 if __name__ == "__main__":
