@@ -2,10 +2,23 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PYTHONHASHSEED", "0")
 # Two cores on CI: keep intra-op threads from oversubscribing when tests spawn processes.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="module")
+def vgg_file(tmp_path_factory):
+    """Random VGG-16 weights under torchvision's keys ("features.N.weight") for the inpainting loss; the classifier
+    (unused by the loss) is left out to keep it small. Module scope: each module starts from the same seed."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("vgg") / "vgg16.pth"
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    return path

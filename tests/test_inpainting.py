@@ -117,16 +117,6 @@ def test_freeze_encoder_bn_keeps_running_stats_and_weights():
 # ----------------------------------------------------------------------------------------------------- the loss
 
 
-@pytest.fixture(scope="module")
-def vgg_file(tmp_path_factory):
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("vgg") / "vgg16.pth"
-    # torchvision's vgg16 keys ("features.N.weight"); the classifier (unused by the loss) is left out to keep it small.
-    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
-    return path
-
-
 def reference_terms(vgg_path, inp, mask, out, gt):
     """The paper's Eq. 1-7 written out plainly in float64 with an independent torchvision VGG-16."""
     inp, mask, out, gt = (t.double() for t in (inp, mask, out, gt))
