@@ -22,3 +22,13 @@ def vgg_file(tmp_path_factory):
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
     torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny tensors: on a busy 2-core machine a second (spinning) OpenMP thread only slows them down.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

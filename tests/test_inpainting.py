@@ -24,14 +24,7 @@ from partialconv.engine.inpainting import compose, l1_percent, psnr, ssim
 from partialconv.losses import InpaintingLoss
 from partialconv.models import PConvUNet, create_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small tensors gain nothing from a second thread, and spinning OpenMP threads stall on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def photo(name: str, size: int) -> torch.Tensor:
