@@ -26,12 +26,14 @@ from partialconv.engine.checkpointing import (
     run_state,
     save_run_checkpoint,
 )
+from partialconv.engine.cli import run_cli
 from partialconv.engine.distributed import barrier, cleanup, init_distributed
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
-from partialconv.engine.runlog import RunLogger, write_text_atomic
+from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import check_input_size, configure_backends, prepare_model, seed_everything
 from partialconv.engine.trainer import AMP_DTYPES, NonFiniteLossError, build_context, evaluate, train_one_epoch
+from partialconv.fileio import write_text_atomic
 from partialconv.models import create_model
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
@@ -180,16 +182,7 @@ def preempted_exit(preemption: Preemption, log: RunLogger, run_dir: Path, epoch:
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """``main`` with expected failures as one ``error:`` line and exit code 1 (2 for bad flags/config)."""
-    try:
-        return main(argv)
-    except ConfigError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    except EXPECTED_ERRORS as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        cleanup()
+    return run_cli(main, argv, "train.py", [(ConfigError, 2), (EXPECTED_ERRORS, 1)], cleanup=cleanup)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from partialconv.fileio import atomic_write
+
 __all__ = ["make_jpeg_folder", "render_image"]
 
 _VERSION = 1  # bump when the image recipe changes, so stale caches are not reused
@@ -67,9 +69,8 @@ def render_image(seed: int, index: int, size: tuple[int, int] = (500, 375)) -> I
 
 def _write_one(job: tuple[str, int, int, tuple[int, int], int]) -> int:
     path, seed, index, size, quality = job
-    tmp = f"{path}.tmp{os.getpid()}"
-    render_image(seed, index, size).save(tmp, "JPEG", quality=quality, subsampling="4:2:0")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        render_image(seed, index, size).save(f, "JPEG", quality=quality, subsampling="4:2:0")
     return os.path.getsize(path)
 
 

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,8 +26,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks._common import RESULTS_DIR, describe_machine, machine_info  # noqa: E402
 from partialconv.data.masks import IrregularMaskGenerator  # noqa: E402
 from partialconv.engine.inpainting import AMP_DTYPES, autocast, train_step  # noqa: E402
+from partialconv.fileio import write_text_atomic  # noqa: E402
 from partialconv.layers.partial_conv import PartialConv2d  # noqa: E402
 from partialconv.losses.inpainting import InpaintingLoss  # noqa: E402
 from partialconv.models import create_model  # noqa: E402
@@ -150,21 +149,6 @@ def bench_size(size: int, args, device: torch.device) -> dict:
     return row
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return f"CPU: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{load}"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="image sizes (256: 7 stages, 512: 8)")
@@ -175,23 +159,24 @@ def main(argv=None) -> int:
     p.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="mixed precision for the network")
     p.add_argument("--threads", type=int, help="torch intra-op threads on CPU (default: torch's choice)")
     p.add_argument("--output", help="markdown file (default benchmarks/results/inpainting_speed_DATE_DEVICE.md)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    info = machine_info(device, Path(__file__).name, argv)  # before measuring: the load average at the start
     rows = [bench_size(s, args, device) for s in args.sizes]
-    today = datetime.date.today().isoformat()
-    out = Path(args.output or Path(__file__).parent / "results" / f"inpainting_speed_{today}_{device.type}.md")
-    command = "python3 benchmarks/inpainting_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    today = info["date"][:10]
+    out = Path(args.output or RESULTS_DIR / f"inpainting_speed_{today}_{device.type}.md")
     lines = [
         "# PConv U-Net training speed: our mask path vs the naive ones-kernel mask convolution",
         "",
-        f"- date: {today}; machine: {machine(device)}",
-        f"- torch {torch.__version__}; batch {args.batch_size}; amp {args.amp}; median of {args.steps} steps "
+        f"- date: {today}; machine: {describe_machine(info)}; commit {info['git_commit']}",
+        f"- torch {info['torch']}; batch {args.batch_size}; amp {args.amp}; median of {args.steps} steps "
         f"after {args.warmup} warm-up step(s); step = forward + full loss (VGG-16 to pool3) + backward + Adam",
-        f"- command: `{command}`",
+        f"- command: `{info['command']}`",
         "",
         "| size | stages | ours train img/s | naive train img/s | ours CPU s/img | naive CPU s/img "
         "| train speed-up (wall) | train speed-up (CPU time) "
@@ -214,10 +199,7 @@ def main(argv=None) -> int:
         "thread it is the compute time).",
     ]
     text = "\n".join(lines) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text_atomic(out, text)
     print(text + f"wrote {out}")
     return 0
 

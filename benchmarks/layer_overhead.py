@@ -13,10 +13,6 @@ Variants per shape, interleaved in one run so machine noise hits all of them ali
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +24,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import RESULTS_DIR, describe_machine, machine_info, save_results  # noqa: E402
 from partialconv import PartialConv2d  # noqa: E402
 
 SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))  # (channels, spatial) of ResNet-50's 3x3 convs
@@ -82,20 +79,6 @@ def measure(channels: int, size: int, batch: int, reps: int, warmup: int, device
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {cpu}, {torch.get_num_threads()} threads"
-
-
 def to_markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         f"Layer overhead, forward+backward, batch {meta['batch']}, median of {meta['reps']} interleaved reps.",
@@ -113,6 +96,7 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--batch", type=int, default=16, help="batch size (default: 16)")
@@ -133,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             shapes = tuple(tuple(int(v) for v in s.split("x")) for s in args.shapes.split(","))
         except ValueError:
             parser.error(f"--shapes expects a comma list like 64x56,512x7; got {args.shapes!r}")
+    # Recorded before measuring: the load average at the start says how busy the machine was.
+    info = machine_info(device, Path(__file__).name, argv)
     rows = []
     for channels, size in shapes:
         t = measure(channels, size, args.batch, args.reps, args.warmup, device)
@@ -144,29 +130,14 @@ def main(argv: list[str] | None = None) -> int:
             f"masked {row['masked_ratio']:.3f}x | naive_mask {row['naive_mask_ratio']:.3f}x",
             flush=True,
         )
-    meta = {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "batch": args.batch,
-        "reps": args.reps,
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-    }
+    meta = {**info, "machine": describe_machine(info), "batch": args.batch, "reps": args.reps}
     table = to_markdown(rows, meta)
     print("\n" + table)
     if args.save:
-        out = Path(__file__).resolve().parent / "results"
-        out.mkdir(exist_ok=True)
-        stem = f"layer_overhead_{device.type}_{meta['date']}"
-        for path, text in (
-            (out / f"{stem}.json", json.dumps({"meta": meta, "rows": rows}, indent=2)),
-            (out / f"{stem}.md", table),
-        ):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        print(f"wrote {out / stem}.json and .md")
+        base = save_results(
+            RESULTS_DIR / f"layer_overhead_{device.type}_{info['date'][:10]}", {"meta": meta, "rows": rows}, table
+        )
+        print(f"wrote {base}.json and .md")
     return 0
 
 

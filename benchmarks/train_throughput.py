@@ -23,15 +23,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import gc
-import json
 import os
-import platform
 import re
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,6 +41,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
+from benchmarks._common import machine_info, save_results  # noqa: E402
 from benchmarks._jpeg_folder import make_jpeg_folder  # noqa: E402
 from partialconv import PartialConv2d, create_model  # noqa: E402
 from partialconv.config import parse_config  # noqa: E402
@@ -414,50 +410,6 @@ def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -
 
 
 # --------------------------------------------------------------------------------------------------------- results
-def machine_info(device: torch.device, argv: list[str]) -> dict[str, Any]:
-    import torchvision
-
-    info = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        # Other processes on the machine skew CPU numbers; the load average at the start says how busy it was.
-        "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "git_commit": git_commit(),
-        "command": "python " + shlex.join(["benchmarks/train_throughput.py", *argv]),
-    }
-    return info
-
-
-def git_commit() -> Optional[str]:
-    """HEAD of the checkout (with "+dirty" for uncommitted changes), so a result names the code it measured."""
-    try:
-        run = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=10, check=True)
-        head = run(["git", "rev-parse", "--short=12", "HEAD"]).stdout.strip()
-        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return "CPU: " + line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU: " + (platform.processor() or platform.machine())
-
-
 def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader_rows: list[dict], extra: dict) -> str:
     lines = [
         f"# Training throughput, {info['device_name']}",
@@ -500,15 +452,9 @@ def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader
 
 
 def write_results(args: argparse.Namespace, info: dict, payload: dict, text: str) -> Path:
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     kind = re.sub(r"[^A-Za-z0-9]+", "-", info["device_name"] if info["device"] != "cpu" else "cpu").strip("-").lower()
-    base = args.output_dir / f"train_throughput_{stamp}_{kind}_{args.data}"
-    for suffix, content in ((".json", json.dumps(payload, indent=2) + "\n"), (".md", text)):
-        tmp = base.with_suffix(suffix + ".tmp")
-        tmp.write_text(content)
-        os.replace(tmp, base.with_suffix(suffix))
-    return base
+    return save_results(args.output_dir / f"train_throughput_{stamp}_{kind}_{args.data}", payload, text)
 
 
 # ------------------------------------------------------------------------------------------------------------ main
@@ -520,7 +466,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    info = machine_info(device, argv)
+    info = machine_info(device, Path(__file__).name, argv)
     configs: list[Config] = []
     loader_rows: list[dict] = []
     extra: dict[str, Any] = {}

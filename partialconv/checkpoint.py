@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 from torch import nn
+
+from partialconv.fileio import atomic_write
 
 __all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "extract_state_dict", "load_checkpoint"]
 
@@ -26,18 +27,8 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(obj: Any, path: PathLike) -> None:
     """``torch.save`` to a temporary file in the same directory, fsync, then rename: readers see the old file or the
     new one, never a torn write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:

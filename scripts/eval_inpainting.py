@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 from pathlib import Path
 
@@ -36,8 +35,10 @@ from partialconv.data.masks import (  # noqa: E402
     bucket_of,
     hole_ratio,
 )
+from partialconv.engine.cli import run_cli  # noqa: E402
 from partialconv.engine.distributed import init_distributed  # noqa: E402
 from partialconv.engine.inpainting import AMP_DTYPES, inpaint, l1_percent, load_inpainting_model, psnr, ssim  # noqa: E402
+from partialconv.fileio import write_text_atomic  # noqa: E402
 
 BORDERS = ("N", "B")  # N: no border constraint, B: no hole within the border margin
 METRICS = (("l1", "L1 (%)", 2), ("psnr", "PSNR", 2), ("ssim", "SSIM", 3))
@@ -130,13 +131,6 @@ def csv_text(results: dict) -> str:
     return buf.getvalue()
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = init_distributed(args.device).device
@@ -168,8 +162,8 @@ def main(argv=None) -> int:
         f"B: no hole within {border_margin(args.image_size, args.image_size)} px of the border.\n\n"
     )
     out = Path(args.output)
-    _write(out, header + table)
-    _write(out.with_suffix(".csv"), csv_text(results))
+    write_text_atomic(out, header + table)
+    write_text_atomic(out.with_suffix(".csv"), csv_text(results))
     print(table, end="")
     print(f"wrote {out} and {out.with_suffix('.csv')}")
     return 0
@@ -177,11 +171,7 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    try:
-        return main(argv)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError), 2)])
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ written next to the outputs as NAME_mask.png.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -27,8 +26,10 @@ from PIL import Image  # noqa: E402
 from partialconv.checkpoint import CheckpointError  # noqa: E402
 from partialconv.data.inpainting import IMAGE_EXTENSIONS, load_image  # noqa: E402
 from partialconv.data.masks import generate_mask, list_images, load_mask_png, save_mask_png  # noqa: E402
+from partialconv.engine.cli import run_cli  # noqa: E402
 from partialconv.engine.distributed import init_distributed  # noqa: E402
 from partialconv.engine.inpainting import AMP_DTYPES, inpaint, load_inpainting_model  # noqa: E402
+from partialconv.fileio import atomic_write  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -97,10 +98,8 @@ def _mask_for(args, mask_path, index: int, h: int, w: int) -> torch.Tensor:
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
     arr = (image[0].permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        Image.fromarray(arr).save(f, format="PNG")
 
 
 def main(argv=None) -> int:
@@ -121,11 +120,7 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    try:
-        return main(argv)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError), 2)])
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from partialconv.checkpoint import CheckpointError, extract_state_dict, read_che
 from partialconv.data.inpainting import InpaintingDataset, InpaintingSampler, skimage_demo_folder  # noqa: E402
 from partialconv.data.masks import IrregularMaskGenerator, MaskFolder  # noqa: E402
 from partialconv.engine import distributed as dist  # noqa: E402
+from partialconv.engine.cli import run_cli  # noqa: E402
 from partialconv.engine.inpainting import (  # noqa: E402
     AMP_DTYPES,
     PreemptionFlag,
@@ -40,6 +40,7 @@ from partialconv.engine.inpainting import (  # noqa: E402
     ssim,
     train_step,
 )
+from partialconv.fileio import write_text_atomic  # noqa: E402
 from partialconv.losses.inpainting import DEFAULT_WEIGHTS, InpaintingLoss, default_vgg_weights_path  # noqa: E402
 from partialconv.models import create_model  # noqa: E402
 
@@ -287,9 +288,7 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
         return 0
     if info.is_main:
         config = {k: v for k, v in vars(args).items() if k != "loss_weight_overrides"}
-        tmp = out_dir / ".config.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(config, sort_keys=True))
-        os.replace(tmp, out_dir / "config.yaml")
+        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=True))
     ddp = (
         DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         if info.distributed
@@ -373,11 +372,7 @@ def _should_stop(stop: PreemptionFlag, iteration: int, every: int, device: torch
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    try:
-        return main(argv)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError), 2)])
 
 
 if __name__ == "__main__":

@@ -24,14 +24,7 @@ from partialconv.engine.inpainting import compose, l1_percent, psnr, ssim
 from partialconv.losses import InpaintingLoss
 from partialconv.models import PConvUNet, create_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small tensors gain nothing from a second thread, and spinning OpenMP threads stall on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def photo(name: str, size: int) -> torch.Tensor:
@@ -115,16 +108,6 @@ def test_freeze_encoder_bn_keeps_running_stats_and_weights():
 
 
 # ----------------------------------------------------------------------------------------------------- the loss
-
-
-@pytest.fixture(scope="module")
-def vgg_file(tmp_path_factory):
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("vgg") / "vgg16.pth"
-    # torchvision's vgg16 keys ("features.N.weight"); the classifier (unused by the loss) is left out to keep it small.
-    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
-    return path
 
 
 def reference_terms(vgg_path, inp, mask, out, gt):

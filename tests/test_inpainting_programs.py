@@ -10,7 +10,6 @@ import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
-import torchvision
 from PIL import Image
 
 from partialconv.checkpoint import read_checkpoint
@@ -28,13 +27,7 @@ def load_script(name: str):
     return module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: a second (spinning) OpenMP thread only slows things down on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +38,6 @@ def photos(tmp_path_factory):
         (root / ("nested" if name == "coffee" else "")).mkdir(exist_ok=True)
         img.save(root / ("nested" if name == "coffee" else "") / f"{name}.png")
     return root
-
-
-@pytest.fixture(scope="module")
-def vgg_file(tmp_path_factory):
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("vgg") / "vgg16.pth"
-    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
-    return path
 
 
 def test_overfitting_one_photo_lowers_the_hole_l1(vgg_file):
@@ -88,15 +72,14 @@ def test_overfitting_one_photo_lowers_the_hole_l1(vgg_file):
     assert end < 0.25 * start and end < 0.5 * baseline, (start, end, baseline)
 
 
-def _train(tmp, photos, vgg_file, out, iters, *extra):
-    train = load_script("train_inpainting")
-    argv = [
+def _train_argv(photos, vgg_file, out_dir, iters, *extra) -> list[str]:
+    return [
         "--data",
         str(photos),
         "--vgg-weights",
         str(vgg_file),
         "--output-dir",
-        str(tmp / out),
+        str(out_dir),
         "--image-size",
         "32",
         "--layer-size",
@@ -117,7 +100,10 @@ def _train(tmp, photos, vgg_file, out, iters, *extra):
         "cpu",
         *extra,
     ]
-    return train.main(argv)
+
+
+def _train(tmp, photos, vgg_file, out, iters, *extra):
+    return load_script("train_inpainting").main(_train_argv(photos, vgg_file, tmp / out, iters, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -274,32 +260,7 @@ def test_preempted_run_checkpoints_and_resumes_exactly(runs, photos, vgg_file, m
 
     real_step = train.train_step
     monkeypatch.setattr(train, "train_step", step_then_signal)
-    argv = [
-        "--data",
-        str(photos),
-        "--vgg-weights",
-        str(vgg_file),
-        "--output-dir",
-        str(runs / "preempted"),
-        "--image-size",
-        "32",
-        "--layer-size",
-        "3",
-        "-b",
-        "2",
-        "-j",
-        "0",
-        "--iters",
-        "4",
-        "--log-every",
-        "1",
-        "--val-every",
-        "2",
-        "--val-images",
-        "2",
-        "--device",
-        "cpu",
-    ]
+    argv = _train_argv(photos, vgg_file, runs / "preempted", 4)
     assert train.main(argv) == 128 + signal.SIGUSR1
     assert read_checkpoint(runs / "preempted" / "checkpoint.pth.tar")["iteration"] == 2
     assert "--resume auto" in (runs / "preempted" / "log.txt").read_text()

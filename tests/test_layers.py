@@ -381,6 +381,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, results: str) -> None:
     ddp(x[rank * 2 : rank * 2 + 2]).square().mean().backward()
     if rank == 0:
         torch.save({k: p.grad for k, p in model.named_parameters()}, results)
+    dist.barrier()  # both ranks finished before gloo's threads are torn down
     dist.destroy_process_group()
 
 

@@ -13,9 +13,11 @@ import yaml
 
 from partialconv.checkpoint import read_checkpoint, save_checkpoint
 from partialconv.config import ConfigError, parse_config, run_dir_of
+from partialconv.data import DataError, build_loaders
 from partialconv.data.demo import DEMO_CLASSES, make_demo_dataset
 from partialconv.data.sampler import SeededSampler
 from partialconv.engine.checkpointing import rng_state, set_rng_state
+from partialconv.engine.distributed import DistInfo
 from partialconv.engine.metrics import EpochMeter, topk_correct
 from partialconv.engine.runlog import RunLogger
 
@@ -129,3 +131,13 @@ def test_demo_dataset_is_imagefolder_and_reproducible(tmp_path):
     assert len(files) == 3 * len(DEMO_CLASSES)
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
+
+
+@pytest.mark.parametrize("backend", ["pil", "gpu"])
+def test_both_data_backends_refuse_a_train_set_smaller_than_one_batch(tmp_path, backend):
+    root = make_demo_dataset(tmp_path, train_per_class=1, val_per_class=1, size=16, seed=0)
+    argv = ["--data_train", str(root / "train"), "--data_val", str(root / "val"), "-b", "64", "-j", "0"]
+    cfg = parse_config([*argv, "--data-backend", backend], DEMO)
+    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    with pytest.raises(DataError, match=f"--data_train {root / 'train'}: {len(DEMO_CLASSES)} images, fewer than one"):
+        build_loaders(cfg, dist)

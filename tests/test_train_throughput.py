@@ -14,14 +14,7 @@ from benchmarks._jpeg_folder import make_jpeg_folder, render_image
 from partialconv import PartialConv2d, create_model
 from partialconv.data.allocator import AllocatorWorkerInit, apply_allocator_setting
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny steps on a shared 2-core machine: one intra-op thread avoids OpenMP spin-waiting on a busy sibling."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 TINY = ["-b", "2", "--image-size", "32", "--num-classes", "10", "--warmup", "1", "--steps", "1", "--windows", "2"]

@@ -41,7 +41,6 @@ from torchvision.transforms import RandomResizedCrop
 
 from .datasets import DataError
 from .presets import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
-from .sampler import SeededSampler
 
 if TYPE_CHECKING:  # data must not import engine at run time (imports flow engine -> data)
     from ..engine.distributed import DistInfo
@@ -311,18 +310,14 @@ def _encoded_loader(dataset: EncodedImageFolder, sampler, batch: int, workers: i
 def build_gpu_loaders(cfg: argparse.Namespace, dist: DistInfo, classes: list[str], local_batch: int):
     """The ``--data-backend gpu`` counterpart of :func:`partialconv.data.loaders.build_loaders` (same samplers,
     batch split, bad-image policy and ``Loaders`` result)."""
-    from .loaders import Loaders  # loaders.py imports this module lazily; importing it back at call time is safe
+    from .loaders import (  # loaders.py imports this module lazily; importing it back at call time is safe
+        Loaders,
+        seeded_samplers,
+    )
 
     train_set = EncodedImageFolder(cfg.data_train, train=True, on_bad_image=cfg.on_bad_image)
     val_set = EncodedImageFolder(cfg.data_val, train=False, on_bad_image=cfg.on_bad_image)
-    if len(train_set) < cfg.batch_size:
-        raise DataError(
-            f"--data_train {cfg.data_train}: {len(train_set)} images, fewer than one batch of {cfg.batch_size}"
-        )
-    train_sampler = SeededSampler(
-        len(train_set), dist.rank, dist.world_size, shuffle=True, seed=cfg.seed, local_batch=local_batch
-    )
-    val_sampler = SeededSampler(len(val_set), dist.rank, dist.world_size, shuffle=False, seed=cfg.seed)
+    train_sampler, val_sampler = seeded_samplers(len(train_set), len(val_set), cfg, dist, local_batch)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     train_pre = GpuPreprocess(True, cfg.train_crop_size, on_bad_image=cfg.on_bad_image, memory_format=fmt)
     val_pre = GpuPreprocess(False, cfg.val_crop_size, cfg.val_resize_size, cfg.on_bad_image, memory_format=fmt)

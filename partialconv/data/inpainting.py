@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from ..fileio import atomic_write
 from .masks import IrregularMaskGenerator, MaskFolder, list_images
 
 __all__ = ["IMAGE_EXTENSIONS", "InpaintingDataset", "InpaintingSampler", "load_image", "skimage_demo_folder"]
@@ -143,7 +144,6 @@ def skimage_demo_folder(root: Union[str, os.PathLike]) -> Path:
         arr = np.asarray(getattr(skimage.data, name)())
         if arr.dtype != np.uint8:
             arr = (np.clip(arr.astype(np.float64) / max(arr.max(), 1e-12), 0, 1) * 255).astype(np.uint8)
-        tmp = root / f".{name}.{os.getpid()}.png.tmp"
-        Image.fromarray(arr[..., :3]).save(tmp, format="PNG")
-        os.replace(tmp, root / f"{name}.png")
+        with atomic_write(root / f"{name}.png") as f:
+            Image.fromarray(arr[..., :3]).save(f, format="PNG")
     return root

@@ -48,6 +48,19 @@ def _loader(dataset, sampler: SeededSampler, batch: int, cfg: argparse.Namespace
     )
 
 
+def seeded_samplers(
+    num_train: int, num_val: int, cfg: argparse.Namespace, dist: DistInfo, local_batch: int
+) -> tuple[SeededSampler, SeededSampler]:
+    """The train sampler (shuffled per epoch, split over ranks in whole local batches) and the exact val sampler, for
+    either data backend; a train set smaller than one global batch is refused."""
+    if num_train < cfg.batch_size:
+        raise DataError(f"--data_train {cfg.data_train}: {num_train} images, fewer than one batch of {cfg.batch_size}")
+    train_sampler = SeededSampler(
+        num_train, dist.rank, dist.world_size, shuffle=True, seed=cfg.seed, local_batch=local_batch
+    )
+    return train_sampler, SeededSampler(num_val, dist.rank, dist.world_size, shuffle=False, seed=cfg.seed)
+
+
 def build_loaders(cfg: argparse.Namespace, dist: DistInfo) -> Loaders:
     """Train loader (seeded, split over ranks, ``cfg.batch_size`` global) and exact val loader (no duplicates)."""
     classes = check_image_folders(cfg.data_train, cfg.data_val)
@@ -66,14 +79,7 @@ def build_loaders(cfg: argparse.Namespace, dist: DistInfo) -> Loaders:
     val_set = ClassificationFolder(
         cfg.data_val, eval_transform(cfg.val_resize_size, cfg.val_crop_size), cfg.on_bad_image
     )
-    if len(train_set) < cfg.batch_size:
-        raise DataError(
-            f"--data_train {cfg.data_train}: {len(train_set)} images, fewer than one batch of {cfg.batch_size}"
-        )
-    train_sampler = SeededSampler(
-        len(train_set), dist.rank, dist.world_size, shuffle=True, seed=cfg.seed, local_batch=local_batch
-    )
-    val_sampler = SeededSampler(len(val_set), dist.rank, dist.world_size, shuffle=False, seed=cfg.seed)
+    train_sampler, val_sampler = seeded_samplers(len(train_set), len(val_set), cfg, dist, local_batch)
     return Loaders(
         train=_loader(train_set, train_sampler, local_batch, cfg, dist),
         val=_loader(val_set, val_sampler, local_batch, cfg, dist),

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ..fileio import atomic_write
+
 __all__ = [
     "HOLE_RATIO_BUCKETS",
     "IrregularMaskGenerator",
@@ -235,10 +237,8 @@ def save_mask_png(mask: Union[np.ndarray, Tensor], path: Union[str, os.PathLike]
     """Write a 1 = valid mask as a PNG in the NVIDIA convention (white = hole), atomically."""
     m = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
     m = m.reshape(m.shape[-2:])
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(np.where(m > 0.5, 0, 255).astype(np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        Image.fromarray(np.where(m > 0.5, 0, 255).astype(np.uint8)).save(f, format="PNG")
 
 
 def list_images(root: Union[str, os.PathLike], extensions: Sequence[str]) -> list[Path]:

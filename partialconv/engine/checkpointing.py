@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ..checkpoint import CheckpointError, extract_state_dict, read_checkpoint, save_checkpoint
+from ..fileio import atomic_write
 
 __all__ = [
     "LAST",
@@ -87,9 +88,8 @@ def save_run_checkpoint(
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with open(src, "rb") as f_src, atomic_write(dst) as f_dst:
+        shutil.copyfileobj(f_src, f_dst)
 
 
 def find_resume_checkpoint(
