@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS_DIR, describe_machine, machine_info, save_results  # noqa: E402
 from partialconv import PartialConv2d  # noqa: E402
+from partialconv.data.allocator import apply_allocator_setting  # noqa: E402
 
 SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))  # (channels, spatial) of ResNet-50's 3x3 convs
 VARIANTS = ("conv", "partial", "masked", "naive_mask")
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
     parser.add_argument("--save", action="store_true", help="write JSON + markdown to benchmarks/results/")
     args = parser.parse_args(argv)
+    # glibc otherwise returns freed activation buffers to the OS and every variant pays page faults on fresh
+    # ones, depending on what ran before it: timings swing by 10-20%. Keeping them in the heap steadies the ratios.
+    apply_allocator_setting("glibc")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -60,15 +60,21 @@ def padding_ratio_1d(
 
 
 # A padding-mode plan: (dense, regions, dense_ratio, update_mask).
-# regions: disjoint output boxes (starts, lengths, ratio, 1 - ratio) covering every position whose ratio is not 1;
-# a box's ratio is the outer product of the per-dimension ratio vectors over it. dense_ratio/update_mask are built for
-# the rare geometries the border path does not cover: a window entirely in the padding (padding >= kernel extent,
-# so some outputs are holes) or asymmetric padding ('same' with an even kernel).
+# regions: disjoint output boxes (starts, lengths, pair, ratio, 1 - ratio) covering every position whose ratio is not
+# 1; a box's ratio is the outer product of the per-dimension ratio vectors over it; pair = (dim, run, tail start)
+# when one box holds both the leading and the same-sized trailing run of a dim (see _box). dense_ratio/update_mask
+# are built for the rare geometries the border path does not cover: a window entirely in the padding (padding >=
+# kernel extent, so some outputs are holes) or asymmetric padding ('same' with an even kernel).
 _Plan = tuple
 
 
 def _make_plan(
-    counts: list[list[int]], ratios: list[list[float]], symmetric: bool, device: torch.device, dtype: torch.dtype
+    counts: list[list[int]],
+    ratios: list[list[float]],
+    symmetric: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+    paired: bool = True,
 ) -> _Plan:
     nd = len(counts)
     dense = not symmetric or any(c == 0 for dim in counts for c in dim)
@@ -85,18 +91,37 @@ def _make_plan(
         spans.append((lead, trail))
     regions = []
     for d in range(nd):
-        for start, stop in ((0, spans[d][0]), (spans[d][1], len(ratios[d]))):
-            if stop <= start:
-                continue
-            # Earlier dims: their interior only (their borders are boxes of their own); later dims: everything.
-            starts = [spans[e][0] for e in range(d)] + [start] + [0] * (nd - d - 1)
-            stops = [spans[e][1] for e in range(d)] + [stop] + [len(ratios[e]) for e in range(d + 1, nd)]
-            if any(hi <= lo for lo, hi in zip(starts, stops)):
-                continue
-            vectors = [torch.tensor(ratios[e][starts[e] : stops[e]], dtype=torch.float32) for e in range(nd)]
-            ratio = _outer(vectors).to(device=device, dtype=dtype)
+        lead, trail = spans[d]
+        length = len(ratios[d])
+        # Earlier dims: their interior only (their borders are boxes of their own); later dims: everything.
+        starts = [spans[e][0] for e in range(d)] + [0] + [0] * (nd - d - 1)
+        stops = [spans[e][1] for e in range(d)] + [0] + [len(ratios[e]) for e in range(d + 1, nd)]
+        if any(hi <= lo for e, (lo, hi) in enumerate(zip(starts, stops)) if e != d):
+            continue
+        if paired and lead and lead == length - trail:
+            # Leading and trailing runs of equal length: one strided view holds both (a new dim of size 2), so
+            # each border op runs once per dimension instead of twice.
+            pieces = [((0, lead), (trail, length))]
+        else:
+            pieces = [((start, stop),) for start, stop in ((0, lead), (trail, length)) if stop > start]
+        for piece in pieces:
+            boxes = []
+            for start, stop in piece:
+                starts[d], stops[d] = start, stop
+                vectors = [torch.tensor(ratios[e][starts[e] : stops[e]], dtype=torch.float32) for e in range(nd)]
+                boxes.append(_outer(vectors))
+            if len(boxes) == 2:
+                # Laid out like the unfold view of _box: the pair index at d, the run's positions last.
+                ratio = torch.stack(boxes, dim=d).movedim(d + 1, -1).contiguous()
+                starts[d], stops[d] = 0, length
+                pair = (d, lead, trail)
+            else:
+                ratio = boxes[0]
+                starts[d], stops[d] = piece[0]
+                pair = None
+            ratio = ratio.to(device=device, dtype=dtype)
             lengths = tuple(hi - lo for lo, hi in zip(starts, stops))
-            regions.append((tuple(starts), lengths, ratio, 1 - ratio))
+            regions.append((tuple(starts), lengths, pair, ratio, 1 - ratio))
     return False, tuple(regions), None, None
 
 
@@ -121,8 +146,10 @@ def _border_plan(spatial: Sequence[int], geometry: tuple, device: torch.device, 
     ratios = [r for _, r in per_dim]
     symmetric = all(lo == hi for lo, hi in pads)
     if torch.compiler.is_compiling():
-        # Traced code must not read mutable globals; the plan becomes graph constants instead.
-        return _make_plan(counts, ratios, symmetric, device, dtype)
+        # Traced code must not read mutable globals; the plan becomes graph constants instead. Paired (unfold)
+        # boxes are eager-only: compilers fuse the border ops anyway, and in-place writes through unfold views
+        # are not reliably functionalised.
+        return _make_plan(counts, ratios, symmetric, device, dtype, paired=False)
     key = (tuple(spatial), geometry, device, dtype)
     with _plan_lock:
         plan = _plan_cache.get(key)
@@ -145,6 +172,17 @@ def _narrow(t: Tensor, starts: Sequence[int], lengths: Sequence[int]) -> Tensor:
     return t
 
 
+def _box(t: Tensor, starts: Sequence[int], lengths: Sequence[int], pair: Optional[tuple[int, int, int]]) -> Tensor:
+    """The view of a plan region. A paired region (dim d, run length m, tail start) spans all of d and is unfolded
+    into windows of m positions every ``tail`` positions: exactly the leading and the trailing run (tail >= m, so
+    the two never overlap), as a size-2 dim at d with the run's positions moved last."""
+    view = _narrow(t, starts, lengths)
+    if pair is None:
+        return view
+    d, run, tail = pair
+    return view.unfold(2 + d, run, tail)
+
+
 def _writable_dense(t: Tensor) -> bool:
     """No overlapping or broadcast (stride-0) memory, so in-place writes touch each element once."""
     formats = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -165,11 +203,10 @@ class _BorderRescaledConv(torch.autograd.Function):
         stride, padding, dilation, groups = params
         nd = weight.dim() - 2
         out = torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * nd, groups)
-        bias_b = bias.view(-1, *([1] * nd)) if bias is not None else None
-        for starts, lengths, ratio, one_minus_ratio in regions:
-            box = _narrow(out, starts, lengths).mul_(ratio)
-            if bias_b is not None:
-                box.addcmul_(bias_b, one_minus_ratio)
+        for starts, lengths, pair, ratio, one_minus_ratio in regions:
+            box = _box(out, starts, lengths, pair).mul_(ratio)
+            if bias is not None:  # out * r + b * (1 - r)
+                box.addcmul_(bias.view(-1, *([1] * (box.dim() - 2))), one_minus_ratio)
         ctx.save_for_backward(x, weight)
         ctx.params, ctx.regions, ctx.has_bias = params, regions, bias is not None
         return out
@@ -180,22 +217,25 @@ class _BorderRescaledConv(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.params
         nd = weight.dim() - 2
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        # The bias is added after the rescaling: its gradient is the plain sum of the unscaled gradient.
-        grad_bias = grad.sum([0, *range(2, grad.dim())]) if need_b else None
-
         in_place = not torch.is_grad_enabled() and _writable_dense(grad)
         scaled = grad if in_place else grad.clone(memory_format=torch.preserve_format)
-        saved = []
-        for starts, lengths, ratio, _ in ctx.regions:
-            box = _narrow(scaled, starts, lengths)
-            if in_place:
-                saved.append(box.clone())
+        originals = []
+        for starts, lengths, pair, ratio, _ in ctx.regions:
+            box = _box(scaled, starts, lengths, pair)
+            # A contiguous copy (cheap to read back below), or the untouched input gradient.
+            originals.append(box.clone() if in_place else _box(grad, starts, lengths, pair))
             box.mul_(ratio)
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            scaled, x, weight, None, stride, padding, dilation, False, [0] * nd, groups, [need_x, need_w, False]
+        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+        grad_x, grad_w, grad_bias = torch.ops.aten.convolution_backward(
+            scaled, x, weight, bias_sizes, stride, padding, dilation, False, [0] * nd, groups, [need_x, need_w, need_b]
         )
-        for (starts, lengths, _, _), original in zip(ctx.regions, saved):
-            _narrow(scaled, starts, lengths).copy_(original)
+        for (starts, lengths, pair, _, one_minus_ratio), original in zip(ctx.regions, originals):
+            if need_b:
+                # The bias is added after the rescaling: its gradient sums the unscaled gradient, i.e. the conv's
+                # sum plus what the rescaling took off the boxes.
+                grad_bias = grad_bias + (original * one_minus_ratio).sum([d for d in range(original.dim()) if d != 1])
+            if in_place:
+                _box(scaled, starts, lengths, pair).copy_(original)
         return grad_x, grad_w, grad_bias, None, None
 
 
