@@ -137,19 +137,11 @@ _plan_lock = threading.Lock()
 
 
 def _border_plan(spatial: Sequence[int], geometry: tuple, device: torch.device, dtype: torch.dtype) -> _Plan:
-    kernel, stride, pads, dilation = geometry
-    per_dim = [
-        padding_ratio_1d(spatial[i], kernel[i], stride[i], pads[i][0], pads[i][1], dilation[i])
-        for i in range(len(spatial))
-    ]
-    counts = [c for c, _ in per_dim]
-    ratios = [r for _, r in per_dim]
-    symmetric = all(lo == hi for lo, hi in pads)
     if torch.compiler.is_compiling():
         # Traced code must not read mutable globals; the plan becomes graph constants instead. Paired (unfold)
         # boxes are eager-only: compilers fuse the border ops anyway, and in-place writes through unfold views
         # are not reliably functionalised.
-        return _make_plan(counts, ratios, symmetric, device, dtype, paired=False)
+        return _make_plan(*_ratios(spatial, geometry), device, dtype, paired=False)
     key = (tuple(spatial), geometry, device, dtype)
     with _plan_lock:
         plan = _plan_cache.get(key)
@@ -158,12 +150,22 @@ def _border_plan(spatial: Sequence[int], geometry: tuple, device: torch.device, 
             return plan
     # Built outside inference mode so cached tensors can be saved for backward by later training steps.
     with torch.inference_mode(False):
-        plan = _make_plan(counts, ratios, symmetric, device, dtype)
+        plan = _make_plan(*_ratios(spatial, geometry), device, dtype)
     with _plan_lock:
         _plan_cache[key] = plan
         while len(_plan_cache) > _CACHE_SIZE:
             _plan_cache.popitem(last=False)
     return plan
+
+
+def _ratios(spatial: Sequence[int], geometry: tuple) -> tuple[list[list[int]], list[list[float]], bool]:
+    """Per-dimension counts and ratios of a geometry, and whether its padding is symmetric."""
+    kernel, stride, pads, dilation = geometry
+    per_dim = [
+        padding_ratio_1d(spatial[i], kernel[i], stride[i], pads[i][0], pads[i][1], dilation[i])
+        for i in range(len(spatial))
+    ]
+    return [c for c, _ in per_dim], [r for _, r in per_dim], all(lo == hi for lo, hi in pads)
 
 
 def _narrow(t: Tensor, starts: Sequence[int], lengths: Sequence[int]) -> Tensor:
