@@ -24,7 +24,7 @@ import math
 import threading
 from collections import OrderedDict
 from contextlib import nullcontext
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -261,8 +261,10 @@ class _PartialConvMixin:
 
     multi_channel: bool
     return_mask: bool
+    _conv_fn: Callable[..., Tensor]  # F.conv2d or F.conv3d
 
-    def _init_partial(self, multi_channel: bool, return_mask: bool) -> None:
+    def __init__(self, *args, multi_channel: bool = False, return_mask: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros":
             raise ValueError(
                 f"{type(self).__name__}: padding_mode must be 'zeros' (partial convolution replaces zero padding), "
@@ -282,6 +284,12 @@ class _PartialConvMixin:
                 pads.append((total // 2, total - total // 2))
             return tuple(pads)
         return tuple((p, p) for p in self.padding)
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor], groups: Optional[int] = None):
+        return self._conv_fn(input, weight, bias, self.stride, self.padding, self.dilation, groups or self.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", multi_channel={self.multi_channel}, return_mask={self.return_mask}"
 
     def forward(self, input: Tensor, mask_in: Optional[Tensor] = None) -> Union[Tensor, tuple[Tensor, Tensor]]:
         if mask_in is None:
@@ -382,26 +390,10 @@ class PartialConv2d(_PartialConvMixin, nn.Conv2d):
     ``return_mask`` (forward returns ``(output, update_mask)``). ``state_dict()`` holds only ``weight``/``bias``.
     """
 
-    def __init__(self, *args, multi_channel: bool = False, return_mask: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_partial(multi_channel, return_mask)
-
-    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor], groups: Optional[int] = None):
-        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, groups or self.groups)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", multi_channel={self.multi_channel}, return_mask={self.return_mask}"
+    _conv_fn = staticmethod(F.conv2d)
 
 
 class PartialConv3d(_PartialConvMixin, nn.Conv3d):
     """``nn.Conv3d`` counterpart of :class:`PartialConv2d` (same arguments and semantics, three spatial dims)."""
 
-    def __init__(self, *args, multi_channel: bool = False, return_mask: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_partial(multi_channel, return_mask)
-
-    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor], groups: Optional[int] = None):
-        return F.conv3d(input, weight, bias, self.stride, self.padding, self.dilation, groups or self.groups)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", multi_channel={self.multi_channel}, return_mask={self.return_mask}"
+    _conv_fn = staticmethod(F.conv3d)
