@@ -171,6 +171,17 @@ def test_jvp_jacrev_and_forward_ad_match_plain_ops(cls, kwargs, size):
     torch.testing.assert_close(dual.tangent, ref_tangent, rtol=1e-9, atol=1e-9)
 
 
+def test_per_sample_gradients_under_torch_compile():
+    torch._dynamo.reset()
+    layer = _random_layer(PartialConv2d, 2, 3, 3, stride=2, padding=1)
+    params = {name: p.detach() for name, p in layer.named_parameters()}
+    x = torch.randn(3, 2, 7, 7, dtype=torch.float64)
+    per_sample = vmap(grad(lambda p, s: functional_call(layer, p, (s,)).square().sum()), in_dims=(None, 0))
+    compiled = torch.compile(per_sample, fullgraph=True, backend="aot_eager")(params, x)
+    for name, expected in per_sample(params, x).items():
+        torch.testing.assert_close(compiled[name], expected, rtol=1e-9, atol=1e-9)
+
+
 def test_ordinary_training_keeps_the_border_function():
     # The plain path is for transforms only: an ordinary forward still rescales just the border boxes.
     out = PartialConv2d(2, 3, 3, padding=1)(torch.randn(1, 2, 8, 8, requires_grad=True))

@@ -366,9 +366,9 @@ class _PartialConvMixin:
         autocast_dtype = _autocast_dtype(input)
         dtype = autocast_dtype or input.dtype
         geometry = (tuple(self.kernel_size), tuple(self.stride), pads, tuple(self.dilation))
-        # Compilers trace the border function fine (and transforms inside them are their business); eager
-        # transforms and forward AD get the plain dense path.
-        plain = not torch.compiler.is_compiling() and _transforms_active()
+        # torch.func transforms and forward AD (eager, or traced by torch.compile, which folds the check to a
+        # constant) get the plain dense path; everything else the border function.
+        plain = _transforms_active()
         dense, regions, dense_ratio, update_mask = _border_plan(
             tuple(input.shape[-nd:]), geometry, input.device, dtype, dense=plain
         )
@@ -422,7 +422,7 @@ class _PartialConvMixin:
             # In place and broadcast: one pass over the output, no full-size bias * update temporary. Out of place
             # under torch.func transforms, where vmap cannot write a batched bias into an unbatched output.
             bias = self.bias.to(raw.dtype).view(1, groups, c_out // groups, *([1] * nd))
-            if torch.compiler.is_compiling() or not _transforms_active():
+            if not _transforms_active():
                 out.addcmul_(bias, update_b.to(raw.dtype))
             else:
                 out = out.addcmul(bias, update_b.to(raw.dtype))
