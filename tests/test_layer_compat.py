@@ -9,7 +9,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from test_layers import reference_partial_conv
 from torch import nn
-from torch.func import functional_call, grad, jacrev, jvp, vmap
+from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vmap
 
 from partialconv import PartialConv2d, PartialConv3d
 
@@ -160,10 +160,11 @@ def test_jvp_jacrev_and_forward_ad_match_plain_ops(cls, kwargs, size):
     torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(tangent, ref_tangent, rtol=1e-9, atol=1e-9)
 
-    jac = jacrev(ours, argnums=(0, 1, 2))(x[:1], w, b)
     ref_jac = jacrev(plain, argnums=(0, 1, 2))(x[:1], w, b)
-    for got, expected in zip(jac, ref_jac):
-        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+    for transform in (jacrev, jacfwd):
+        jac = transform(ours, argnums=(0, 1, 2))(x[:1], w, b)
+        for got, expected in zip(jac, ref_jac):
+            torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
     with fwAD.dual_level():
         dual = fwAD.unpack_dual(ours(fwAD.make_dual(x, tx), fwAD.make_dual(w, tw), fwAD.make_dual(b, tb)))
@@ -182,10 +183,44 @@ def test_per_sample_gradients_under_torch_compile():
         torch.testing.assert_close(compiled[name], expected, rtol=1e-9, atol=1e-9)
 
 
+def test_inpainting_mode_under_vmap():
+    layer = _random_layer(PartialConv2d, 2, 3, 3, padding=1, multi_channel=True)
+    x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
+    mask = (torch.rand(4, 2, 6, 6) > 0.4).double()
+    params = {name: p.detach() for name, p in layer.named_parameters()}
+    # An ensemble of biases over one input: the output is batched only through the bias (the in-place bias add
+    # used to fail here).
+    biases = torch.randn(5, 3, dtype=torch.float64)
+    outs = vmap(lambda b: functional_call(layer, {"weight": params["weight"], "bias": b}, (x, mask)))(biases)
+    for out, b in zip(outs, biases):
+        expected, _ = reference_partial_conv(x, mask, params["weight"], b, (1, 1), (1, 1), (1, 1), 1, True)
+        torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+    # Per-sample gradients with unbatched samples and masks.
+    per_sample = vmap(grad(lambda p, s, m: functional_call(layer, p, (s, m)).square().sum()), in_dims=(None, 0, 0))
+    grads = per_sample(params, x, mask)
+    for i in range(len(x)):
+        w = layer.weight.detach().clone().requires_grad_()
+        b = layer.bias.detach().clone().requires_grad_()
+        out, _ = reference_partial_conv(x[i : i + 1], mask[i : i + 1], w, b, (1, 1), (1, 1), (1, 1), 1, True)
+        out.square().sum().backward()
+        torch.testing.assert_close(grads["weight"][i], w.grad, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(grads["bias"][i], b.grad, rtol=1e-9, atol=1e-9)
+
+
 def test_ordinary_training_keeps_the_border_function():
     # The plain path is for transforms only: an ordinary forward still rescales just the border boxes.
     out = PartialConv2d(2, 3, 3, padding=1)(torch.randn(1, 2, 8, 8, requires_grad=True))
     assert type(out.grad_fn).__name__ == "_BorderRescaledConvBackward"
+
+
+def test_meta_device_shapes():
+    layer = PartialConv2d(3, 4, 3, stride=2, padding=1, return_mask=True, device="meta")
+    x = torch.empty(2, 3, 9, 9, device="meta")
+    for args, mask_shape in (((x,), (2, 1, 5, 5)), ((x, torch.empty(1, 1, 9, 9, device="meta")), (2, 1, 5, 5))):
+        out, mask = layer(*args)
+        assert out.shape == (2, 4, 5, 5) and mask.shape == mask_shape and out.device.type == "meta"
+    out, mask = layer(x[0])
+    assert out.shape == (4, 5, 5) and mask.shape == (1, 5, 5)
 
 
 # ----------------------------------------------------------------------------------- float64 under autocast

@@ -13,6 +13,9 @@ table (no per-module state, so DataParallel replicas, DDP, torch.compile and tor
 and rescale only the border boxes of the conv output, forward and backward (see _BorderRescaledConv). A conv whose
 padding is 0 is a plain conv.
 
+Under torch.func transforms (vmap, grad, jvp, jacrev, ...) and forward-mode AD, whose autograd.Function support the
+in-place border rescaling lacks, padding mode takes a plain out-of-place path instead: conv * dense ratio map + b.
+
 Inpainting mode (``mask_in`` given): the count is a channel sum of the mask followed by one box filter (a depthwise
 conv with a ones kernel per group), never a C_out x C_in x k x k ones-kernel convolution. Counts and ratios are
 computed in fp32 with autocast off and holes are masked explicitly, so fp16/bf16 never see an epsilon or a 1/0.
@@ -447,7 +450,10 @@ class PartialConv2d(_PartialConvMixin, nn.Conv2d):
     """``nn.Conv2d`` with partial-convolution padding, or masked (inpainting) convolution when given ``mask_in``.
 
     Extra arguments: ``multi_channel`` (the mask has one channel per input channel and the window size counts them),
-    ``return_mask`` (forward returns ``(output, update_mask)``). ``state_dict()`` holds only ``weight``/``bias``.
+    ``return_mask`` (forward returns ``(output, update_mask)``; the update mask has shape ``(B, C_out, *spatial)``
+    with ``multi_channel``, else ``(B, 1, *spatial)`` as in NVIDIA's layer, so single-channel layers chain).
+    Unbatched ``(C, H, W)`` input (with an unbatched ``(C_mask, H, W)`` mask) gives unbatched output and mask.
+    ``state_dict()`` holds only ``weight``/``bias``.
     """
 
     _conv_fn = staticmethod(F.conv2d)
