@@ -13,8 +13,8 @@ table (no per-module state, so DataParallel replicas, DDP, torch.compile and tor
 and rescale only the border boxes of the conv output, forward and backward (see _BorderRescaledConv). A conv whose
 padding is 0 is a plain conv.
 
-Under torch.func transforms (vmap, grad, jvp, jacrev, ...) and forward-mode AD, whose autograd.Function support the
-in-place border rescaling lacks, padding mode takes a plain out-of-place path instead: conv * dense ratio map + b.
+The in-place border function supports neither torch.func transforms (vmap, grad, jvp, jacrev, ...) nor forward-mode
+AD; while one of them is active, padding mode takes a plain out-of-place path instead: conv * dense ratio map + b.
 
 Inpainting mode (``mask_in`` given): the count is a channel sum of the mask followed by one box filter (a depthwise
 conv with a ones kernel per group), never a C_out x C_in x k x k ones-kernel convolution. Counts and ratios are
