@@ -73,7 +73,7 @@ class FullRatioPartialConv2d(PartialConv2d):
         out = raw * ratio
         if self.bias is not None:
             out = out + self.bias.to(out.dtype).view(-1, 1, 1) * update
-        return out, (update.expand(out.shape) if self.return_mask else None)
+        return out, (update.expand(out.shape[0], self._mask_channels(), *out.shape[2:]) if self.return_mask else None)
 
 
 _VARIANTS = {"full": FullRatioPartialConv2d}

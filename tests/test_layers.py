@@ -17,7 +17,7 @@ from partialconv.layers.partial_conv import padding_ratio_1d
 def reference_partial_conv(x, mask, weight, bias, stride, padding, dilation, groups, multi_channel):
     """out = conv(X*M, W) * S/count + b where count > 0, 0 elsewhere; window by window, in float64.
 
-    x: (B, C, *sp); mask: (B, C or 1, *sp) with 1 = valid; returns (out, update_mask (B, C_out, *out_sp)).
+    x: (B, C, *sp); mask: (B, C or 1, *sp) with 1 = valid; returns (out, update_mask (B, C_out or 1, *out_sp)).
     """
     x, mask, weight = x.double(), mask.double(), weight.double()
     nd = x.dim() - 2
@@ -50,6 +50,9 @@ def reference_partial_conv(x, mask, weight, bias, stride, padding, dilation, gro
                         value = value + bias[o].double()
                     out[(n, o) + pos] = value
                     upd[(n, o) + pos] = 1.0
+    if not multi_channel:
+        # Every output channel has the same update: single-channel mode returns it once, (B, 1, *out_sp).
+        upd = upd[:, :1]
     return out, upd
 
 

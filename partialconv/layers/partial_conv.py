@@ -13,6 +13,9 @@ table (no per-module state, so DataParallel replicas, DDP, torch.compile and tor
 and rescale only the border boxes of the conv output, forward and backward (see _BorderRescaledConv). A conv whose
 padding is 0 is a plain conv.
 
+The in-place border function supports neither torch.func transforms (vmap, grad, jvp, jacrev, ...) nor forward-mode
+AD; while one of them is active, padding mode takes a plain out-of-place path instead: conv * dense ratio map + b.
+
 Inpainting mode (``mask_in`` given): the count is a channel sum of the mask followed by one box filter (a depthwise
 conv with a ones kernel per group), never a C_out x C_in x k x k ones-kernel convolution. Counts and ratios are
 computed in fp32 with autocast off and holes are masked explicitly, so fp16/bf16 never see an epsilon or a 1/0.
@@ -29,6 +32,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 
 __all__ = ["PartialConv2d", "PartialConv3d", "padding_ratio_1d"]
 
@@ -75,9 +79,10 @@ def _make_plan(
     device: torch.device,
     dtype: torch.dtype,
     paired: bool = True,
+    dense: bool = False,
 ) -> _Plan:
     nd = len(counts)
-    dense = not symmetric or any(c == 0 for dim in counts for c in dim)
+    dense = dense or not symmetric or any(c == 0 for dim in counts for c in dim)
     if dense:
         dense_ratio = _outer([torch.tensor(r, dtype=torch.float32, device=device) for r in ratios])
         update_mask = (dense_ratio > 0).to(dtype)
@@ -136,13 +141,16 @@ _plan_cache: OrderedDict[tuple, _Plan] = OrderedDict()
 _plan_lock = threading.Lock()
 
 
-def _border_plan(spatial: Sequence[int], geometry: tuple, device: torch.device, dtype: torch.dtype) -> _Plan:
+def _border_plan(
+    spatial: Sequence[int], geometry: tuple, device: torch.device, dtype: torch.dtype, dense: bool = False
+) -> _Plan:
+    """The cached plan of a geometry; ``dense`` asks for the dense ratio/update mask whatever the geometry."""
     if torch.compiler.is_compiling():
         # Traced code must not read mutable globals; the plan becomes graph constants instead. Paired (unfold)
         # boxes are eager-only: compilers fuse the border ops anyway, and in-place writes through unfold views
         # are not reliably functionalised.
-        return _make_plan(*_ratios(spatial, geometry), device, dtype, paired=False)
-    key = (tuple(spatial), geometry, device, dtype)
+        return _make_plan(*_ratios(spatial, geometry), device, dtype, paired=False, dense=dense)
+    key = (tuple(spatial), geometry, device, dtype, dense)
     with _plan_lock:
         plan = _plan_cache.get(key)
         if plan is not None:
@@ -150,7 +158,7 @@ def _border_plan(spatial: Sequence[int], geometry: tuple, device: torch.device, 
             return plan
     # Built outside inference mode so cached tensors can be saved for backward by later training steps.
     with torch.inference_mode(False):
-        plan = _make_plan(*_ratios(spatial, geometry), device, dtype)
+        plan = _make_plan(*_ratios(spatial, geometry), device, dtype, dense=dense)
     with _plan_lock:
         _plan_cache[key] = plan
         while len(_plan_cache) > _CACHE_SIZE:
@@ -246,10 +254,19 @@ def _autocast_available(device_type: str) -> bool:
     return device_type in ("cpu", "cuda", "xpu", "mps", "hpu", "xla")
 
 
-def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    if _autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+def _autocast_dtype(input: Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast would run a conv of ``input`` in, or None where it leaves the conv alone. Like autocast's
+    own casts, float64 is never touched: a float64 conv stays float64 under any autocast, as nn.Conv2d's does."""
+    device_type = input.device.type
+    if input.dtype != torch.float64 and _autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
+
+
+def _transforms_active() -> bool:
+    """torch.func transforms (vmap, grad, jvp, jacrev, ...) or forward-mode AD are active. The in-place border
+    rescaling of _BorderRescaledConv supports neither; under them the layer takes a plain out-of-place path."""
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
 def _autocast_off(device_type: str):
@@ -292,32 +309,79 @@ class _PartialConvMixin:
         return super().extra_repr() + f", multi_channel={self.multi_channel}, return_mask={self.return_mask}"
 
     def forward(self, input: Tensor, mask_in: Optional[Tensor] = None) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        nd = len(self.kernel_size)
+        if input.dim() not in (nd + 1, nd + 2):
+            raise ValueError(
+                f"{type(self).__name__}: expected a {nd + 1}D (unbatched) or {nd + 2}D (batched) input, "
+                f"got shape {tuple(input.shape)}"
+            )
+        batched = input.dim() == nd + 2
+        if mask_in is not None:
+            self._check_mask(input, mask_in, batched)
+        if not batched:
+            # As nn.ConvNd does: a batch of one, removed again from the output and the returned mask.
+            input = input.unsqueeze(0)
+            mask_in = mask_in.unsqueeze(0) if mask_in is not None else None
         if mask_in is None:
             out, mask = self._padding_forward(input)
         else:
             out, mask = self._masked_forward(input, mask_in)
+        if not batched:
+            out, mask = out.squeeze(0), (mask.squeeze(0) if mask is not None else None)
         if self.return_mask:
             return out, mask
         return out
+
+    def _mask_channels(self) -> int:
+        """Channels of the returned update mask: one per output channel with ``multi_channel``, else one (the
+        update is the same for every output channel, and the next single-channel layer takes a 1-channel mask)."""
+        return self.out_channels if self.multi_channel else 1
+
+    def _check_mask(self, input: Tensor, mask_in: Tensor, batched: bool) -> None:
+        nd = len(self.kernel_size)
+        expected_c = self.in_channels if self.multi_channel else 1
+        lead = 1 if batched else 0  # dims before the channel dim
+        if (
+            mask_in.dim() != nd + 1 + lead
+            or mask_in.shape[lead] != expected_c
+            or mask_in.shape[-nd:] != input.shape[-nd:]
+        ):
+            spatial = ", ".join(map(str, input.shape[-nd:]))
+            expected = f"(B or 1, {expected_c}, {spatial})" if batched else f"({expected_c}, {spatial}) (unbatched)"
+            raise ValueError(
+                f"{type(self).__name__}: mask_in must have shape {expected} "
+                f"for multi_channel={self.multi_channel} and input {tuple(input.shape)}, got {tuple(mask_in.shape)}"
+            )
+
+    def _ones_mask(self, out: Tensor) -> Optional[Tensor]:
+        if not self.return_mask:
+            return None
+        return out.new_ones(()).expand(out.shape[0], self._mask_channels(), *out.shape[2:])
 
     def _padding_forward(self, input: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         pads = self._pads()
         nd = len(self.kernel_size)
         if not any(lo or hi for lo, hi in pads):
             out = self._conv_forward(input, self.weight, self.bias)
-            return out, (out.new_ones(()).expand(out.shape) if self.return_mask else None)
+            return out, self._ones_mask(out)
 
         device_type = input.device.type
-        autocast_dtype = _autocast_dtype(device_type)
+        autocast_dtype = _autocast_dtype(input)
         dtype = autocast_dtype or input.dtype
         geometry = (tuple(self.kernel_size), tuple(self.stride), pads, tuple(self.dilation))
-        dense, regions, dense_ratio, update_mask = _border_plan(tuple(input.shape[-nd:]), geometry, input.device, dtype)
+        # torch.func transforms and forward AD (eager, or traced by torch.compile, which folds the check to a
+        # constant) get the plain dense path; everything else the border function.
+        plain = _transforms_active()
+        dense, regions, dense_ratio, update_mask = _border_plan(
+            tuple(input.shape[-nd:]), geometry, input.device, dtype, dense=plain
+        )
         if dense:
             # raw * r + b * u == out * r + b * (u - r), since r is 0 wherever u is.
             out = self._conv_forward(input, self.weight, self.bias) * dense_ratio
             if self.bias is not None:
                 out = out + self.bias.to(out.dtype).view(-1, *([1] * nd)) * (update_mask - dense_ratio)
-            return out, (update_mask.expand(out.shape) if self.return_mask else None)
+            mask = update_mask.expand(out.shape[0], self._mask_channels(), *out.shape[2:]) if self.return_mask else None
+            return out, mask
 
         weight, bias = self.weight, self.bias
         if autocast_dtype is not None:
@@ -328,17 +392,10 @@ class _PartialConvMixin:
         params = (tuple(self.stride), tuple(lo for lo, _ in pads), tuple(self.dilation), self.groups)
         with _autocast_off(device_type):
             out = _BorderRescaledConv.apply(input, weight, bias, params, regions)
-        return out, (out.new_ones(()).expand(out.shape) if self.return_mask else None)
+        return out, self._ones_mask(out)
 
     def _masked_forward(self, input: Tensor, mask_in: Tensor) -> tuple[Tensor, Tensor]:
         nd = len(self.kernel_size)
-        expected_c = self.in_channels if self.multi_channel else 1
-        if mask_in.dim() != nd + 2 or mask_in.shape[1] != expected_c or mask_in.shape[-nd:] != input.shape[-nd:]:
-            spatial = ", ".join(map(str, input.shape[-nd:]))
-            raise ValueError(
-                f"{type(self).__name__}: mask_in must have shape (B or 1, {expected_c}, {spatial}) "
-                f"for multi_channel={self.multi_channel}, got {tuple(mask_in.shape)}"
-            )
         mask = mask_in.detach()
         groups = self.groups if self.multi_channel else 1
         window = math.prod(self.kernel_size) * (self.in_channels // self.groups if self.multi_channel else 1)
@@ -365,14 +422,20 @@ class _PartialConvMixin:
         else:
             out = grouped * ratio_b.to(raw.dtype)
         if self.bias is not None:
-            # In place and broadcast: one pass over the output, no full-size bias * update temporary.
+            # In place and broadcast: one pass over the output, no full-size bias * update temporary. Out of place
+            # under torch.func transforms, where vmap cannot write a batched bias into an unbatched output.
             bias = self.bias.to(raw.dtype).view(1, groups, c_out // groups, *([1] * nd))
-            out.addcmul_(bias, update_b.to(raw.dtype))
+            if not _transforms_active():
+                out.addcmul_(bias, update_b.to(raw.dtype))
+            else:
+                out = out.addcmul(bias, update_b.to(raw.dtype))
         out = out.view_as(raw)
 
         mask_dtype = mask_in.dtype if mask_in.is_floating_point() else out.dtype
         update_b = update_b.to(mask_dtype)
-        if groups == 1:
+        if not self.multi_channel:
+            update_mask = update_b.squeeze(2)  # (B or 1, 1, *out_spatial)
+        elif groups == 1:
             update_mask = update_b.squeeze(2).expand(out.shape[0], c_out, *out_spatial)
         else:
             update_mask = update_b.expand(update_b.shape[0], groups, c_out // groups, *out_spatial).reshape(
@@ -387,7 +450,10 @@ class PartialConv2d(_PartialConvMixin, nn.Conv2d):
     """``nn.Conv2d`` with partial-convolution padding, or masked (inpainting) convolution when given ``mask_in``.
 
     Extra arguments: ``multi_channel`` (the mask has one channel per input channel and the window size counts them),
-    ``return_mask`` (forward returns ``(output, update_mask)``). ``state_dict()`` holds only ``weight``/``bias``.
+    ``return_mask`` (forward returns ``(output, update_mask)``; the update mask has shape ``(B, C_out, *spatial)``
+    with ``multi_channel``, else ``(B, 1, *spatial)`` as in NVIDIA's layer, so single-channel layers chain).
+    Unbatched ``(C, H, W)`` input (with an unbatched ``(C_mask, H, W)`` mask) gives unbatched output and mask.
+    ``state_dict()`` holds only ``weight``/``bias``.
     """
 
     _conv_fn = staticmethod(F.conv2d)
