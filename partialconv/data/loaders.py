@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
 
-from .datasets import ClassificationFolder, DataError, check_image_folders, collate_skipping_bad
+from .datasets import ClassificationFolder, DataError, check_image_folders, collate_skipping_bad, ignored_message
 from .demo import ensure_demo_dataset
 from .presets import RRC_SCALE, eval_transform, train_transform
 from .sampler import SeededSampler
@@ -72,7 +73,9 @@ def build_loaders(cfg: argparse.Namespace, dist: DistInfo) -> Loaders:
 
         if cfg.train_min_scale != RRC_SCALE[0]:
             raise DataError(f"--train-min-scale {cfg.train_min_scale}: --data-backend gpu crops with scale {RRC_SCALE}")
-        return build_gpu_loaders(cfg, dist, classes, local_batch)
+        loaders = build_gpu_loaders(cfg, dist, classes, local_batch)
+        _warn_ignored(loaders, dist)
+        return loaders
     train_set = ClassificationFolder(
         cfg.data_train, train_transform(cfg.train_crop_size, cfg.train_min_scale), cfg.on_bad_image
     )
@@ -80,12 +83,21 @@ def build_loaders(cfg: argparse.Namespace, dist: DistInfo) -> Loaders:
         cfg.data_val, eval_transform(cfg.val_resize_size, cfg.val_crop_size), cfg.on_bad_image
     )
     train_sampler, val_sampler = seeded_samplers(len(train_set), len(val_set), cfg, dist, local_batch)
-    return Loaders(
+    loaders = Loaders(
         train=_loader(train_set, train_sampler, local_batch, cfg, dist),
         val=_loader(val_set, val_sampler, local_batch, cfg, dist),
         train_sampler=train_sampler,
         classes=classes,
     )
+    _warn_ignored(loaders, dist)
+    return loaders
+
+
+def _warn_ignored(loaders: Loaders, dist: DistInfo) -> None:
+    """One warning (rank 0) naming the hidden folders/files that neither split counted."""
+    message = ignored_message(loaders.train.dataset.ignored + loaders.val.dataset.ignored)
+    if message and dist.is_main:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def batch_to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool):

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..fileio import atomic_write
+from .imageio import open_gray
 
 __all__ = [
     "HOLE_RATIO_BUCKETS",
@@ -226,8 +227,7 @@ class IrregularMaskGenerator:
 def load_mask_png(path: Union[str, os.PathLike]) -> np.ndarray:
     """A mask PNG (NVIDIA convention: white = hole) as a (H, W) uint8 array with 1 = valid, 0 = hole."""
     try:
-        with Image.open(path) as im:
-            grey = np.asarray(im.convert("L"))
+        grey = np.asarray(open_gray(path))
     except (OSError, ValueError) as e:
         raise ValueError(f"mask {path}: cannot be read as an image ({e})") from e
     return (grey < 128).astype(np.uint8)
