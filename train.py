@@ -33,11 +33,11 @@ from partialconv.engine.preemption import Preemption
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import check_input_size, configure_backends, prepare_model, seed_everything
 from partialconv.engine.trainer import AMP_DTYPES, NonFiniteLossError, build_context, evaluate, train_one_epoch
-from partialconv.fileio import write_text_atomic
+from partialconv.fileio import WriteError, write_text_atomic
 from partialconv.models import create_model
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError)
+EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, WriteError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -71,8 +71,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.warn(f"{run_dir} already holds a run; starting over (add --resume auto to continue it instead)")
     if cfg.start_epoch is not None:
         start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
+    # the line of the last completed epoch, kept in every checkpoint: written back if metrics.jsonl lost it
+    last_record = ckpt.get("epoch_record") if ckpt is not None and cfg.start_epoch is None else None
     if dist.is_main:
-        log.truncate_metrics(start_epoch)
+        log.truncate_metrics(start_epoch, last_record)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
     log.info(
@@ -102,6 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
             if result.preempted and result.steps_done < steps_per_epoch:
                 state = run_state(model, ctx, epoch, result.steps_done, best_acc1, config, meter.state_dict())
+                state["epoch_record"] = last_record
                 if dist.is_main:
                     save_run_checkpoint(run_dir, state)
                 return preempted_exit(preemption, log, run_dir, epoch, result.steps_done)
@@ -109,11 +112,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             val = evaluate(model, loaders.val, ctx.criterion, dist.device, ctx.amp_dtype, cfg.channels_last)
             is_best = val["acc1"] > best_acc1
             best_acc1 = max(best_acc1, val["acc1"])
+            record = last_record = epoch_record(
+                cfg, epoch, lr, train, val, best_acc1, result, dist.world_size, epoch_start
+            )
             state = run_state(model, ctx, epoch + 1, 0, best_acc1, config)
+            state["epoch_record"] = record
             if dist.is_main:
                 snapshot = epoch + 1 if cfg.save_every and (epoch + 1) % cfg.save_every == 0 else None
                 save_run_checkpoint(run_dir, state, is_best=is_best, snapshot_epoch=snapshot)
-            record = epoch_record(cfg, epoch, lr, train, val, best_acc1, result, dist.world_size, epoch_start)
             log.epoch(record)
             log.info(
                 f"Epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc@1 {train['acc1']:.2f} | "

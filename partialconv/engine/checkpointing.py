@@ -3,7 +3,8 @@
 A checkpoint is a dict of tensors and plain values (loads with ``weights_only=True``): ``state_dict`` (model),
 ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (the epoch in progress, 0-based) and ``step`` (its completed
 steps; 0 at an epoch boundary), ``epoch_sums`` (the partial epoch's metric sums), ``best_acc1``, ``rng`` (one
-entry per rank: python, numpy, torch, cuda states as tensors/lists) and ``config``.
+entry per rank: python, numpy, torch, cuda states as tensors/lists), ``config`` and ``epoch_record`` (the last
+completed epoch's ``metrics.jsonl`` line, written back on resume if the file lost it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import CheckpointError, extract_state_dict, read_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, extract_state_dict, read_checkpoint
 from ..fileio import atomic_write
 
 __all__ = [
@@ -76,11 +77,17 @@ def gather_rng_states() -> list[dict[str, Any]]:
 def save_run_checkpoint(
     run_dir: Path, state: dict[str, Any], is_best: bool = False, snapshot_epoch: Optional[int] = None
 ) -> None:
-    """Keep the last checkpoint as ``checkpoint.prev.pth.tar`` and write the new one; copy to best/snapshot."""
+    """Write the new checkpoint atomically, keeping the last one as ``checkpoint.prev.pth.tar``; copy to
+    best/snapshot. A full disk raises :class:`~partialconv.fileio.WriteError` (one line) with the old files intact."""
     last = run_dir / LAST
-    if last.is_file():
-        os.replace(last, run_dir / PREVIOUS)
-    save_checkpoint(state, last)
+    with atomic_write(last) as f:
+        torch.save(state, f)
+        # Rotate only once the new file is complete on disk: a full disk (or a kill) while writing leaves the last
+        # checkpoint where --resume auto looks first.
+        f.flush()
+        os.fsync(f.fileno())
+        if last.is_file():
+            os.replace(last, run_dir / PREVIOUS)
     if is_best:
         _copy_atomic(last, run_dir / BEST)
     if snapshot_epoch is not None:
