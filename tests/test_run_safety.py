@@ -5,19 +5,25 @@ and train_inpainting.py's start."""
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import train
 from partialconv.checkpoint import read_checkpoint
 from partialconv.data.demo import make_demo_dataset
+from partialconv.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -181,3 +187,84 @@ def test_real_full_tmpfs(data, straight, tmp_path):
     assert [{k: v for k, v in r.items() if k not in ignore} for r in untimed(metrics(keep))] == [
         {k: v for k, v in r.items() if k not in ignore} for r in untimed(metrics(straight))
     ]
+
+
+# ---------------------------------------------------------------------------------------------------- inpaint.py
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def unet(tmp_path_factory) -> Path:
+    """A (random) train_inpainting.py-style checkpoint of a 3-stage PConv U-Net, and the same as a bare state_dict."""
+    root = tmp_path_factory.mktemp("unet")
+    torch.manual_seed(0)
+    state = create_model("pconv_unet", layer_size=3).state_dict()
+    torch.save({"arch": "pconv_unet", "layer_size": 3, "state_dict": state}, root / "unet.pth.tar")
+    torch.save(state, root / "plain.pth")
+    torch.save(create_model("simple_cnn", num_classes=10).state_dict(), root / "classifier.pth")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(root / "photo.png")
+    Image.fromarray(np.where(rng.random((16, 20)) < 0.3, 255, 0).astype(np.uint8)).save(root / "small_mask.png")
+    return root
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that declares width x height (8-bit RGB) and has no pixel data: enough for PIL's size checks."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def inpaint_fails(capsys, *argv: str) -> str:
+    rc = load_script("inpaint").cli(list(argv))
+    lines = error_lines(capsys.readouterr().err)
+    assert rc == 2 and len(lines) == 1, (rc, lines)
+    return lines[0]
+
+
+def test_inpaint_refuses_a_mask_of_another_size(unet, tmp_path, capsys):
+    out = tmp_path / "filled.png"
+    common = ["--checkpoint", str(unet / "unet.pth.tar"), "--input", str(unet / "photo.png")]
+    line = inpaint_fails(capsys, *common, "--mask", str(unet / "small_mask.png"), "--output", str(out))
+    assert "small_mask.png" in line and "20x16" in line and "40x32" in line and "--resize-mask" in line
+    assert not out.exists()
+    argv = [*common, "--mask", str(unet / "small_mask.png"), "--resize-mask", "--output", str(out)]
+    assert load_script("inpaint").cli(argv) == 0 and Image.open(out).size == (40, 32)
+
+
+def test_inpaint_wrong_checkpoints_are_one_line(unet, straight, tmp_path, capsys):
+    common = ["--input", str(unet / "photo.png"), "--random-mask", "0.2", "--output", str(tmp_path / "o.png")]
+    line = inpaint_fails(capsys, "--checkpoint", str(straight / "checkpoint.pth.tar"), *common)
+    assert "checkpoint.pth.tar" in line and "simple_cnn" in line and "not a PConv U-Net" in line
+    line = inpaint_fails(capsys, "--checkpoint", str(unet / "classifier.pth"), "--layer-size", "3", *common)
+    assert "classifier.pth" in line and "does not fit" in line
+    line = inpaint_fails(capsys, "--checkpoint", str(unet / "plain.pth"), "--layer-size", "4", *common)
+    assert "plain.pth" in line and "--layer-size 4" in line
+    line = inpaint_fails(capsys, "--checkpoint", str(unet / "unet.pth.tar"), "--layer-size", "2", *common)
+    assert "unet.pth.tar" in line and "--layer-size 2" in line
+
+
+def test_inpaint_huge_image_is_one_line(unet, tmp_path, capsys):
+    huge = tmp_path / "huge.png"
+    png_header_only(huge, 20000, 20000)
+    argv = ["--checkpoint", str(unet / "unet.pth.tar"), "--random-mask", "0.2"]
+    line = inpaint_fails(capsys, *argv, "--input", str(huge), "--output", str(tmp_path / "h.png"))
+    assert "huge.png" in line and "decompression-bomb" in line
+
+
+def test_inpaint_output_under_a_file_is_one_line(unet, tmp_path, capsys):
+    argv = ["--checkpoint", str(unet / "unet.pth.tar"), "--random-mask", "0.2"]
+    (tmp_path / "afile").write_text("x")
+    line = inpaint_fails(capsys, *argv, "--input", str(unet / "photo.png"), "--output", str(tmp_path / "afile/o.png"))
+    assert "afile" in line and "is a file" in line
+    line = inpaint_fails(capsys, *argv, "--input", str(unet), "--output", str(tmp_path / "afile" / "sub"))
+    assert "afile" in line and "is a file" in line
