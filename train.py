@@ -21,7 +21,9 @@ from partialconv.config import ConfigError, config_to_yaml, parse_config, run_di
 from partialconv.data import DataError, build_loaders, resolve_data_dirs
 from partialconv.engine.checkpointing import (
     LAST,
+    carry_best,
     find_resume_checkpoint,
+    finished,
     restore_run_state,
     run_state,
     save_run_checkpoint,
@@ -58,6 +60,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.evaluate:
         return evaluate_only(cfg, model, loaders, dist, run_dir, log)
     ckpt, ckpt_path = find_resume_checkpoint(cfg.resume, run_dir, log.warn)
+    if ckpt is not None and cfg.start_epoch is None and finished(ckpt, cfg.epochs):
+        if dist.is_main:  # nothing is rewritten; only a metrics line the disk lost is written back
+            log.truncate_metrics(int(ckpt["epoch"]), ckpt.get("epoch_record"))
+            print(
+                f"{ckpt_path}: the run is finished ({ckpt['epoch']} of --epochs {cfg.epochs}, best acc@1 "
+                f"{float(ckpt.get('best_acc1', 0.0)):.3f}); nothing to do (raise --epochs to train on)",
+                flush=True,
+            )
+        return 0
+    if ckpt is not None and dist.is_main:
+        carry_best(ckpt_path, run_dir, log.warn)
     model, train_model = prepare_model(model, cfg, dist)
     steps_per_epoch = loaders.train_sampler.steps_per_epoch()
     ctx = build_context(cfg, model, train_model, dist.device, steps_per_epoch)
@@ -109,7 +122,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     save_run_checkpoint(run_dir, state)
                 return preempted_exit(preemption, log, run_dir, epoch, result.steps_done)
             train = meter.reduce()
-            val = evaluate(model, loaders.val, ctx.criterion, dist.device, ctx.amp_dtype, cfg.channels_last)
+            val = evaluate(
+                model, loaders.val, ctx.criterion, dist.device, ctx.amp_dtype, cfg.channels_last,
+                print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main,
+            )  # fmt: skip
             is_best = val["acc1"] > best_acc1
             best_acc1 = max(best_acc1, val["acc1"])
             record = last_record = epoch_record(
@@ -124,7 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.info(
                 f"Epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc@1 {train['acc1']:.2f} | "
                 f"val loss {val['loss']:.4f} acc@1 {val['acc1']:.3f} acc@5 {val['acc5']:.3f} (best {best_acc1:.3f}) | "
-                f"{record['images_per_sec']:.1f} img/s, {record['epoch_seconds']:.1f} s"
+                f"{record['images_per_sec']:.1f} img/s, {record['epoch_seconds']:.1f} s [all ranks]"
             )
             if record["bad_images"]:
                 log.warn(

@@ -8,6 +8,7 @@ import errno
 import importlib.util
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -268,3 +269,45 @@ def test_inpaint_output_under_a_file_is_one_line(unet, tmp_path, capsys):
     assert "afile" in line and "is a file" in line
     line = inpaint_fails(capsys, *argv, "--input", str(unet), "--output", str(tmp_path / "afile" / "sub"))
     assert "afile" in line and "is a file" in line
+
+
+# ---------------------------------------------------------------------------------------------------- resume, progress
+
+
+@pytest.fixture(scope="module")
+def three_epochs(data, tmp_path_factory) -> Path:
+    """Val top-1 per epoch 5, 10, 15 (and a 4th epoch would give 5: it does not beat the best)."""
+    out = tmp_path_factory.mktemp("runs") / "three"
+    assert train.cli(args(data, out, "--epochs", "3")) == 0
+    assert [m["val_acc1"] for m in metrics(out)] == [5.0, 10.0, 15.0]
+    return out
+
+
+def test_resume_into_a_new_output_dir_carries_model_best(data, three_epochs, tmp_path, capsys):
+    new = tmp_path / "new"
+    argv = args(data, new, "--epochs", "4", "--resume", str(three_epochs / "checkpoint.pth.tar"))
+    assert train.cli(argv) == 0
+    assert "(best 15.000)" in capsys.readouterr().out
+    assert (new / "model_best.pth.tar").read_bytes() == (three_epochs / "model_best.pth.tar").read_bytes()
+
+
+def test_resuming_a_finished_run_says_so_and_rewrites_nothing(data, three_epochs, capsys):
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in three_epochs.rglob("*") if p.is_file()}
+    assert train.cli(args(data, three_epochs, "--epochs", "3", "--resume", "auto")) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and len(error_lines(out)) == 1 and "finished" in out and "3 of --epochs 3" in out, out
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in three_epochs.rglob("*") if p.is_file()} == before
+
+
+def test_progress_lines_show_data_time_eta_scope_and_validation(data, tmp_path, capsys):
+    assert train.cli(args(data, tmp_path / "run", "--epochs", "1", "-p", "2")) == 0
+    out = capsys.readouterr().out.splitlines()
+    steps = [line for line in out if line.startswith("Epoch: [1][")]
+    vals = [line for line in out if line.startswith("Val: [")]
+    assert [line.split("]")[1] for line in steps] == ["[2/5", "[4/5", "[5/5"]
+    assert [line.split("]")[0] for line in vals] == ["Val: [2/3", "Val: [3/3"]
+    for line in steps + vals:
+        assert re.search(r" data \d+\.\d ms/step eta \d+:\d\d:\d\d \[rank 0 of 1\]$", line), line
+    assert steps[-1].split(" eta ")[1].startswith("0:00:00")  # nothing left at the last step
+    (summary,) = [line for line in out if line.startswith("Epoch 1/1:")]
+    assert summary.endswith("[all ranks]")

@@ -31,6 +31,8 @@ __all__ = [
     "gather_rng_states",
     "save_run_checkpoint",
     "find_resume_checkpoint",
+    "finished",
+    "carry_best",
     "run_state",
     "restore_run_state",
 ]
@@ -122,6 +124,23 @@ def find_resume_checkpoint(
     if errors:
         raise CheckpointError(f"--resume auto: no readable checkpoint in {run_dir} ({'; '.join(errors)})")
     return None, None
+
+
+def finished(ckpt: dict[str, Any], epochs: int) -> bool:
+    """Whether a run checkpoint is at the end of a run of ``epochs`` epochs (nothing left to train)."""
+    return int(ckpt.get("epoch", 0)) >= epochs and int(ckpt.get("step", 0)) == 0
+
+
+def carry_best(ckpt_path: Path, run_dir: Path, warn=print) -> None:
+    """Resuming ``ckpt_path`` into another run directory: copy its ``model_best.pth.tar`` along, so the new
+    directory has the best weights its log names (an existing one there is left alone)."""
+    src_dir = Path(ckpt_path).parent
+    if src_dir.resolve() == run_dir.resolve() or (run_dir / BEST).exists():
+        return
+    if (src_dir / BEST).is_file():
+        _copy_atomic(src_dir / BEST, run_dir / BEST)
+    else:
+        warn(f"no {BEST} next to {ckpt_path}: {run_dir} gets one when an epoch beats the checkpoint's best acc@1")
 
 
 def run_state(
