@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import train
 from partialconv.checkpoint import read_checkpoint
+from partialconv.config import parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.models import create_model
 
@@ -311,3 +313,36 @@ def test_progress_lines_show_data_time_eta_scope_and_validation(data, tmp_path, 
     assert steps[-1].split(" eta ")[1].startswith("0:00:00")  # nothing left at the last step
     (summary,) = [line for line in out if line.startswith("Epoch 1/1:")]
     assert summary.endswith("[all ranks]")
+
+
+# ---------------------------------------------------------------------------------------------------- -j
+
+
+def run_config(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def test_workers_above_the_cpus_per_process_are_capped_with_one_warning(data, tmp_path, monkeypatch, capsys, recwarn):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    argv = args(data, tmp_path / "run", "--epochs", "1")
+    argv[argv.index("-j") + 1] = "3"
+    assert train.cli(argv) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1 and "-j/--workers 3" in warnings[0] and "using 2" in warnings[0], warnings
+    assert not [w for w in recwarn if "worker" in str(w.message)]  # torch's own (per loader) warning is not reached
+    assert run_config(tmp_path / "run")["workers"] == 2
+
+
+def test_default_workers_follow_the_cpus_of_each_local_rank(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # 3 ranks on this node: 2 CPUs each, one of them for the rank
+    argv = args(data, tmp_path / "run", "--epochs", "1")
+    del argv[argv.index("-j") : argv.index("-j") + 2]
+    assert train.cli(argv) == 0
+    assert run_config(tmp_path / "run")["workers"] == 1
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("imagenet_*.yaml")), ids=lambda p: p.stem)
+def test_imagenet_configs_leave_the_worker_count_to_the_default(config):
+    assert parse_config(["--config", str(config), "--data_train", "t", "--data_val", "v"]).workers is None
