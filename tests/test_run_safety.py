@@ -5,6 +5,7 @@ and train_inpainting.py's start."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import importlib.util
 import json
 import os
@@ -346,3 +347,57 @@ def test_default_workers_follow_the_cpus_of_each_local_rank(data, tmp_path, monk
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("imagenet_*.yaml")), ids=lambda p: p.stem)
 def test_imagenet_configs_leave_the_worker_count_to_the_default(config):
     assert parse_config(["--config", str(config), "--data_train", "t", "--data_val", "v"]).workers is None
+
+
+# -------------------------------------------------------------------------------------------------- train_inpainting.py
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / f"p{i}.png")
+    return root
+
+
+def inpainting_argv(photos: Path, out: Path, vgg: Path, *extra: str) -> list[str]:
+    return [
+        "--data", str(photos), "--vgg-weights", str(vgg), "--output-dir", str(out), "--image-size", "32",
+        "--layer-size", "3", "-b", "1", "-j", "0", "--iters", "1", "--val-images", "1", "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def test_failed_inpainting_start_leaves_nothing_behind(photos, vgg_file, tmp_path, capsys):
+    script = load_script("train_inpainting")
+    out = tmp_path / "run"
+    assert script.cli(inpainting_argv(photos, out, tmp_path / "missing.pth")) == 2
+    assert len(error_lines(capsys.readouterr().err)) == 1 and not out.exists()
+    (tmp_path / "empty").mkdir()
+    assert script.cli(inpainting_argv(tmp_path / "empty", out, vgg_file)) == 2
+    assert "no images" in capsys.readouterr().err and not out.exists()
+
+
+def test_vgg_file_is_needed_only_for_vgg_terms(photos, tmp_path):
+    out = tmp_path / "run"
+    no_vgg = ["--loss-weights", "perceptual=0,style_out=0,style_comp=0"]
+    assert load_script("train_inpainting").cli(inpainting_argv(photos, out, tmp_path / "missing.pth", *no_vgg)) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["iteration"] == 1 and all(np.isfinite(v) for v in record.values())
+
+
+def test_vgg_file_named_like_torchvisions_is_checked_any_other_warned(photos, vgg_file, tmp_path, capsys):
+    script = load_script("train_inpainting")
+    fake = tmp_path / "vgg16-397923af.pth"  # torchvision's name, other content
+    shutil.copy(vgg_file, fake)
+    assert script.cli(inpainting_argv(photos, tmp_path / "a", fake)) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "vgg16-397923af.pth" in line and "sha256" in line and "397923af" in line
+    digest = hashlib.sha256(vgg_file.read_bytes()).hexdigest()
+    named = tmp_path / f"vgg16-{digest[:8]}.pth"  # a file whose name carries its own sha256 prefix: accepted quietly
+    shutil.copy(vgg_file, named)
+    assert script.cli(inpainting_argv(photos, tmp_path / "b", named)) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert script.cli(inpainting_argv(photos, tmp_path / "c", vgg_file)) == 0  # vgg16.pth: used, with a warning
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(vgg_file) in warnings[0] and "not checked" in warnings[0]
