@@ -184,7 +184,10 @@ def evaluate_only(cfg, model, loaders, dist, run_dir: Path, log: RunLogger) -> i
     if cfg.resume:
         load_checkpoint(model, run_dir / LAST if cfg.resume == "auto" else cfg.resume)
     model, _ = prepare_model(model, cfg, dist)
-    val = evaluate(model, loaders.val, nn.CrossEntropyLoss(), dist.device, AMP_DTYPES[cfg.amp], cfg.channels_last)
+    val = evaluate(
+        model, loaders.val, nn.CrossEntropyLoss(), dist.device, AMP_DTYPES[cfg.amp], cfg.channels_last,
+        print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main,
+    )  # fmt: skip
     log.info(
         f"evaluate {cfg.arch} ({cfg.padding} padding) on {int(val['count'])} images of {cfg.data_val}: "
         f"top-1 {val['acc1']:.3f} top-5 {val['acc5']:.3f} loss {val['loss']:.4f}"

@@ -16,7 +16,7 @@ from partialconv.data import ClassificationFolder
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.gpu_decode import EncodedImageFolder, decode_images
 from partialconv.data.inpainting import load_image
-from partialconv.data.masks import load_mask_png
+from partialconv.data.masks import list_images, load_mask_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,3 +105,11 @@ def test_16bit_png_is_scaled_not_clipped_by_every_loader(png16, tmp_path):
     data = torch.from_numpy(np.frombuffer(path.read_bytes(), dtype=np.uint8).copy())
     (decoded,) = decode_images([data], torch.device("cpu"))
     assert decoded.dtype == torch.uint8 and torch.equal(decoded, torch.from_numpy(rgb))
+
+
+def test_inpainting_folders_skip_hidden_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for rel in ("a.png", "sub/b.png", ".ipynb_checkpoints/a-checkpoint.png", "sub/._b.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / rel, format="PNG")
+    assert list_images(tmp_path, (".png",)) == [tmp_path / "a.png", tmp_path / "sub" / "b.png"]
