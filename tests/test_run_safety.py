@@ -401,3 +401,24 @@ def test_vgg_file_named_like_torchvisions_is_checked_any_other_warned(photos, vg
     assert script.cli(inpainting_argv(photos, tmp_path / "c", vgg_file)) == 0  # vgg16.pth: used, with a warning
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and str(vgg_file) in warnings[0] and "not checked" in warnings[0]
+
+
+def test_under_torchrun_lines_name_their_scope_and_data_warnings_come_once(data, tmp_path):
+    """Two real ranks (gloo): progress lines are rank 0's, summaries all ranks', the hidden-folder warning is printed
+    by rank 0 only, and the default -j follows LOCAL_WORLD_SIZE (torchrun sets it)."""
+    train_dir = tmp_path / "train"
+    shutil.copytree(data / "train", train_dir)
+    (train_dir / ".ipynb_checkpoints").mkdir()
+    argv = args(data, tmp_path / "run", "--epochs", "1", "-p", "2")
+    argv[argv.index("--data_train") + 1] = str(train_dir)
+    del argv[argv.index("-j") : argv.index("-j") + 2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "train.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([*cmd, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    steps = [line for line in res.stdout.splitlines() if line.startswith(("Epoch: [", "Val: ["))]
+    assert steps and all(line.endswith("[rank 0 of 2]") for line in steps)
+    assert [line for line in res.stdout.splitlines() if line.startswith("Epoch 1/1:")][0].endswith("[all ranks]")
+    assert res.stderr.count("ignored hidden folders/files") == 1
+    expected = max(0, len(os.sched_getaffinity(0)) // 2 - 1)
+    assert run_config(tmp_path / "run")["workers"] == expected
