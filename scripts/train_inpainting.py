@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from partialconv.checkpoint import CheckpointError, extract_state_dict, read_checkpoint, save_checkpoint  # noqa: E402
 from partialconv.data.inpainting import InpaintingDataset, InpaintingSampler, skimage_demo_folder  # noqa: E402
+from partialconv.data.loaders import resolve_workers  # noqa: E402
 from partialconv.data.masks import IrregularMaskGenerator, MaskFolder  # noqa: E402
 from partialconv.engine import distributed as dist  # noqa: E402
 from partialconv.engine.cli import run_cli  # noqa: E402
@@ -67,7 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--layer-size", type=int, help="encoder/decoder stages (default: 8 for >= 512 px, else log2(size)-1)"
     )
     p.add_argument("-b", "--batch-size", type=int, help="images per GPU/process per step (default 6, the paper's)")
-    p.add_argument("-j", "--workers", type=int, help="data-loading worker processes per GPU/process (default 4)")
+    p.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        help="data-loading worker processes per GPU/process (default: the CPUs available to each local rank less "
+        "one; demo 0); more than those CPUs is capped",
+    )
     p.add_argument("--iters", type=int, help="total optimisation steps of this phase (default 1000000; demo 20)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4, or 5e-5 with --finetune)")
     p.add_argument("--finetune", action="store_true", help="fine-tuning phase: encoder BN frozen, lr 5e-5")
@@ -101,11 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "batch_size": 6,
         "log_every": 100,
         "val_every": 5000,
-        "workers": 4,
+        "workers": None,  # resolved in main(): the CPUs each local rank has
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, DEMO_DEFAULTS[key] if demo else value)
+    if args.workers is not None and args.workers < 0:
+        p.error(f"-j/--workers must be >= 0, got {args.workers}")
     if args.lr is None:
         args.lr = 5e-5 if args.finetune else 2e-4
     if args.layer_size is None:
@@ -266,6 +275,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     info = dist.init_distributed(args.device)
     device = info.device
+    args.workers = resolve_workers(args.workers, info.is_main)
     out_dir = Path(args.output_dir)
     log = RunLog(out_dir, info.is_main)
     try:

@@ -422,3 +422,17 @@ def test_under_torchrun_lines_name_their_scope_and_data_warnings_come_once(data,
     assert res.stderr.count("ignored hidden folders/files") == 1
     expected = max(0, len(os.sched_getaffinity(0)) // 2 - 1)
     assert run_config(tmp_path / "run")["workers"] == expected
+
+
+def test_train_inpainting_workers_are_capped_with_one_warning(photos, vgg_file, tmp_path, monkeypatch, capsys, recwarn):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    argv = inpainting_argv(
+        photos, tmp_path / "run", vgg_file, "--loss-weights", "perceptual=0,style_out=0,style_comp=0"
+    )
+    argv[argv.index("-j") + 1] = "3"
+    assert load_script("train_inpainting").cli(argv) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1 and "-j/--workers 3" in warnings[0] and "using 1" in warnings[0], warnings
+    assert not [w for w in recwarn if "worker" in str(w.message)]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["workers"] == 1
