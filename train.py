@@ -70,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
         return 0
     if ckpt is not None and dist.is_main:
-        carry_best(ckpt_path, run_dir, log.warn)
+        carry_best(ckpt_path, float(ckpt.get("best_acc1", 0.0)), run_dir, log.warn)
     model, train_model = prepare_model(model, cfg, dist)
     steps_per_epoch = loaders.train_sampler.steps_per_epoch()
     ctx = build_context(cfg, model, train_model, dist.device, steps_per_epoch)

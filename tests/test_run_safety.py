@@ -436,3 +436,15 @@ def test_train_inpainting_workers_are_capped_with_one_warning(photos, vgg_file, 
     assert len(warnings) == 1 and "-j/--workers 3" in warnings[0] and "using 1" in warnings[0], warnings
     assert not [w for w in recwarn if "worker" in str(w.message)]
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["workers"] == 1
+
+
+def test_resume_of_an_older_checkpoint_does_not_carry_a_later_best(data, three_epochs, tmp_path, capsys):
+    old = tmp_path / "old"  # epoch 2's checkpoint (best 10) next to the run's model_best (best 15, epoch 3)
+    old.mkdir()
+    shutil.copy(three_epochs / "checkpoint.prev.pth.tar", old / "checkpoint.pth.tar")
+    shutil.copy(three_epochs / "model_best.pth.tar", old / "model_best.pth.tar")
+    new = tmp_path / "new"
+    assert train.cli(args(data, new, "--epochs", "3", "--resume", str(old / "checkpoint.pth.tar"))) == 0
+    assert "no model_best.pth.tar of best acc@1 10.000" in capsys.readouterr().err
+    best = read_checkpoint(new / "model_best.pth.tar")
+    assert best["epoch"] == 3 and best["best_acc1"] == 15.0  # written by the resumed run's own epoch 3

@@ -131,16 +131,23 @@ def finished(ckpt: dict[str, Any], epochs: int) -> bool:
     return int(ckpt.get("epoch", 0)) >= epochs and int(ckpt.get("step", 0)) == 0
 
 
-def carry_best(ckpt_path: Path, run_dir: Path, warn=print) -> None:
-    """Resuming ``ckpt_path`` into another run directory: copy its ``model_best.pth.tar`` along, so the new
-    directory has the best weights its log names (an existing one there is left alone)."""
-    src_dir = Path(ckpt_path).parent
-    if src_dir.resolve() == run_dir.resolve() or (run_dir / BEST).exists():
+def carry_best(ckpt_path: Path, best_acc1: float, run_dir: Path, warn=print) -> None:
+    """Resuming ``ckpt_path`` (best top-1 ``best_acc1``) into another run directory: copy the ``model_best.pth.tar``
+    next to it along, so the new directory has the best weights its log names. It must be the one that top-1 came
+    from (not, say, a later epoch's of the same run when resuming a snapshot); an existing one is left alone."""
+    src = Path(ckpt_path).parent / BEST
+    if src.parent.resolve() == run_dir.resolve() or (run_dir / BEST).exists() or best_acc1 <= 0:
         return
-    if (src_dir / BEST).is_file():
-        _copy_atomic(src_dir / BEST, run_dir / BEST)
+    found = None
+    if src.is_file():
+        try:
+            found = float(read_checkpoint(src).get("best_acc1", -1.0))
+        except (CheckpointError, AttributeError):
+            found = None
+    if found == best_acc1:
+        _copy_atomic(src, run_dir / BEST)
     else:
-        warn(f"no {BEST} next to {ckpt_path}: {run_dir} gets one when an epoch beats the checkpoint's best acc@1")
+        warn(f"no {BEST} of best acc@1 {best_acc1:.3f} next to {ckpt_path}: {run_dir} gets one when an epoch beats it")
 
 
 def run_state(
