@@ -21,7 +21,9 @@ from partialconv.config import ConfigError, config_to_yaml, parse_config, run_di
 from partialconv.data import DataError, build_loaders, resolve_data_dirs
 from partialconv.engine.checkpointing import (
     LAST,
+    carry_best,
     find_resume_checkpoint,
+    finished,
     restore_run_state,
     run_state,
     save_run_checkpoint,
@@ -33,11 +35,11 @@ from partialconv.engine.preemption import Preemption
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import check_input_size, configure_backends, prepare_model, seed_everything
 from partialconv.engine.trainer import AMP_DTYPES, NonFiniteLossError, build_context, evaluate, train_one_epoch
-from partialconv.fileio import write_text_atomic
+from partialconv.fileio import WriteError, write_text_atomic
 from partialconv.models import create_model
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError)
+EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, WriteError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -58,6 +60,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.evaluate:
         return evaluate_only(cfg, model, loaders, dist, run_dir, log)
     ckpt, ckpt_path = find_resume_checkpoint(cfg.resume, run_dir, log.warn)
+    if ckpt is not None and cfg.start_epoch is None and finished(ckpt, cfg.epochs):
+        if dist.is_main:  # nothing is rewritten; only a metrics line the disk lost is written back
+            log.truncate_metrics(int(ckpt["epoch"]), ckpt.get("epoch_record"))
+            print(
+                f"{ckpt_path}: the run is finished ({ckpt['epoch']} of --epochs {cfg.epochs}, best acc@1 "
+                f"{float(ckpt.get('best_acc1', 0.0)):.3f}); nothing to do (raise --epochs to train on)",
+                flush=True,
+            )
+        return 0
+    if ckpt is not None and dist.is_main:
+        carry_best(ckpt_path, float(ckpt.get("best_acc1", 0.0)), run_dir, log.warn)
     model, train_model = prepare_model(model, cfg, dist)
     steps_per_epoch = loaders.train_sampler.steps_per_epoch()
     ctx = build_context(cfg, model, train_model, dist.device, steps_per_epoch)
@@ -71,8 +84,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.warn(f"{run_dir} already holds a run; starting over (add --resume auto to continue it instead)")
     if cfg.start_epoch is not None:
         start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
+    # the line of the last completed epoch, kept in every checkpoint: written back if metrics.jsonl lost it
+    last_record = ckpt.get("epoch_record") if ckpt is not None and cfg.start_epoch is None else None
     if dist.is_main:
-        log.truncate_metrics(start_epoch)
+        log.truncate_metrics(start_epoch, last_record)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
     log.info(
@@ -102,23 +117,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
             if result.preempted and result.steps_done < steps_per_epoch:
                 state = run_state(model, ctx, epoch, result.steps_done, best_acc1, config, meter.state_dict())
+                state["epoch_record"] = last_record
                 if dist.is_main:
                     save_run_checkpoint(run_dir, state)
                 return preempted_exit(preemption, log, run_dir, epoch, result.steps_done)
             train = meter.reduce()
-            val = evaluate(model, loaders.val, ctx.criterion, dist.device, ctx.amp_dtype, cfg.channels_last)
+            val = evaluate(
+                model, loaders.val, ctx.criterion, dist.device, ctx.amp_dtype, cfg.channels_last,
+                print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main,
+            )  # fmt: skip
             is_best = val["acc1"] > best_acc1
             best_acc1 = max(best_acc1, val["acc1"])
+            record = last_record = epoch_record(
+                cfg, epoch, lr, train, val, best_acc1, result, dist.world_size, epoch_start
+            )
             state = run_state(model, ctx, epoch + 1, 0, best_acc1, config)
+            state["epoch_record"] = record
             if dist.is_main:
                 snapshot = epoch + 1 if cfg.save_every and (epoch + 1) % cfg.save_every == 0 else None
                 save_run_checkpoint(run_dir, state, is_best=is_best, snapshot_epoch=snapshot)
-            record = epoch_record(cfg, epoch, lr, train, val, best_acc1, result, dist.world_size, epoch_start)
             log.epoch(record)
             log.info(
                 f"Epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc@1 {train['acc1']:.2f} | "
                 f"val loss {val['loss']:.4f} acc@1 {val['acc1']:.3f} acc@5 {val['acc5']:.3f} (best {best_acc1:.3f}) | "
-                f"{record['images_per_sec']:.1f} img/s, {record['epoch_seconds']:.1f} s"
+                f"{record['images_per_sec']:.1f} img/s, {record['epoch_seconds']:.1f} s [all ranks]"
             )
             if record["bad_images"]:
                 log.warn(
@@ -162,7 +184,10 @@ def evaluate_only(cfg, model, loaders, dist, run_dir: Path, log: RunLogger) -> i
     if cfg.resume:
         load_checkpoint(model, run_dir / LAST if cfg.resume == "auto" else cfg.resume)
     model, _ = prepare_model(model, cfg, dist)
-    val = evaluate(model, loaders.val, nn.CrossEntropyLoss(), dist.device, AMP_DTYPES[cfg.amp], cfg.channels_last)
+    val = evaluate(
+        model, loaders.val, nn.CrossEntropyLoss(), dist.device, AMP_DTYPES[cfg.amp], cfg.channels_last,
+        print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main,
+    )  # fmt: skip
     log.info(
         f"evaluate {cfg.arch} ({cfg.padding} padding) on {int(val['count'])} images of {cfg.data_val}: "
         f"top-1 {val['acc1']:.3f} top-5 {val['acc5']:.3f} loss {val['loss']:.4f}"

@@ -12,7 +12,14 @@ from torch import nn
 
 from partialconv.fileio import atomic_write
 
-__all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "extract_state_dict", "load_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "read_checkpoint",
+    "extract_state_dict",
+    "load_checkpoint",
+    "load_state",
+]
 
 PathLike = Union[str, os.PathLike]
 
@@ -74,7 +81,11 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> nn
     Raises :class:`CheckpointError` listing missing and unexpected keys and shape mismatches; with
     ``strict=False`` missing/unexpected keys are tolerated but shape mismatches still fail.
     """
-    state = extract_state_dict(read_checkpoint(path), path)
+    return load_state(model, extract_state_dict(read_checkpoint(path), path), path, strict)
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: PathLike, strict: bool = True) -> nn.Module:
+    """:func:`load_checkpoint` for a state_dict already read from ``path`` (named in the error)."""
     target = model
     while hasattr(target, "module") and isinstance(target.module, nn.Module):  # DDP / DataParallel
         target = target.module

@@ -43,7 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data_train", "--data-train", dest="data_train", default=None, help="ImageFolder train dir")
     g.add_argument("--data_val", "--data-val", dest="data_val", default=None, help="ImageFolder val dir")
-    g.add_argument("-j", "--workers", type=int, default=4, help="DataLoader worker processes per rank")
+    g.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes per process (rank); default: the CPUs available to each local rank "
+        "(sched_getaffinity / LOCAL_WORLD_SIZE) less one for the rank itself; more than those CPUs is capped",
+    )
     g.add_argument(
         "--data-backend",
         choices=("pil", "gpu"),
@@ -152,7 +159,7 @@ def _resolve(cfg: argparse.Namespace) -> argparse.Namespace:
             raise ConfigError(f"{flag} must be >= 1; got {value}")
     if not 0 < cfg.train_min_scale <= 1:
         raise ConfigError(f"--train-min-scale must be in (0, 1]; got {cfg.train_min_scale}")
-    if cfg.workers < 0:
+    if cfg.workers is not None and cfg.workers < 0:
         raise ConfigError(f"-j/--workers must be >= 0; got {cfg.workers}")
     if (cfg.data_train is None) != (cfg.data_val is None):
         raise ConfigError("--data_train and --data_val go together (give both, or neither for the demo dataset)")

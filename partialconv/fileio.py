@@ -5,6 +5,7 @@ A leaf module (standard library only), so anything in the project may import it.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Union
 
-__all__ = ["atomic_write", "write_text_atomic", "write_bytes_atomic"]
+__all__ = ["WriteError", "append_line", "atomic_write", "write_text_atomic", "write_bytes_atomic"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -21,6 +22,30 @@ PathLike = Union[str, os.PathLike]
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
+
+# errno values that mean "the file system is full" (disk space, or the user's quota).
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+class WriteError(OSError):
+    """A file that could not be written (full disk, quota, I/O error); the message is one line naming the file and
+    saying that what was there before is intact."""
+
+
+def _reason(e: OSError) -> str:
+    return "no space left on device" if e.errno in _FULL else (e.strerror or str(e))
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether ``e`` or an exception it was raised from/while handling is ENOSPC/EDQUOT: torch.save's zip writer
+    answers a failed write with its own RuntimeError ("unexpected pos") raised while handling the OSError."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 @contextmanager
@@ -44,9 +69,31 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if not isinstance(e, WriteError) and _disk_full(e):
+            raise WriteError(f"{path}: cannot be written: no space left on device (the file as it was is kept)") from e
         raise
+
+
+def append_line(path: PathLike, line: str) -> None:
+    """Append ``line`` (newline added) with one ``write`` on an ``O_APPEND`` descriptor, whole or not at all: a
+    short write (the disk filled up mid-line) is truncated away and raised as :class:`WriteError`, so readers never
+    see half a record."""
+    data = (line.rstrip("\n") + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written, reason = os.write(fd, data), ""
+        except OSError as e:
+            written, reason = 0, _reason(e)
+        if written != len(data):
+            reason = reason or f"no space left on device (wrote {written} of {len(data)} bytes)"
+            os.ftruncate(fd, size)  # take the torn part back
+            raise WriteError(f"{path}: cannot append a line: {reason} (the lines before it are kept)")
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:

@@ -38,7 +38,7 @@ from partialconv.data.masks import (  # noqa: E402
 from partialconv.engine.cli import run_cli  # noqa: E402
 from partialconv.engine.distributed import init_distributed  # noqa: E402
 from partialconv.engine.inpainting import AMP_DTYPES, inpaint, l1_percent, load_inpainting_model, psnr, ssim  # noqa: E402
-from partialconv.fileio import write_text_atomic  # noqa: E402
+from partialconv.fileio import WriteError, write_text_atomic  # noqa: E402
 
 BORDERS = ("N", "B")  # N: no border constraint, B: no hole within the border margin
 METRICS = (("l1", "L1 (%)", 2), ("psnr", "PSNR", 2), ("ssim", "SSIM", 3))
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError), 2)])
+    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError, WriteError), 2)])
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from partialconv.data.masks import generate_mask, list_images, load_mask_png, sa
 from partialconv.engine.cli import run_cli  # noqa: E402
 from partialconv.engine.distributed import init_distributed  # noqa: E402
 from partialconv.engine.inpainting import AMP_DTYPES, inpaint, load_inpainting_model  # noqa: E402
-from partialconv.fileio import atomic_write  # noqa: E402
+from partialconv.fileio import WriteError, atomic_write  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +46,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--output", required=True, help="output PNG for a single input, else an output folder")
     p.add_argument("--layer-size", type=int, help="network depth, only for checkpoints that do not store it")
+    p.add_argument(
+        "--resize-mask",
+        action="store_true",
+        help="stretch a mask of another size than its image to the image (nearest); without it that is an error",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="mixed precision for the network")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-mask (image i uses seed+i)")
@@ -69,6 +74,7 @@ def _pairs(args) -> list[tuple[Path, Path | None, Path]]:
         out_paths = [Path(args.output) / img.relative_to(src).with_suffix(".png") for img in images]
     else:
         raise FileNotFoundError(f"--input {src}: no such file or folder")
+    _check_writable(Path(args.output) if src.is_dir() else Path(args.output).parent)
     masks: list[Path | None] = [None] * len(images)
     if args.mask:
         mask_src = Path(args.mask)
@@ -82,7 +88,34 @@ def _pairs(args) -> list[tuple[Path, Path | None, Path]]:
             masks = [by_stem[img.stem] for img in images]
         else:
             raise FileNotFoundError(f"--mask {mask_src}: no such file or folder")
-    return list(zip(images, masks, out_paths))
+    pairs = list(zip(images, masks, out_paths))
+    if not args.resize_mask:
+        for image, mask, _ in pairs:  # headers only: refuse before anything is written
+            sizes = (_size(image), _size(mask)) if mask is not None else (None, None)
+            if None not in sizes and sizes[0] != sizes[1]:
+                raise ValueError(_mask_size_message(mask, *sizes[1], *sizes[0]))
+    return pairs
+
+
+def _size(path: Path) -> tuple[int, int] | None:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None  # reported with its own message when the file is loaded
+
+
+def _mask_size_message(mask: Path, mw: int, mh: int, w: int, h: int) -> str:
+    return f"--mask {mask}: {mw}x{mh} px, its image is {w}x{h}; give a mask of the image's size, or --resize-mask"
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse up front an output folder that is, or lies under, an existing file."""
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--output: {parent} is a file, so {folder} cannot be a folder")
+            return
 
 
 def _mask_for(args, mask_path, index: int, h: int, w: int) -> torch.Tensor:
@@ -92,6 +125,8 @@ def _mask_for(args, mask_path, index: int, h: int, w: int) -> torch.Tensor:
         return torch.from_numpy(arr).float()[None, None]
     m = torch.from_numpy(load_mask_png(mask_path)).float()[None, None]
     if m.shape[-2:] != (h, w):
+        if not args.resize_mask:
+            raise ValueError(_mask_size_message(mask_path, m.shape[-1], m.shape[-2], w, h))
         m = F.interpolate(m, size=(h, w), mode="nearest")  # nearest keeps it binary
     return m
 
@@ -105,8 +140,8 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = init_distributed(args.device).device
+    pairs = _pairs(args)  # paths first: a wrong --output fails before the model is loaded
     model = load_inpainting_model(args.checkpoint, device, args.layer_size)
-    pairs = _pairs(args)
     for i, (img_path, mask_path, out_path) in enumerate(pairs):
         image = load_image(img_path)[None].to(device)
         mask = _mask_for(args, mask_path, i, *image.shape[-2:]).to(device)
@@ -120,7 +155,7 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError), 2)])
+    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError, WriteError), 2)])
 
 
 if __name__ == "__main__":

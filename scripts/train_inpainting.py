@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from partialconv.checkpoint import CheckpointError, extract_state_dict, read_checkpoint, save_checkpoint  # noqa: E402
 from partialconv.data.inpainting import InpaintingDataset, InpaintingSampler, skimage_demo_folder  # noqa: E402
+from partialconv.data.loaders import resolve_workers  # noqa: E402
 from partialconv.data.masks import IrregularMaskGenerator, MaskFolder  # noqa: E402
 from partialconv.engine import distributed as dist  # noqa: E402
 from partialconv.engine.cli import run_cli  # noqa: E402
@@ -40,8 +41,14 @@ from partialconv.engine.inpainting import (  # noqa: E402
     ssim,
     train_step,
 )
-from partialconv.fileio import write_text_atomic  # noqa: E402
-from partialconv.losses.inpainting import DEFAULT_WEIGHTS, InpaintingLoss, default_vgg_weights_path  # noqa: E402
+from partialconv.fileio import WriteError, append_line, write_text_atomic  # noqa: E402
+from partialconv.losses.inpainting import (  # noqa: E402
+    DEFAULT_WEIGHTS,
+    VGG16_FILE,
+    InpaintingLoss,
+    default_vgg_weights_path,
+    vgg_file_is_torchvisions,
+)
 from partialconv.models import create_model  # noqa: E402
 
 CHECKPOINT = "checkpoint.pth.tar"
@@ -61,7 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--layer-size", type=int, help="encoder/decoder stages (default: 8 for >= 512 px, else log2(size)-1)"
     )
     p.add_argument("-b", "--batch-size", type=int, help="images per GPU/process per step (default 6, the paper's)")
-    p.add_argument("-j", "--workers", type=int, help="data-loading worker processes per GPU/process (default 4)")
+    p.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        help="data-loading worker processes per GPU/process (default: the CPUs available to each local rank less "
+        "one; demo 0); more than those CPUs is capped",
+    )
     p.add_argument("--iters", type=int, help="total optimisation steps of this phase (default 1000000; demo 20)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4, or 5e-5 with --finetune)")
     p.add_argument("--finetune", action="store_true", help="fine-tuning phase: encoder BN frozen, lr 5e-5")
@@ -71,7 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--vgg-weights",
         default=str(default_vgg_weights_path()),
-        help="torchvision's ImageNet VGG-16 state_dict for the loss (default: %(default)s)",
+        help="torchvision's ImageNet VGG-16 state_dict for the perceptual/style losses, read only when one of them "
+        "has a non-zero weight; a file named vgg16-<sha256 prefix>.pth (torchvision's name) is checked against "
+        "that prefix, any other is used with a warning (default: %(default)s)",
     )
     p.add_argument(
         "--loss-weights",
@@ -93,11 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "batch_size": 6,
         "log_every": 100,
         "val_every": 5000,
-        "workers": 4,
+        "workers": None,  # resolved in main(): the CPUs each local rank has
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, DEMO_DEFAULTS[key] if demo else value)
+    if args.workers is not None and args.workers < 0:
+        p.error(f"-j/--workers must be >= 0, got {args.workers}")
     if args.lr is None:
         args.lr = 5e-5 if args.finetune else 2e-4
     if args.layer_size is None:
@@ -125,31 +142,40 @@ def _parse_weights(p: argparse.ArgumentParser, text: str) -> dict[str, float]:
 
 
 class RunLog:
-    """log.txt, metrics.jsonl and TensorBoard of rank 0; silent on other ranks."""
+    """log.txt, metrics.jsonl and TensorBoard of rank 0; silent on other ranks. The run directory and the event file
+    are made by the first write, so a start that fails its checks leaves nothing behind."""
 
     def __init__(self, out_dir: Path, active: bool) -> None:
         self.active = active
         self.out_dir = out_dir
-        self.tb = None
-        if active:
+        self._tb = None
+
+    @property
+    def tb(self):
+        if self.active and self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out_dir / "tb"))
+            self._tb = SummaryWriter(str(self.out_dir / "tb"))
+        return self._tb
 
     def print(self, msg: str) -> None:
         if self.active:
             print(msg, flush=True)
-            with open(self.out_dir / "log.txt", "a") as f:
-                f.write(msg + "\n")
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            append_line(self.out_dir / "log.txt", msg)
+
+    def warn(self, msg: str) -> None:
+        if self.active:
+            print(f"warning: {msg}", file=sys.stderr, flush=True)
 
     def metrics(self, record: dict) -> None:
         if self.active:
-            with open(self.out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            append_line(self.out_dir / "metrics.jsonl", json.dumps(record))
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        if self._tb is not None:
+            self._tb.close()
 
 
 def build_data(args, info: dist.DistInfo, start_step: int):
@@ -249,10 +275,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     info = dist.init_distributed(args.device)
     device = info.device
+    args.workers = resolve_workers(args.workers, info.is_main)
     out_dir = Path(args.output_dir)
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
     log = RunLog(out_dir, info.is_main)
     try:
         return _train(args, info, device, out_dir, log)
@@ -274,6 +298,11 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
         model.freeze_encoder_bn()
     model.to(device)
     criterion = InpaintingLoss(args.vgg_weights, args.loss_weight_overrides).to(device)
+    if criterion.vgg is not None and not vgg_file_is_torchvisions(args.vgg_weights):
+        log.warn(
+            f"--vgg-weights {args.vgg_weights}: not named like torchvision's {VGG16_FILE}, so not checked; using it "
+            "as VGG-16 ImageNet weights for the perceptual/style losses as it is"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
@@ -286,6 +315,7 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
     if start >= args.iters:
         log.print(f"run already finished ({start}/{args.iters} iterations)")
         return 0
+    train_loader, val_loader = build_data(args, info, start)  # before anything is written: data errors end clean
     if info.is_main:
         config = {k: v for k, v in vars(args).items() if k != "loss_weight_overrides"}
         write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=True))
@@ -294,7 +324,6 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
         if info.distributed
         else model
     )
-    train_loader, val_loader = build_data(args, info, start)
     log.print(
         f"training pconv_unet (layer_size {args.layer_size}, {args.image_size}px) from iteration {start} to "
         f"{args.iters} on {info.world_size} x {device}, batch {args.batch_size}/process, lr {args.lr}"
@@ -372,7 +401,7 @@ def _should_stop(stop: PreemptionFlag, iteration: int, every: int, device: torch
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError), 2)])
+    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError, WriteError), 2)])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -15,9 +16,18 @@ from typing import Callable, Optional, Union
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-__all__ = ["DataError", "ClassificationFolder", "collate_skipping_bad", "check_image_folders"]
+from .imageio import is_hidden, open_rgb
+
+__all__ = [
+    "DataError",
+    "ClassificationFolder",
+    "collate_skipping_bad",
+    "check_image_folders",
+    "ignored_message",
+    "scan_image_folder",
+]
 
 # What PIL raises for a file that is not an image, is truncated or is otherwise undecodable.
 _BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -27,21 +37,48 @@ class DataError(ValueError):
     """A dataset that cannot be used; the message is one line naming the directory or file."""
 
 
-def _rgb_loader(path: str) -> Image.Image:
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        # Palette images with transparency must go through RGBA, or PIL warns and drops the alpha meaning.
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")
-        return img.convert("RGB")  # also grayscale, CMYK, RGBA (alpha dropped)
-
-
 def _class_dirs(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def _has_image(folder: Path) -> bool:
-    return any(p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS) for p in folder.rglob("*"))
+    return any(
+        p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS) and not is_hidden(p, folder) for p in folder.rglob("*")
+    )
+
+
+def scan_image_folder(root: Union[str, Path]) -> tuple[list[str], dict[str, int], list[tuple[str, int]], list[str]]:
+    """torchvision's ImageFolder scan (same classes and sample order) without hidden entries: a hidden folder at the
+    root is not a class, hidden folders and files inside a class folder are not samples. Returns ``(classes,
+    class_to_idx, samples, ignored)``, ``ignored`` naming the hidden paths skipped (root folders and the topmost
+    hidden component inside class folders)."""
+    root = Path(root).expanduser()
+    classes = _class_dirs(root)
+    class_to_idx = {name: i for i, name in enumerate(classes)}
+    ignored = {str(d) for d in root.iterdir() if d.is_dir() and d.name.startswith(".")}
+
+    skip = len(str(root))  # torchvision joins str(root) and the walk's names: the rest is relative to root
+
+    def valid(path: str) -> bool:
+        if not path.lower().endswith(IMG_EXTENSIONS):
+            return False
+        if os.sep + "." not in path[skip:]:  # the common case, kept to string operations (1.28M calls on ImageNet)
+            return True
+        rel = Path(path).relative_to(root)
+        first = next(i for i, part in enumerate(rel.parts) if part.startswith("."))
+        ignored.add(str(root.joinpath(*rel.parts[: first + 1])))
+        return False
+
+    samples = make_dataset(str(root), class_to_idx, is_valid_file=valid)
+    return classes, class_to_idx, samples, sorted(ignored)
+
+
+def ignored_message(ignored: list[str]) -> str:
+    """The warning naming the hidden entries a scan skipped (empty when none)."""
+    if not ignored:
+        return ""
+    shown = ", ".join(ignored[:5]) + (f" (+{len(ignored) - 5} more)" if len(ignored) > 5 else "")
+    return f"ignored hidden folders/files (not classes, not data): {shown}"
 
 
 def check_image_folders(train: Union[str, Path], val: Union[str, Path]) -> list[str]:
@@ -79,10 +116,18 @@ class ClassificationFolder(ImageFolder):
     """
 
     def __init__(self, root: Union[str, Path], transform: Optional[Callable] = None, on_bad_image: str = "skip"):
-        super().__init__(str(root), transform=transform, loader=_rgb_loader)
+        self.ignored: list[str] = []  # hidden entries skipped by the scan (find_classes/make_dataset below)
+        super().__init__(str(root), transform=transform, loader=open_rgb)
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be skip or error; got {on_bad_image!r}")
         self.on_bad_image = on_bad_image
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes, class_to_idx, self._scanned, self.ignored = scan_image_folder(directory)
+        return classes, class_to_idx
+
+    def make_dataset(self, directory: str, class_to_idx: dict[str, int], *args, **kwargs) -> list[tuple[str, int]]:
+        return self._scanned  # made by find_classes, which torchvision calls first with the same directory
 
     def __getitem__(self, key: Union[int, tuple[int, int]]):
         index, seed = key if isinstance(key, tuple) else (key, None)

@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 
-from .datasets import DataError
+from .datasets import DataError, scan_image_folder
+from .imageio import uint16_to_uint8
 from .presets import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 
 if TYPE_CHECKING:  # data must not import engine at run time (imports flow engine -> data)
@@ -84,8 +84,7 @@ class EncodedImageFolder(Dataset):
         self.root = str(root)
         self.train = train
         self.on_bad_image = on_bad_image
-        self.classes, self.class_to_idx = find_classes(self.root)
-        self.samples = make_dataset(self.root, self.class_to_idx, extensions=IMG_EXTENSIONS)
+        self.classes, self.class_to_idx, self.samples, self.ignored = scan_image_folder(self.root)
         self.targets = [t for _, t in self.samples]
 
     def __len__(self) -> int:
@@ -171,9 +170,12 @@ def _decode_one(data: Tensor, device: torch.device, is_jpeg: bool) -> Optional[T
         except RuntimeError:
             pass  # e.g. CMYK or progressive JPEGs nvJPEG rejects; libjpeg-turbo handles them
     try:
-        return decode_image(data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
+        image = decode_image(data, mode=ImageReadMode.RGB)
     except RuntimeError:
         return None
+    if image.dtype == torch.uint16:  # 16-bit PNGs decode as uint16: to 8 bits exactly as the PIL path does
+        image = uint16_to_uint8(image)
+    return image.to(device, non_blocking=True)
 
 
 def resized_output_size(height: int, width: int, size: int) -> tuple[int, int]:

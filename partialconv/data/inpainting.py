@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from ..fileio import atomic_write
+from .imageio import open_rgb
 from .masks import IrregularMaskGenerator, MaskFolder, list_images
 
 __all__ = ["IMAGE_EXTENSIONS", "InpaintingDataset", "InpaintingSampler", "load_image", "skimage_demo_folder"]
@@ -32,8 +33,12 @@ DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry
 def load_image(path: Union[str, os.PathLike]) -> Tensor:
     """An image file as a (3, H, W) float tensor in [0, 1]; one-line error naming the file if it cannot be read."""
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
+        arr = np.asarray(open_rgb(path))
+    except Image.DecompressionBombError as e:
+        raise ValueError(
+            f"image {path}: larger than PIL's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS} pixels "
+            "(split or downscale it first)"
+        ) from e
     except (OSError, ValueError) as e:
         raise ValueError(f"image {path}: cannot be read ({e})") from e
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)

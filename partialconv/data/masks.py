@@ -20,6 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..fileio import atomic_write
+from .imageio import is_hidden, open_gray
 
 __all__ = [
     "HOLE_RATIO_BUCKETS",
@@ -226,8 +227,7 @@ class IrregularMaskGenerator:
 def load_mask_png(path: Union[str, os.PathLike]) -> np.ndarray:
     """A mask PNG (NVIDIA convention: white = hole) as a (H, W) uint8 array with 1 = valid, 0 = hole."""
     try:
-        with Image.open(path) as im:
-            grey = np.asarray(im.convert("L"))
+        grey = np.asarray(open_gray(path))
     except (OSError, ValueError) as e:
         raise ValueError(f"mask {path}: cannot be read as an image ({e})") from e
     return (grey < 128).astype(np.uint8)
@@ -242,11 +242,14 @@ def save_mask_png(mask: Union[np.ndarray, Tensor], path: Union[str, os.PathLike]
 
 
 def list_images(root: Union[str, os.PathLike], extensions: Sequence[str]) -> list[Path]:
-    """Files under ``root`` (recursive) with one of ``extensions``, sorted for a stable order."""
+    """Files under ``root`` (recursive) with one of ``extensions``, sorted for a stable order; hidden files and
+    folders (``.ipynb_checkpoints/``, macOS ``._*`` files) are not data."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a directory")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions and not is_hidden(p, root)
+    )
 
 
 class MaskFolder:

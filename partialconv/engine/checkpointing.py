@@ -3,7 +3,8 @@
 A checkpoint is a dict of tensors and plain values (loads with ``weights_only=True``): ``state_dict`` (model),
 ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (the epoch in progress, 0-based) and ``step`` (its completed
 steps; 0 at an epoch boundary), ``epoch_sums`` (the partial epoch's metric sums), ``best_acc1``, ``rng`` (one
-entry per rank: python, numpy, torch, cuda states as tensors/lists) and ``config``.
+entry per rank: python, numpy, torch, cuda states as tensors/lists), ``config`` and ``epoch_record`` (the last
+completed epoch's ``metrics.jsonl`` line, written back on resume if the file lost it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import CheckpointError, extract_state_dict, read_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, extract_state_dict, read_checkpoint
 from ..fileio import atomic_write
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "gather_rng_states",
     "save_run_checkpoint",
     "find_resume_checkpoint",
+    "finished",
+    "carry_best",
     "run_state",
     "restore_run_state",
 ]
@@ -76,11 +79,17 @@ def gather_rng_states() -> list[dict[str, Any]]:
 def save_run_checkpoint(
     run_dir: Path, state: dict[str, Any], is_best: bool = False, snapshot_epoch: Optional[int] = None
 ) -> None:
-    """Keep the last checkpoint as ``checkpoint.prev.pth.tar`` and write the new one; copy to best/snapshot."""
+    """Write the new checkpoint atomically, keeping the last one as ``checkpoint.prev.pth.tar``; copy to
+    best/snapshot. A full disk raises :class:`~partialconv.fileio.WriteError` (one line) with the old files intact."""
     last = run_dir / LAST
-    if last.is_file():
-        os.replace(last, run_dir / PREVIOUS)
-    save_checkpoint(state, last)
+    with atomic_write(last) as f:
+        torch.save(state, f)
+        # Rotate only once the new file is complete on disk: a full disk (or a kill) while writing leaves the last
+        # checkpoint where --resume auto looks first.
+        f.flush()
+        os.fsync(f.fileno())
+        if last.is_file():
+            os.replace(last, run_dir / PREVIOUS)
     if is_best:
         _copy_atomic(last, run_dir / BEST)
     if snapshot_epoch is not None:
@@ -115,6 +124,30 @@ def find_resume_checkpoint(
     if errors:
         raise CheckpointError(f"--resume auto: no readable checkpoint in {run_dir} ({'; '.join(errors)})")
     return None, None
+
+
+def finished(ckpt: dict[str, Any], epochs: int) -> bool:
+    """Whether a run checkpoint is at the end of a run of ``epochs`` epochs (nothing left to train)."""
+    return int(ckpt.get("epoch", 0)) >= epochs and int(ckpt.get("step", 0)) == 0
+
+
+def carry_best(ckpt_path: Path, best_acc1: float, run_dir: Path, warn=print) -> None:
+    """Resuming ``ckpt_path`` (best top-1 ``best_acc1``) into another run directory: copy the ``model_best.pth.tar``
+    next to it along, so the new directory has the best weights its log names. It must be the one that top-1 came
+    from (not, say, a later epoch's of the same run when resuming a snapshot); an existing one is left alone."""
+    src = Path(ckpt_path).parent / BEST
+    if src.parent.resolve() == run_dir.resolve() or (run_dir / BEST).exists() or best_acc1 <= 0:
+        return
+    found = None
+    if src.is_file():
+        try:
+            found = float(read_checkpoint(src).get("best_acc1", -1.0))
+        except (CheckpointError, AttributeError):
+            found = None
+    if found == best_acc1:
+        _copy_atomic(src, run_dir / BEST)
+    else:
+        warn(f"no {BEST} of best acc@1 {best_acc1:.3f} next to {ckpt_path}: {run_dir} gets one when an epoch beats it")
 
 
 def run_state(

@@ -140,16 +140,23 @@ class PreemptionFlag:
 def load_inpainting_model(path, device: torch.device, layer_size: Optional[int] = None) -> nn.Module:
     """A PConv U-Net in eval mode from a train_inpainting.py checkpoint (its layer_size is stored) or from a plain
     state_dict (then ``layer_size`` is required)."""
-    from ..checkpoint import CheckpointError, extract_state_dict, read_checkpoint
+    from ..checkpoint import CheckpointError, extract_state_dict, load_state, read_checkpoint
     from ..models import create_model
 
     ckpt = read_checkpoint(path)
+    arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
+    if arch not in (None, "pconv_unet"):
+        raise CheckpointError(f"checkpoint {path}: a {arch} checkpoint, not a PConv U-Net (train_inpainting.py's)")
     stored = ckpt.get("layer_size") if isinstance(ckpt, dict) else None
     size = layer_size or stored
     if size is None:
         raise CheckpointError(f"checkpoint {path}: no stored layer_size; pass --layer-size")
     model = create_model("pconv_unet", layer_size=int(size))
-    model.load_state_dict(extract_state_dict(ckpt, path))
+    try:
+        load_state(model, extract_state_dict(ckpt, path), path)
+    except CheckpointError as e:
+        hint = f"--layer-size {size}" if layer_size else f"its stored layer_size {size}"
+        raise CheckpointError(f"{e} (is it a PConv U-Net with {hint}?)") from e
     return model.to(device).eval()
 
 

@@ -6,24 +6,14 @@ Only rank 0 writes; every method is a no-op elsewhere, so callers need no rank c
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from partialconv.fileio import write_text_atomic
+from partialconv.fileio import append_line, write_text_atomic
 
 __all__ = ["RunLogger", "Progress"]
-
-
-def _append_line(path: Path, line: str) -> None:
-    """One ``write`` of a whole line on an O_APPEND descriptor: readers never see half a line."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line.rstrip("\n") + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 class RunLogger:
@@ -38,7 +28,7 @@ class RunLogger:
     def _log_line(self, msg: str) -> None:
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _append_line(self.run_dir / "log.txt", f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
+            append_line(self.run_dir / "log.txt", f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
 
     def info(self, msg: str) -> None:
         if self.enabled:
@@ -50,25 +40,36 @@ class RunLogger:
             print(f"warning: {msg}", file=sys.stderr, flush=True)
             self._log_line(f"warning: {msg}")
 
-    def truncate_metrics(self, completed_epochs: int) -> None:
-        """Drop ``metrics.jsonl`` lines of epochs that will be re-run (resume never duplicates an epoch)."""
+    def truncate_metrics(self, completed_epochs: int, last_record: Optional[dict[str, Any]] = None) -> None:
+        """Drop ``metrics.jsonl`` lines of epochs that will be re-run (resume never duplicates an epoch), and write
+        back ``last_record`` (the checkpoint's copy of epoch ``completed_epochs``' line) if that line is missing,
+        e.g. because the disk filled up after the checkpoint was saved."""
         path = self.run_dir / "metrics.jsonl" if self.run_dir is not None else None
-        if not self.enabled or path is None or not path.is_file():
+        if not self.enabled or path is None:
             return
-        keep = []
-        for line in path.read_text().splitlines():
+        keep, epochs = [], set()
+        lines = path.read_text().splitlines() if path.is_file() else []
+        for line in lines:
             try:
-                if json.loads(line)["epoch"] <= completed_epochs:
+                epoch = json.loads(line)["epoch"]
+                if epoch <= completed_epochs:
                     keep.append(line)
+                    epochs.add(epoch)
             except (ValueError, KeyError, TypeError):
                 continue  # a torn or foreign line: dropped rather than propagated
+        restore = last_record is not None and last_record.get("epoch") == completed_epochs
+        if restore and completed_epochs not in epochs:
+            keep.append(json.dumps(last_record))
+            self.warn(f"{path}: epoch {completed_epochs}'s line was missing; written back from the checkpoint")
+        elif keep == lines:
+            return  # nothing to change: no rewrite (the disk may be full)
         write_text_atomic(path, "".join(f"{line}\n" for line in keep))
 
     def epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled or self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
+        append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
         if self.tensorboard and self._tb is None:
             from torch.utils.tensorboard import SummaryWriter  # slow import; only when asked for
 

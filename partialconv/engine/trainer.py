@@ -7,6 +7,7 @@ read at the print frequency and at the end of the epoch.
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import time
 from contextlib import nullcontext
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -141,9 +143,11 @@ def train_one_epoch(
     first_bad = torch.full((), -1, dtype=torch.long, device=ctx.device)
     progress = Progress(total_steps, f"epoch {epoch + 1}", show_progress, initial=start_step)
     step, images_seen, preempted = start_step, 0, False
-    start = time.perf_counter()
+    start = step_end = time.perf_counter()
+    window = _Window(start_step)
     try:
         for images, targets, bad in loader:
+            window.data_seconds += time.perf_counter() - step_end  # waiting for the loader (host time)
             meter.bad += bad
             if images.numel() == 0:
                 continue
@@ -158,10 +162,17 @@ def train_one_epoch(
             if at_print:
                 _check_finite(first_bad, epoch)
                 if not progress.interactive:
-                    _log_progress(log, epoch, step, total_steps, meter, ctx.optimizer, images_seen, start)
+                    s = meter.local_summary()
+                    log(
+                        f"Epoch: [{epoch + 1}][{step}/{total_steps}] loss {s['loss']:.4f} acc@1 {s['acc1']:.2f} "
+                        f"acc@5 {s['acc5']:.2f} lr {ctx.optimizer.param_groups[0]['lr']:.5f} "
+                        f"{images_seen / max(time.perf_counter() - start, 1e-9):.1f} img/s/rank "
+                        + window.line(step, total_steps)
+                    )
             if preemption is not None and preemption.requested():
                 preempted = True
                 break
+            step_end = time.perf_counter()
     finally:
         progress.close()
     _check_finite(first_bad, epoch)
@@ -177,13 +188,21 @@ def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
         )
 
 
-def _log_progress(log, epoch, step, total, meter, optimizer, images_seen, start) -> None:
-    s = meter.local_summary()
-    rate = images_seen / max(time.perf_counter() - start, 1e-9)
-    log(
-        f"Epoch: [{epoch + 1}][{step}/{total}] loss {s['loss']:.4f} acc@1 {s['acc1']:.2f} acc@5 {s['acc5']:.2f} "
-        f"lr {optimizer.param_groups[0]['lr']:.5f} {rate:.1f} img/s/rank"
-    )
+class _Window:
+    """The tail of a progress line: mean data-loading wait per step since the previous line, the ETA of the loop
+    from this session's pace, and whose numbers the line shows (this rank's: no collective at print time)."""
+
+    def __init__(self, start_step: int) -> None:
+        self.start, self.first_step, self.last_step = time.perf_counter(), start_step, start_step
+        self.data_seconds = 0.0
+
+    def line(self, step: int, total: int) -> str:
+        done = step - self.first_step
+        eta = (total - step) * (time.perf_counter() - self.start) / max(done, 1)
+        data = self.data_seconds / max(step - self.last_step, 1)
+        self.data_seconds, self.last_step = 0.0, step
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        return f"data {data * 1000:.1f} ms/step eta {datetime.timedelta(seconds=round(eta))} [rank {rank} of {world}]"
 
 
 @torch.no_grad()
@@ -194,18 +213,39 @@ def evaluate(
     device: torch.device,
     amp_dtype: Optional[torch.dtype] = None,
     channels_last: bool = False,
+    *,
+    print_freq: int = 0,
+    log: Callable[[str], None] = print,
+    show_progress: bool = False,
 ) -> dict[str, float]:
-    """Loss and top-1/top-5 (percent) over the whole split, summed exactly over ranks (a collective)."""
+    """Loss and top-1/top-5 (percent) over the whole split, summed exactly over ranks (a collective). With
+    ``show_progress`` a bar on a terminal, else (``print_freq`` > 0) a ``Val:`` line every ``print_freq`` steps with
+    this rank's running numbers."""
     model.eval()
     meter = EpochMeter(device)
     amp = torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    for images, targets, bad in loader:
-        meter.bad += bad
-        if images.numel() == 0:
-            continue
-        images, targets = batch_to_device(images, targets, device, channels_last)
-        with amp:
-            logits = model(images)
-            loss = criterion(logits, targets)
-        meter.update(loss.float(), logits.float(), targets)
+    total = len(loader)
+    progress = Progress(total, "val", show_progress)
+    window = _Window(0)
+    step_end = time.perf_counter()
+    try:
+        for step, (images, targets, bad) in enumerate(loader, 1):
+            window.data_seconds += time.perf_counter() - step_end
+            meter.bad += bad
+            if images.numel() > 0:
+                images, targets = batch_to_device(images, targets, device, channels_last)
+                with amp:
+                    logits = model(images)
+                    loss = criterion(logits, targets)
+                meter.update(loss.float(), logits.float(), targets)
+            progress.update()
+            if print_freq > 0 and not progress.interactive and (step % print_freq == 0 or step == total):
+                s = meter.local_summary()
+                log(
+                    f"Val: [{step}/{total}] loss {s['loss']:.4f} acc@1 {s['acc1']:.2f} acc@5 {s['acc5']:.2f} "
+                    + window.line(step, total)
+                )
+            step_end = time.perf_counter()
+    finally:
+        progress.close()
     return meter.reduce()

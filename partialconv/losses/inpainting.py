@@ -11,6 +11,7 @@ fp32, also under autocast. Images are in [0, 1]; they are ImageNet-normalised on
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -27,6 +28,8 @@ __all__ = [
     "InpaintingLoss",
     "VGG16Features",
     "default_vgg_weights_path",
+    "VGG_TERMS",
+    "vgg_file_is_torchvisions",
     "gram_matrix",
     "hole_dilation",
     "total_variation",
@@ -34,6 +37,7 @@ __all__ = [
 
 DEFAULT_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0, "style_comp": 120.0, "tv": 0.1}
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16 weights
+VGG_TERMS = ("perceptual", "style_out", "style_comp")  # the terms that run the VGG
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # Ends of pool1, pool2, pool3 in torchvision's vgg16().features.
@@ -43,6 +47,27 @@ _POOL_ENDS = (5, 10, 17)
 def default_vgg_weights_path() -> Path:
     """Where torchvision itself caches its VGG-16 weights ($TORCH_HOME/hub/checkpoints/vgg16-397923af.pth)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+
+
+def vgg_file_is_torchvisions(path: Union[str, os.PathLike]) -> bool:
+    """Whether the file is named like torchvision's VGG-16 download, ``vgg16-<sha256 prefix>.pth``
+    (``vgg16-397923af.pth``); such a file is checked against that prefix when loaded, any other is used unchecked."""
+    found = torch.hub.HASH_REGEX.search(Path(path).name)
+    return Path(path).name.startswith("vgg16-") and found is not None and len(found.group(1)) >= 6
+
+
+def _check_hash(path: Path) -> None:
+    """torch.hub's rule for its downloads: the hex digits after the '-' of the name start the file's sha256."""
+    prefix = torch.hub.HASH_REGEX.search(path.name).group(1)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(prefix):
+        raise CheckpointError(
+            f"VGG-16 weights {path}: sha256 {digest.hexdigest()[:12]}... does not start with {prefix} (from the file "
+            f"name): a damaged or different file; download {VGG16_FILE} again"
+        )
 
 
 def _vgg_state(path: Union[str, os.PathLike]) -> dict[str, Tensor]:
@@ -55,6 +80,8 @@ def _vgg_state(path: Union[str, os.PathLike]) -> dict[str, Tensor]:
             f"({VGG16_FILE}, https://download.pytorch.org/models/{VGG16_FILE}): copy the file {where}, "
             f"or pass --vgg-weights PATH"
         )
+    if vgg_file_is_torchvisions(path):
+        _check_hash(path)
     state = read_checkpoint(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -129,7 +156,8 @@ class InpaintingLoss(nn.Module):
     ``perceptual``, ``style_out``, ``style_comp``, ``tv``) plus ``total``.
 
     ``vgg_weights``: path to torchvision's VGG-16 ImageNet state_dict; ``None`` gives a randomly initialised VGG
-    (tests only). ``weights`` overrides any of :data:`DEFAULT_WEIGHTS`.
+    (tests only). ``weights`` overrides any of :data:`DEFAULT_WEIGHTS`; with every :data:`VGG_TERMS` weight 0 no
+    VGG is built (and no file read), those terms are 0.
     """
 
     def __init__(
@@ -142,7 +170,7 @@ class InpaintingLoss(nn.Module):
                 f"InpaintingLoss: unknown loss weight(s) {sorted(unknown)}; known: {list(DEFAULT_WEIGHTS)}"
             )
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
-        self.vgg = VGG16Features(vgg_weights)
+        self.vgg = VGG16Features(vgg_weights) if any(self.weights[t] for t in VGG_TERMS) else None
 
     def forward(self, input: Tensor, mask: Tensor, output: Tensor, target: Tensor) -> dict[str, Tensor]:
         with torch.autocast(device_type=output.device.type, enabled=False):
@@ -155,6 +183,16 @@ class InpaintingLoss(nn.Module):
             "valid": (mask * (output - target)).abs().mean(),
             "hole": (hole * (output - target)).abs().mean(),
         }
+        if self.vgg is None:
+            terms.update({t: output.new_zeros(()) for t in VGG_TERMS})
+        else:
+            terms.update(self._vgg_terms(output, comp, target))
+        terms["tv"] = total_variation(comp, hole_dilation(mask))
+        weighted = {k: self.weights[k] * v for k, v in terms.items()}
+        weighted["total"] = sum(weighted.values())
+        return weighted
+
+    def _vgg_terms(self, output: Tensor, comp: Tensor, target: Tensor) -> dict[str, Tensor]:
         b = output.shape[0]
         # One VGG pass for output and composite (both need gradients), one without autograd for the target.
         feats = self.vgg(torch.cat([output, comp], dim=0))
@@ -167,10 +205,4 @@ class InpaintingLoss(nn.Module):
             g_gt = gram_matrix(f_gt)
             style_out = style_out + (gram_matrix(f_out) - g_gt).abs().mean()
             style_comp = style_comp + (gram_matrix(f_comp) - g_gt).abs().mean()
-        terms["perceptual"] = perceptual
-        terms["style_out"] = style_out
-        terms["style_comp"] = style_comp
-        terms["tv"] = total_variation(comp, hole_dilation(mask))
-        weighted = {k: self.weights[k] * v for k, v in terms.items()}
-        weighted["total"] = sum(weighted.values())
-        return weighted
+        return {"perceptual": perceptual, "style_out": style_out, "style_comp": style_comp}
