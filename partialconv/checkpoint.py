@@ -77,9 +77,7 @@ def _load_error_reason(e: Exception) -> str:
     """One line for a failed ``torch.load``: the global that is not allowed when that is the cause (torch's message
     spans many lines with ANSI bold codes and advice to turn ``weights_only`` off, which we never do)."""
     text = _ANSI.sub("", str(e))
-    unsafe = re.search(r"GLOBAL (\S+) was not an allowed global", text) or re.search(
-        r"but got <class '([^']+)'>", text
-    )
+    unsafe = re.search(r"GLOBAL (\S+) was not an allowed global", text) or re.search(r"but got <class '([^']+)'>", text)
     if unsafe:
         return f"it needs the global {unsafe.group(1)}, which weights_only loading does not allow"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
