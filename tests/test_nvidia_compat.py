@@ -158,6 +158,21 @@ def test_numpy_array_metadata_loads(tmp_path):
     assert np.array_equal(ckpt["history"], np.arange(4.0)) and bool(ckpt["flag"])
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_numpy1_pickled_scalar_loads(tmp_path):
+    """numpy < 2 pickles its scalars as ``numpy.core.multiarray.scalar`` (numpy 2: ``numpy._core``)."""
+    multiarray = getattr(np, "_core", np.core).multiarray
+    if not hasattr(np, "_core") or multiarray.scalar.__module__ != "numpy._core.multiarray":
+        pytest.skip("numpy < 2 here: its own name is the old one")
+    multiarray.scalar.__module__ = "numpy.core.multiarray"
+    try:
+        torch.save({"best_acc1": np.float64(12.5)}, tmp_path / "old.pth")
+    finally:
+        multiarray.scalar.__module__ = "numpy._core.multiarray"
+    assert b"numpy.core.multiarray" in (tmp_path / "old.pth").read_bytes()
+    assert read_checkpoint(tmp_path / "old.pth")["best_acc1"] == 12.5
+
+
 def test_state_without_num_batches_tracked_loads(tmp_path):
     ref = create_model("resnet18", num_classes=5)
     old = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}  # PyTorch < 0.4.1
