@@ -52,7 +52,8 @@ def args(data: Path, out: Path, *extra: str) -> list[str]:
 def nvidia_train(arch: str, steps: int = 2, **kwargs) -> tuple[nn.Module, torch.optim.Optimizer]:
     """A model trained a few steps the way NVIDIA's main.py sets it up (on CPU: DataParallel without GPUs simply
     calls the module): ``'vgg' in arch`` wraps ``model.features``, anything else the whole model; SGD over the
-    parameters that require grad."""
+    parameters that require grad. ``simple_cnn*`` stands in for a VGG (its ``features`` wrapped the same way) to keep
+    the end-to-end runs tiny; the VGG layout itself is tested with a real pd-VGG."""
     torch.manual_seed(0)
     model = create_model(arch, **kwargs)
     if "vgg" in arch or arch.startswith("simple_cnn"):
@@ -236,6 +237,7 @@ def test_resume_continues_a_run_of_nvidia_main_py(data, tmp_path, capsys):
         ("other_classes", "does not fit SimpleCNN: shape mismatch: fc.weight"),
         ("other_arch", "does not fit SimpleCNN: .*missing keys"),
         ("no_weights", "expected a state_dict"),
+        ("other_padding", "written for -a pdsimple_cnn_bn, this run is -a simple_cnn_bn; resume with -a pdsimple"),
     ],
 )
 def test_resume_with_unfit_checkpoint_is_one_line(data, tmp_path, capsys, case, expected):
@@ -244,6 +246,9 @@ def test_resume_with_unfit_checkpoint_is_one_line(data, tmp_path, capsys, case, 
         torch.save(create_model("simple_cnn_bn", num_classes=10).state_dict(), path)
     elif case == "no_weights":
         torch.save({"epoch": 3, "best_prec1": 1.0}, path)
+    elif case == "other_padding":  # the same weights: only the name says partial padding
+        model, opt = nvidia_train("pdsimple_cnn_bn", steps=1, num_classes=10)
+        save_like_main_py(path, model, opt, "pdsimple_cnn_bn", 1, 1.0)
     else:
         arch, classes = ("simple_cnn_bn", 5) if case == "other_classes" else ("resnet18", 10)
         model, opt = nvidia_train(arch, steps=1, num_classes=classes)

@@ -151,6 +151,7 @@ def restore_run_state(
     warn=print,
     path: Any = "<checkpoint>",
     steps_per_epoch: Optional[int] = None,
+    arch: Optional[str] = None,
 ):
     """Load a :func:`run_state` dict; returns ``(epoch, step, best_acc1, epoch_sums)``. The RNG states are restored
     only when the checkpoint was written by the same number of processes (each rank takes its own).
@@ -158,7 +159,9 @@ def restore_run_state(
     A checkpoint of NVIDIA's ``main.py`` (``epoch``, ``arch``, ``state_dict``, ``best_prec1``, ``optimizer``) continues
     too: weights, SGD momentum, the epoch (the LR schedule rebuilt for it from this run's config, which needs
     ``steps_per_epoch``) and best top-1; what it lacks is named through ``warn``. Weights that do not fit the model
-    and files that are not training checkpoints raise :class:`CheckpointError` (one line naming ``path``).
+    and files that are not training checkpoints raise :class:`CheckpointError` (one line naming ``path``), as does a
+    foreign checkpoint whose ``arch`` is not ``arch`` (``resnet50`` and ``pdresnet50`` have the same weights: only
+    the name tells the padding apart).
     """
     target = unwrap_model(model)
     state = extract_state_dict(ckpt, path, target.state_dict().keys())
@@ -174,6 +177,11 @@ def restore_run_state(
         raise CheckpointError(f"--resume {path}: optimizer state does not fit this model's SGD ({e})") from e
     epoch = int(ckpt["epoch"])
     if "scheduler" not in ckpt:
+        if arch is not None and ckpt.get("arch") not in (None, arch):
+            raise CheckpointError(
+                f"--resume {path}: written for -a {ckpt['arch']}, this run is -a {arch}; resume with "
+                f"-a {ckpt['arch']}, or start a new run from its weights with --pretrained {path}"
+            )
         return _restore_foreign(ckpt, ctx, epoch, warn, path, steps_per_epoch)
     ctx.scheduler.load_state_dict(ckpt["scheduler"])
     ctx.scaler.load_state_dict(ckpt["scaler"])
