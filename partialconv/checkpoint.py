@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -63,13 +65,28 @@ def _numpy_safe_globals() -> list[Any]:
     return out
 
 
+@functools.cache
+def _allowed_numpy_globals() -> tuple[Any, ...]:
+    """:func:`_numpy_safe_globals`, without the ``(object, name)`` pairs where this torch cannot take them (2.4, 2.5
+    fail on every load with a pair in the allowlist): found out once with an in-memory load."""
+    entries = _numpy_safe_globals()
+    buf = io.BytesIO()
+    torch.save({"x": np.float64(0.0)}, buf)  # a numpy global: what consults the allowlist
+    try:
+        with torch.serialization.safe_globals(entries):
+            torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    except Exception:
+        entries = [e for e in entries if not isinstance(e, tuple)]
+    return tuple(entries)
+
+
 def _safe_globals() -> contextlib.AbstractContextManager:
     """numpy's globals allowed for one ``torch.load`` (``torch.serialization.safe_globals``, torch >= 2.5); on
     torch 2.4 they are added to the process-wide allowlist (``add_safe_globals``), pairs left out."""
-    entries = _numpy_safe_globals()
     if hasattr(torch.serialization, "safe_globals"):
-        return torch.serialization.safe_globals(entries)
-    torch.serialization.add_safe_globals([e for e in entries if not isinstance(e, tuple)])
+        return torch.serialization.safe_globals(list(_allowed_numpy_globals()))
+    if hasattr(torch.serialization, "add_safe_globals"):
+        torch.serialization.add_safe_globals([e for e in _numpy_safe_globals() if not isinstance(e, tuple)])
     return contextlib.nullcontext()
 
 
