@@ -54,8 +54,7 @@ def _numpy_safe_globals() -> list[Any]:
     epoch, often found in other programs' checkpoints) needs. Data only: these rebuild numbers from bytes and a dtype,
     they run no code. numpy < 2 pickles them as ``numpy.core.multiarray.*``, numpy 2 as ``numpy._core.multiarray.*``:
     both names are listed (torch >= 2.5 takes ``(object, name)`` pairs)."""
-    multiarray = getattr(np, "_core", None) or np.core
-    multiarray = multiarray.multiarray
+    multiarray = np._core.multiarray if int(np.__version__.split(".")[0]) >= 2 else np.core.multiarray
     dtype_types = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
     out: list[Any] = [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *sorted(dtype_types, key=str)]
     for name in ("scalar", "_reconstruct"):
