@@ -51,9 +51,9 @@ def save_checkpoint(obj: Any, path: PathLike) -> None:
 
 def _numpy_safe_globals() -> list[Any]:
     """numpy's reconstruction globals: what a pickled numpy scalar/array (``np.float64`` best accuracy, ``np.int64``
-    epoch, often found in other programs' checkpoints) needs. Data only: these rebuild numbers from bytes and a dtype,
-    they run no code. numpy < 2 pickles them as ``numpy.core.multiarray.*``, numpy 2 as ``numpy._core.multiarray.*``:
-    both names are listed (torch >= 2.5 takes ``(object, name)`` pairs)."""
+    epoch, often found in other programs' checkpoints) needs. Data only: these rebuild numbers from bytes and a dtype
+    (object dtypes are not listed), they run no code. numpy < 2 pickles them as ``numpy.core.multiarray.*``, numpy 2
+    as ``numpy._core.multiarray.*``: both names are listed (torch >= 2.6 takes ``(object, name)`` pairs)."""
     multiarray = np._core.multiarray if int(np.__version__.split(".")[0]) >= 2 else np.core.multiarray
     dtype_types = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
     out: list[Any] = [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *sorted(dtype_types, key=str)]
