@@ -53,7 +53,7 @@ def _numpy_safe_globals() -> list[Any]:
     """numpy's reconstruction globals: what a pickled numpy scalar/array (``np.float64`` best accuracy, ``np.int64``
     epoch, often found in other programs' checkpoints) needs. Data only: these rebuild numbers from bytes and a dtype
     (object dtypes are not listed), they run no code. numpy < 2 pickles them as ``numpy.core.multiarray.*``, numpy 2
-    as ``numpy._core.multiarray.*``: both names are listed (torch >= 2.6 takes ``(object, name)`` pairs)."""
+    as ``numpy._core.multiarray.*``: both names are listed (as ``(object, name)`` pairs where torch takes them)."""
     multiarray = np._core.multiarray if int(np.__version__.split(".")[0]) >= 2 else np.core.multiarray
     dtype_types = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
     out: list[Any] = [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *sorted(dtype_types, key=str)]
@@ -66,8 +66,8 @@ def _numpy_safe_globals() -> list[Any]:
 
 @functools.cache
 def _allowed_numpy_globals() -> tuple[Any, ...]:
-    """:func:`_numpy_safe_globals`, without the ``(object, name)`` pairs where this torch cannot take them (2.4, 2.5
-    fail on every load with a pair in the allowlist): found out once with an in-memory load."""
+    """:func:`_numpy_safe_globals`, without the ``(object, name)`` pairs where this torch cannot take them (older
+    versions fail on every load with a pair in the allowlist): found out once with an in-memory load."""
     entries = _numpy_safe_globals()
     buf = io.BytesIO()
     torch.save({"x": np.float64(0.0)}, buf)  # a numpy global: what consults the allowlist
