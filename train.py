@@ -77,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start_epoch, start_step, best_acc1, epoch_sums = 0, 0, 0.0, None
     if ckpt is not None:
         start_epoch, start_step, best_acc1, epoch_sums = restore_run_state(
-            ckpt, model, ctx, dist.rank, dist.world_size, log.warn
+            ckpt, model, ctx, dist.rank, dist.world_size, log.warn, ckpt_path, steps_per_epoch, cfg.arch
         )
         log.info(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}, best acc@1 {best_acc1:.3f}")
     elif (run_dir / LAST).is_file():

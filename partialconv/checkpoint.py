@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,15 +21,21 @@ __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "read_checkpoint",
+    "strip_wrapper_segments",
+    "match_keys",
     "extract_state_dict",
-    "load_checkpoint",
+    "unwrap_model",
     "load_state",
+    "load_checkpoint",
 ]
 
 PathLike = Union[str, os.PathLike]
 
-# Wrappers that prefix every key: DataParallel/DDP ("module."), torch.compile ("_orig_mod.").
-_PREFIXES = ("module.", "_orig_mod.")
+# Key segments added by wrappers: DataParallel/DDP ("module"), torch.compile ("_orig_mod"). They stand first for a
+# wrapped model, or inside a key for a wrapped submodule (NVIDIA's main.py wraps only a VGG's ``features`` in
+# DataParallel: ``features.module.0.weight``), in any order and repetition (compile of DDP and the reverse).
+_WRAPPER_SEGMENTS = frozenset({"module", "_orig_mod"})
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class CheckpointError(RuntimeError):
@@ -38,21 +49,105 @@ def save_checkpoint(obj: Any, path: PathLike) -> None:
         torch.save(obj, f)
 
 
+def _numpy_safe_globals() -> list[Any]:
+    """numpy's reconstruction globals: what a pickled numpy scalar/array (``np.float64`` best accuracy, ``np.int64``
+    epoch, often found in other programs' checkpoints) needs. Data only: these rebuild numbers from bytes and a dtype
+    (object dtypes are not listed), they run no code. numpy < 2 pickles them as ``numpy.core.multiarray.*``, numpy 2
+    as ``numpy._core.multiarray.*``: both names are listed (as ``(object, name)`` pairs where torch takes them)."""
+    multiarray = np._core.multiarray if int(np.__version__.split(".")[0]) >= 2 else np.core.multiarray
+    dtype_types = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
+    out: list[Any] = [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *sorted(dtype_types, key=str)]
+    for name in ("scalar", "_reconstruct"):
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            if f"{module}.{name}" != f"{getattr(multiarray, name).__module__}.{name}":
+                out.append((getattr(multiarray, name), f"{module}.{name}"))
+    return out
+
+
+@functools.cache
+def _allowed_numpy_globals() -> tuple[Any, ...]:
+    """:func:`_numpy_safe_globals`, without the ``(object, name)`` pairs where this torch cannot take them (older
+    versions fail on every load with a pair in the allowlist): found out once with an in-memory load."""
+    entries = _numpy_safe_globals()
+    buf = io.BytesIO()
+    torch.save({"x": np.float64(0.0)}, buf)  # a numpy global: what consults the allowlist
+    try:
+        with torch.serialization.safe_globals(entries):
+            torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    except Exception:
+        entries = [e for e in entries if not isinstance(e, tuple)]
+    return tuple(entries)
+
+
+def _safe_globals() -> contextlib.AbstractContextManager:
+    """numpy's globals allowed for one ``torch.load`` (``torch.serialization.safe_globals``, torch >= 2.5); on
+    torch 2.4 they are added to the process-wide allowlist (``add_safe_globals``), pairs left out."""
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals(list(_allowed_numpy_globals()))
+    if hasattr(torch.serialization, "add_safe_globals"):
+        torch.serialization.add_safe_globals([e for e in _numpy_safe_globals() if not isinstance(e, tuple)])
+    return contextlib.nullcontext()
+
+
+def _load_error_reason(e: Exception) -> str:
+    """One line for a failed ``torch.load``: the global that is not allowed when that is the cause (torch's message
+    spans many lines with ANSI bold codes and advice to turn ``weights_only`` off, which we never do)."""
+    text = _ANSI.sub("", str(e))
+    unsafe = re.search(r"GLOBAL (\S+) was not an allowed global", text) or re.search(r"but got <class '([^']+)'>", text)
+    if unsafe:
+        return f"it needs the global {unsafe.group(1)}, which weights_only loading does not allow"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+    return f"{type(e).__name__}: {first}"
+
+
 def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:
-    """Load with ``weights_only=True`` (tensors, containers and primitives only; no arbitrary unpickling)."""
+    """Load with ``weights_only=True`` (tensors, containers, primitives and numpy numbers only; no arbitrary
+    unpickling)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with _safe_globals():
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated/corrupt/unsafe files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {reason})") from e
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({_load_error_reason(e)})") from e
 
 
-def extract_state_dict(checkpoint: Any, path: PathLike = "<memory>") -> dict[str, torch.Tensor]:
+def strip_wrapper_segments(key: str) -> str:
+    """``key`` without its ``module``/``_orig_mod`` segments (``features.module.0.weight`` -> ``features.0.weight``)."""
+    return ".".join(part for part in key.split(".") if part not in _WRAPPER_SEGMENTS)
+
+
+def match_keys(state: Mapping[str, torch.Tensor], target_keys: Optional[Iterable[str]] = None) -> dict[str, Any]:
+    """``state`` with its keys matched to the model's through wrapper segments.
+
+    The rule: a key the model has as it is stays as it is (a model whose real submodule is named ``module`` keeps
+    it); otherwise a key whose form without wrapper segments equals exactly one model key's form without them is
+    renamed to that model key (so wrapped checkpoints load into plain models and plain ones into wrapped models);
+    keys that match nothing lose their wrapper segments, so mismatch messages name them as a plain model would.
+    Without ``target_keys`` every wrapper segment goes.
+    """
+    if target_keys is None:
+        return {strip_wrapper_segments(k): v for k, v in state.items()}
+    own = set(target_keys)
+    by_stripped: dict[str, Optional[str]] = {}
+    for k in own:
+        s = strip_wrapper_segments(k)
+        by_stripped[s] = None if s in by_stripped else k  # None: ambiguous, never guessed
+    out = {}
+    for k, v in state.items():
+        if k not in own:
+            stripped = strip_wrapper_segments(k)
+            k = by_stripped.get(stripped) or stripped
+        out[k] = v
+    return out
+
+
+def extract_state_dict(
+    checkpoint: Any, path: PathLike = "<memory>", target_keys: Optional[Iterable[str]] = None
+) -> dict[str, torch.Tensor]:
     """The model weights of a plain state_dict or of a training checkpoint (``state_dict``/``model`` key), with
-    wrapper prefixes stripped."""
+    wrapper segments removed (see :func:`match_keys`)."""
     state = checkpoint
     if isinstance(state, Mapping):
         for key in ("state_dict", "model"):
@@ -61,13 +156,7 @@ def extract_state_dict(checkpoint: Any, path: PathLike = "<memory>") -> dict[str
                 break
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path}: expected a state_dict or a dict with a 'state_dict' entry")
-    out = {}
-    for k, v in state.items():
-        for prefix in _PREFIXES:
-            while k.startswith(prefix):
-                k = k[len(prefix) :]
-        out[k] = v
-    return out
+    return match_keys(state, target_keys)
 
 
 def _summary(keys: list[str], limit: int = 8) -> str:
@@ -75,23 +164,29 @@ def _summary(keys: list[str], limit: int = 8) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> nn.Module:
-    """Load the weights in ``path`` into ``model`` (unwrapping DDP/DataParallel/compile on either side).
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module under DataParallel/DDP and torch.compile wrappers (by type: a real submodule named ``module``
+    is left alone)."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
-    Raises :class:`CheckpointError` listing missing and unexpected keys and shape mismatches; with
-    ``strict=False`` missing/unexpected keys are tolerated but shape mismatches still fail.
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: PathLike, strict: bool = True) -> None:
+    """Load weights (keys already matched with :func:`match_keys`) into ``model`` after checking that they fit.
+
+    Raises :class:`CheckpointError` (one line naming ``path``) listing missing and unexpected keys and shape
+    mismatches; with ``strict=False`` missing/unexpected keys are tolerated but shape mismatches still fail.
+    BatchNorm's ``num_batches_tracked`` may be missing (checkpoints of PyTorch < 0.4.1): ``load_state_dict``
+    accepts that and keeps the counter at 0.
     """
-    return load_state(model, extract_state_dict(read_checkpoint(path), path), path, strict)
-
-
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: PathLike, strict: bool = True) -> nn.Module:
-    """:func:`load_checkpoint` for a state_dict already read from ``path`` (named in the error)."""
-    target = model
-    while hasattr(target, "module") and isinstance(target.module, nn.Module):  # DDP / DataParallel
-        target = target.module
-    target = getattr(target, "_orig_mod", target)
-    own = target.state_dict()
-    missing = [k for k in own if k not in state]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     mismatched = [
         f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -106,6 +201,22 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: PathLi
     if strict and unexpected:
         problems.append(f"unexpected keys: {_summary(unexpected)}")
     if problems:
-        raise CheckpointError(f"checkpoint {path} does not fit {type(target).__name__}: " + "; ".join(problems))
-    target.load_state_dict(state, strict=strict)
+        raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(problems))
+    state = dict(state)
+    for k in own:  # what load_state_dict does for an old BatchNorm state, made explicit for any state_dict version
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = torch.zeros_like(own[k])
+    model.load_state_dict(state, strict=strict)
+
+
+def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> nn.Module:
+    """Load the weights in ``path`` into ``model`` (wrapper segments matched on either side: DDP/DataParallel,
+    torch.compile, NVIDIA's DataParallel-wrapped VGG ``features``).
+
+    Raises :class:`CheckpointError` listing missing and unexpected keys and shape mismatches; with
+    ``strict=False`` missing/unexpected keys are tolerated but shape mismatches still fail.
+    """
+    target = unwrap_model(model)
+    state = extract_state_dict(read_checkpoint(path), path, target.state_dict().keys())
+    load_state(target, state, path, strict)
     return model

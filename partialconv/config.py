@@ -17,7 +17,7 @@ from .layers import PADDINGS
 from .models import is_model
 from .models._registry import unknown_model_message
 
-__all__ = ["ConfigError", "build_parser", "parse_config", "run_dir_of", "config_to_yaml"]
+__all__ = ["ConfigError", "build_parser", "parse_config", "check_seed_flags", "run_dir_of", "config_to_yaml"]
 
 # apex's opt levels, for users coming from the seed: O0 is fp32, O1..O3 all mean fp16 mixed precision today.
 _APEX_LEVELS = {"O0": "none", "O1": "fp16", "O2": "fp16", "O3": "fp16"}
@@ -38,7 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-a", "--arch", default="resnet18", help="registry model name (e.g. resnet50, pdresnet50)")
     g.add_argument("--padding", choices=PADDINGS, default=None, help="padding; default: partial for pd* names")
     g.add_argument("--num-classes", type=int, default=None, help="classifier width; default: from the data")
-    g.add_argument("--pretrained", default=None, metavar="PATH", help="initial weights from a local checkpoint")
+    g.add_argument(
+        "--pretrained",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="initial weights from a local checkpoint (no downloads: see docs/checkpoints.md for getting one)",
+    )
 
     g = p.add_argument_group("data")
     g.add_argument("--data_train", "--data-train", dest="data_train", default=None, help="ImageFolder train dir")
@@ -105,7 +112,74 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--tensorboard", action=argparse.BooleanOptionalAction, default=True, help="TensorBoard event files in tb/"
     )
+
+    # NVIDIA main.py's launch flags, accepted so a seed command line gets a one-line answer instead of argparse's.
+    g = p.add_argument_group("seed (NVIDIA main.py) flags")
+    g.add_argument("--gpu", type=int, default=None, metavar="N", help="use GPU N only: the same as --device cuda:N")
+    g.add_argument("--world-size", type=int, default=None, help="not used: prints the equivalent torchrun command")
+    g.add_argument("--rank", type=int, default=None, help="not used: prints the equivalent torchrun command")
+    g.add_argument("--dist-url", default=None, help="not used: prints the equivalent torchrun command")
+    g.add_argument("--dist-backend", default=None, help="not used (nccl on CUDA, gloo on CPU): prints torchrun's")
+    g.add_argument(
+        "--multiprocessing-distributed", action="store_true", help="not used: prints the equivalent torchrun command"
+    )
     return p
+
+
+_SEED_DIST_FLAGS = ("--world-size", "--rank", "--dist-url", "--dist-backend")
+# Where the seed's downloads came from, for --pretrained without a path (this program downloads nothing).
+_WEIGHTS_HINT = (
+    "get the file on a machine with internet access, e.g. torchvision's "
+    "https://download.pytorch.org/models/resnet50-0676ba61.pth for resnet50 or one of NVIDIA's released pd*/zero "
+    "padding checkpoints (links in NVIDIA/partialconv's README), then pass --pretrained /path/to/file.pth"
+)
+
+
+def check_seed_flags(cfg: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Map NVIDIA main.py's flags: ``--gpu N`` becomes ``--device cuda:N``; its distributed flags and a bare
+    ``--pretrained`` raise :class:`ConfigError` with what to do instead (``argv`` rebuilds the torchrun command)."""
+    if cfg.pretrained == "" or cfg.pretrained is True:
+        raise ConfigError(
+            f"--pretrained needs a PATH: weights load from a local file, nothing is downloaded; {_WEIGHTS_HINT}"
+        )
+    if cfg.gpu is not None:
+        if cfg.gpu < 0:
+            raise ConfigError(f"--gpu must be >= 0; got {cfg.gpu}")
+        if cfg.device not in ("auto", f"cuda:{cfg.gpu}"):
+            raise ConfigError(f"--gpu {cfg.gpu} means --device cuda:{cfg.gpu}; it conflicts with --device {cfg.device}")
+        cfg.device = f"cuda:{cfg.gpu}"
+    if cfg.world_size is None and cfg.rank is None and cfg.dist_url is None and cfg.dist_backend is None:
+        if not cfg.multiprocessing_distributed:
+            return
+    raise ConfigError(
+        "--world-size/--rank/--dist-url/--dist-backend/--multiprocessing-distributed are not used: launch with "
+        f"torchrun instead: {torchrun_command(cfg, argv)}"
+    )
+
+
+def torchrun_command(cfg: argparse.Namespace, argv: Sequence[str]) -> str:
+    """The torchrun command line doing what NVIDIA main.py's distributed flags did. With
+    ``--multiprocessing-distributed`` the seed's world size and rank count nodes (one process per GPU); without it
+    they count processes (one per node here)."""
+    rest: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in (*_SEED_DIST_FLAGS, "--multiprocessing-distributed"):
+            skip = name != "--multiprocessing-distributed" and "=" not in arg
+            continue
+        rest.append(arg)
+    nodes = cfg.world_size or 1
+    per_node = "<GPUs per node>" if cfg.multiprocessing_distributed else "1"
+    cmd = ["torchrun", f"--nnodes {nodes}", f"--node-rank {cfg.rank or 0}", f"--nproc-per-node {per_node}"]
+    url = (cfg.dist_url or "").split("://", 1)[-1]
+    if url and nodes > 1:
+        host, _, port = url.rpartition(":")
+        cmd += [f"--master-addr {host or url}"] + ([f"--master-port {port}"] if host else [])
+    return " ".join([*cmd, "train.py", *rest])
 
 
 def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -142,6 +216,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, demo_config: Optional[Pat
     if first.config:
         parser.set_defaults(**_load_yaml(first.config, parser), config=first.config)
     cfg = parser.parse_args(argv)
+    check_seed_flags(cfg, argv)
     return _resolve(cfg)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import CheckpointError, extract_state_dict, read_checkpoint
+from ..checkpoint import CheckpointError, extract_state_dict, load_state, read_checkpoint, unwrap_model
 from ..fileio import atomic_write
 
 __all__ = [
@@ -175,11 +175,47 @@ def run_state(
     }
 
 
-def restore_run_state(ckpt: dict[str, Any], model: torch.nn.Module, ctx, rank: int, world_size: int, warn=print):
+def restore_run_state(
+    ckpt: Any,
+    model: torch.nn.Module,
+    ctx,
+    rank: int,
+    world_size: int,
+    warn=print,
+    path: Any = "<checkpoint>",
+    steps_per_epoch: Optional[int] = None,
+    arch: Optional[str] = None,
+):
     """Load a :func:`run_state` dict; returns ``(epoch, step, best_acc1, epoch_sums)``. The RNG states are restored
-    only when the checkpoint was written by the same number of processes (each rank takes its own)."""
-    model.load_state_dict(extract_state_dict(ckpt))
-    ctx.optimizer.load_state_dict(ckpt["optimizer"])
+    only when the checkpoint was written by the same number of processes (each rank takes its own).
+
+    A checkpoint of NVIDIA's ``main.py`` (``epoch``, ``arch``, ``state_dict``, ``best_prec1``, ``optimizer``) continues
+    too: weights, SGD momentum, the epoch (the LR schedule rebuilt for it from this run's config, which needs
+    ``steps_per_epoch``) and best top-1; what it lacks is named through ``warn``. Weights that do not fit the model
+    and files that are not training checkpoints raise :class:`CheckpointError` (one line naming ``path``), as does a
+    foreign checkpoint whose ``arch`` is not ``arch`` (``resnet50`` and ``pdresnet50`` have the same weights: only
+    the name tells the padding apart).
+    """
+    target = unwrap_model(model)
+    state = extract_state_dict(ckpt, path, target.state_dict().keys())
+    if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "epoch" not in ckpt:
+        raise CheckpointError(
+            f"--resume {path}: holds model weights only (no optimizer state and epoch to continue from); "
+            f"to start a new run from these weights use --pretrained {path}"
+        )
+    load_state(target, state, path)
+    try:
+        ctx.optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"--resume {path}: optimizer state does not fit this model's SGD ({e})") from e
+    epoch = int(ckpt["epoch"])
+    if "scheduler" not in ckpt:
+        if arch is not None and ckpt.get("arch") not in (None, arch):
+            raise CheckpointError(
+                f"--resume {path}: written for -a {ckpt['arch']}, this run is -a {arch}; resume with "
+                f"-a {ckpt['arch']}, or start a new run from its weights with --pretrained {path}"
+            )
+        return _restore_foreign(ckpt, ctx, epoch, warn, path, steps_per_epoch)
     ctx.scheduler.load_state_dict(ckpt["scheduler"])
     ctx.scaler.load_state_dict(ckpt["scaler"])
     rngs = ckpt.get("rng") or []
@@ -187,4 +223,28 @@ def restore_run_state(ckpt: dict[str, Any], model: torch.nn.Module, ctx, rank: i
         set_rng_state(rngs[rank])
     else:
         warn(f"checkpoint written by {len(rngs)} process(es), resuming with {world_size}: RNG states not restored")
-    return int(ckpt["epoch"]), int(ckpt.get("step", 0)), float(ckpt.get("best_acc1", 0.0)), ckpt.get("epoch_sums")
+    return epoch, int(ckpt.get("step", 0)), float(ckpt.get("best_acc1", 0.0)), ckpt.get("epoch_sums")
+
+
+def _restore_foreign(ckpt: dict[str, Any], ctx, epoch: int, warn, path: Any, steps_per_epoch: Optional[int]):
+    """The rest of a checkpoint without our scheduler state (NVIDIA's ``main.py``): its ``epoch`` counts finished
+    epochs, as ours does at an epoch boundary. The LR schedule is this run's, set to where ``epoch`` epochs of
+    ``steps_per_epoch`` iterations leave it; the SGD hyper-parameters of the loaded groups are kept."""
+    if steps_per_epoch is None:
+        raise ValueError("restoring a checkpoint without scheduler state needs steps_per_epoch")
+    sched = ctx.scheduler
+    sched.last_epoch = epoch * steps_per_epoch
+    lrs = [base * factor(sched.last_epoch) for base, factor in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, base, lr in zip(ctx.optimizer.param_groups, sched.base_lrs, lrs):
+        group["initial_lr"], group["lr"] = base, lr
+    sched._last_lr = lrs  # what get_last_lr() reports, as after a step()
+    best = ckpt.get("best_acc1", ckpt.get("best_prec1", 0.0))
+    best = float(best.item() if hasattr(best, "item") else best)
+    arch = f" ({ckpt['arch']})" if ckpt.get("arch") else ""
+    warn(
+        f"{path}{arch} is not a train.py checkpoint (NVIDIA main.py layout): restored weights, SGD momentum, "
+        f"epoch {epoch} and best top-1 {best:.3f}, LR schedule rebuilt from the epoch (lr {lrs[0]:.6g}); "
+        "not restored: RNG streams (data order and augmentation restart from --seed) and any mid-epoch position "
+        "(it continues at the start of the next epoch)"
+    )
+    return epoch, 0, best, None
