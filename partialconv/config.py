@@ -199,10 +199,12 @@ def check_values(
     its flag's own argparse ``type``, ``choices``, ``nargs`` and on/off semantics, then :data:`RANGES`. Raises
     :class:`ConfigError` ``"{where}: key 'lr_schedule': invalid choice: ..."`` on the first bad key."""
     parser = parser or build_parser()
-    actions = {a.dest: a for a in parser._actions if a.dest not in CLI_ONLY}
+    actions = {a.dest: a for a in parser._actions}
     out = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
+        if dest in CLI_ONLY and dest in actions:
+            raise ConfigError(f"{where}: key {key!r}: a command-line flag only (--{dest.replace('_', '-')})")
         if dest not in actions:
             raise ConfigError(f"{where}: unknown key {key!r}")
         try:

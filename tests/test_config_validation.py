@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from partialconv.config import check_values, parse_config
+from partialconv.config import parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.models import create_model
 
@@ -53,6 +53,7 @@ def one_error_line(capsys) -> str:
         ("lr: [0.1]", "key 'lr': expected a number; got [0.1]"),
         ("workers: true", "key 'workers': expected an integer; got True"),
         ("channels_last: 1", "key 'channels_last': expected true or false; got 1"),
+        ("overwrite: true", "key 'overwrite': a command-line flag only (--overwrite)"),
     ],
 )
 def test_bad_yaml_value_is_one_line_naming_file_and_key(data, tmp_path, capsys, yaml_text, message):
@@ -89,6 +90,8 @@ def test_yaml_values_give_what_the_flags_give(tmp_path):
 
 
 def test_checkpoint_config_gets_the_same_checks():
+    from partialconv.config import check_values
+
     with pytest.raises(ValueError, match=r"^ckpt.pth: config: key 'batch_size': invalid int value: 'eight'$"):
         check_values({"batch_size": "eight"}, where="ckpt.pth: config")
     assert check_values({"batch_size": 8, "start_epoch": None}) == {"batch_size": 8, "start_epoch": None}
@@ -127,16 +130,13 @@ def bad_data(data, tmp_path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_error_in_a_dataloader_worker_is_one_line_naming_the_file(bad_data, tmp_path, capsys, workers):
+def test_error_in_a_dataloader_worker_is_one_line_naming_the_file(bad_data, tmp_path, capsys, monkeypatch, workers):
     root, truncated = bad_data
     argv = [*args(root, tmp_path / "run"), "-a", "simple_cnn", "--on-bad-image", "error", "-j", workers]
     assert train.cli(argv) == 1
     line = one_error_line(capsys)
     assert line.startswith(f"train.py: error: bad image {truncated}: ") and "--on-bad-image skip" in line, line
-
-
-def test_unexpected_error_in_a_worker_keeps_its_traceback(data, tmp_path, monkeypatch):
-    """Only the expected errors are shortened: a bug in a worker still propagates with torch's full message."""
+    # Only the expected errors are shortened: a bug in a worker still propagates with torch's whole message.
     from partialconv.data import ClassificationFolder
 
     def broken(self, key):
@@ -144,7 +144,7 @@ def test_unexpected_error_in_a_worker_keeps_its_traceback(data, tmp_path, monkey
 
     monkeypatch.setattr(ClassificationFolder, "__getitem__", broken)
     with pytest.raises(ZeroDivisionError, match="Caught ZeroDivisionError in DataLoader worker process"):
-        train.cli([*args(data, tmp_path / "run"), "-a", "simple_cnn", "-j", "1"])
+        train.cli([*args(root, tmp_path / "run2"), "-a", "simple_cnn", "-j", workers])
 
 
 def test_eval_inpainting_worker_error_is_one_line(tmp_path, capsys):
