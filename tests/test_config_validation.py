@@ -147,10 +147,15 @@ def test_error_in_a_dataloader_worker_is_one_line_naming_the_file(bad_data, tmp_
         train.cli([*args(root, tmp_path / "run2"), "-a", "simple_cnn", "-j", workers])
 
 
-def test_eval_inpainting_worker_error_is_one_line(tmp_path, capsys):
+def eval_inpainting():
     spec = importlib.util.spec_from_file_location("eval_inpainting", ROOT / "scripts" / "eval_inpainting.py")
-    evaluate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_inpainting_worker_error_is_one_line(tmp_path, capsys):
+    evaluate = eval_inpainting()
     weights = tmp_path / "unet.pth"
     torch.save(create_model("pconv_unet", layer_size=3).state_dict(), weights)
     photos = tmp_path / "photos"
@@ -163,3 +168,13 @@ def test_eval_inpainting_worker_error_is_one_line(tmp_path, capsys):
     assert evaluate.cli(argv) == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip() and "evaluating:" not in x]  # no tqdm
     assert len(err) == 1 and err[0].startswith(f"eval_inpainting.py: error: image {broken}: cannot be read"), err
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "--device tpu: not a device"), ("cuda", "--device cuda: CUDA")])
+def test_eval_inpainting_bad_device_is_one_line(tmp_path, capsys, monkeypatch, device, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    evaluate = eval_inpainting()
+    argv = ["--checkpoint", str(tmp_path / "x.pth"), "--data", str(tmp_path), "--device", device]
+    assert evaluate.cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"eval_inpainting.py: error: {message}"), err
