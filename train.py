@@ -147,8 +147,15 @@ def check_run_dir(cfg, run_dir: Path, is_main: bool) -> None:
     """A fresh start (no --resume, or --resume auto finding no checkpoint) in a directory that holds a run's
     checkpoints or metrics is refused unless --overwrite, which first moves that run into ``replaced-<time>/``."""
     found = existing_run_files(run_dir)
-    if not found or (cfg.resume and cfg.resume != "auto"):
+    if not found:
         return
+    if cfg.resume and cfg.resume != "auto":
+        if Path(cfg.resume).resolve().parent == run_dir.resolve():
+            return  # e.g. rolling back to one of this run's snapshots: asked for by name
+        raise ConfigError(
+            f"--resume {cfg.resume}: {run_dir} holds another run ({', '.join(found)}) that resuming there would "
+            "replace; give another --output-dir (or --prefix)"
+        )
     if cfg.resume == "auto" and any(name in found for name in (LAST, PREVIOUS)):
         return  # resumed (or refused by name if unreadable) by find_resume_checkpoint
     if not cfg.overwrite:

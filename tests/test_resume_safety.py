@@ -135,3 +135,15 @@ def test_checkpoint_without_config_skips_the_comparison_with_a_note(data, run_di
     save_checkpoint(ckpt, path)
     assert train.cli(args(data, run_dir, "--epochs", "2", "--resume", str(path), "-b", "8")) == 0
     assert f"{path} stores no training config" in capsys.readouterr().err
+
+
+def test_resume_path_into_a_directory_holding_another_run_is_refused(data, finished, run_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(finished, other)
+    before = snapshot(other)
+    ckpt = run_dir / "checkpoint.pth.tar"
+    assert train.cli(args(data, other, "--epochs", "2", "--resume", str(ckpt))) == 2
+    assert f"--resume {ckpt}: {other} holds another run" in error_line(capsys)
+    assert snapshot(other) == before
+    # a checkpoint of the run directory itself is taken as asked for
+    assert train.cli(args(data, run_dir, "--epochs", "2", "--resume", str(ckpt))) == 0
