@@ -49,8 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_backends(cfg, dist.device)
     seed_everything(cfg.seed)
     run_dir = run_dir_of(cfg)
-    if not cfg.evaluate:
-        check_run_dir(cfg, run_dir, dist.is_main)  # every rank, before the barrier: before rank 0 writes anything
+    replace = not cfg.evaluate and check_run_dir(cfg, run_dir)  # every rank, before rank 0 may write anything
     if dist.is_main:
         resolve_data_dirs(cfg)  # the demo dataset, made once by rank 0
     barrier()
@@ -82,6 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.info(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}, best acc@1 {best_acc1:.3f}")
     if cfg.start_epoch is not None:
         start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
+    if replace and dist.is_main:  # the last check passed: the old run makes room just before the first write
+        log.info(f"--overwrite: the previous run in {run_dir} was moved to {move_run_aside(run_dir)}")
     if dist.is_main:
         log.truncate_metrics(start_epoch)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -143,29 +144,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def check_run_dir(cfg, run_dir: Path, is_main: bool) -> None:
+def check_run_dir(cfg, run_dir: Path) -> bool:
     """A fresh start (no --resume, or --resume auto finding no checkpoint) in a directory that holds a run's
-    checkpoints or metrics is refused unless --overwrite, which first moves that run into ``replaced-<time>/``."""
+    checkpoints or metrics is refused unless --overwrite; returns whether that run is to be moved aside."""
     found = existing_run_files(run_dir)
     if not found:
-        return
+        return False
     if cfg.resume and cfg.resume != "auto":
         if Path(cfg.resume).resolve().parent == run_dir.resolve():
-            return  # e.g. rolling back to one of this run's snapshots: asked for by name
+            return False  # e.g. rolling back to one of this run's snapshots: asked for by name
         raise ConfigError(
             f"--resume {cfg.resume}: {run_dir} holds another run ({', '.join(found)}) that resuming there would "
             "replace; give another --output-dir (or --prefix)"
         )
     if cfg.resume == "auto" and any(name in found for name in (LAST, PREVIOUS)):
-        return  # resumed (or refused by name if unreadable) by find_resume_checkpoint
+        return False  # resumed (or refused by name if unreadable) by find_resume_checkpoint
     if not cfg.overwrite:
         why = "holds a run" if not cfg.resume else "holds a run but no checkpoint to resume"
         raise ConfigError(
             f"{run_dir} {why} ({', '.join(found)}); continue it with --resume auto, start another with a new "
             "--prefix or --output-dir, or start over with --overwrite (the old files are moved aside)"
         )
-    if is_main:
-        print(f"--overwrite: the previous run in {run_dir} moved to {move_run_aside(run_dir)}", flush=True)
+    return True
 
 
 def epoch_record(

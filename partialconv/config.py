@@ -167,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--overwrite",
         action="store_true",
-        help="start over in a run directory that holds a run: its files are first moved into "
-        "<run dir>/replaced-<time>/ (without this flag such a start is refused)",
+        help="start over in a run directory that holds a run: its files are moved into <run dir>/replaced-<time>/ "
+        "(without this flag such a start is refused)",
     )
     g.add_argument("-e", "--evaluate", action="store_true", help="only evaluate (--resume or --pretrained weights)")
     g.add_argument("-p", "--print-freq", type=int, default=10, help="steps between progress lines")

@@ -78,10 +78,20 @@ def test_overwrite_moves_the_old_run_aside_and_starts_over(data, run_dir, capsys
     (aside,) = run_dir.glob("replaced-*")
     assert snapshot(aside) == before  # every old file, byte for byte
     assert (run_dir / "notes.txt").read_text() == "mine"
-    assert f"moved to {aside}" in capsys.readouterr().out
+    assert (
+        f"was moved to {aside}" in capsys.readouterr().out
+        and f"was moved to {aside}" in (run_dir / "log.txt").read_text()
+    )
     assert read_checkpoint(run_dir / "checkpoint.pth.tar")["config"]["lr"] == 0.01
     runs, _ = collect_runs(run_dir)  # the report counts the new run only, not the one moved aside
     assert len(runs) == 1
+
+
+def test_overwrite_that_fails_its_checks_moves_nothing(data, run_dir, capsys):
+    before = snapshot(run_dir)
+    assert train.cli(args(data, run_dir, "--epochs", "1", "--overwrite", "--num-classes", "3")) == 2
+    assert "--num-classes 3: the data has 10 classes" in error_line(capsys)
+    assert snapshot(run_dir) == before and not list(run_dir.glob("replaced-*"))
 
 
 @pytest.mark.parametrize(
