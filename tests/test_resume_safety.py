@@ -3,7 +3,10 @@ aside), and --resume refuses a config that changes the experiment while allowing
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from partialconv.analysis import collect_runs
 from partialconv.checkpoint import read_checkpoint, save_checkpoint
 from partialconv.data.demo import make_demo_dataset
 
+ROOT = Path(__file__).resolve().parents[1]
 BASE = ["-a", "simple_cnn", "-j", "0", "-b", "4", "--train-crop-size", "16", "--val-resize-size", "20"]
 BASE += ["--val-crop-size", "16", "--no-tensorboard", "--device", "cpu", "--seed", "3", "--lr", "0.05"]
 
@@ -157,3 +161,27 @@ def test_resume_path_into_a_directory_holding_another_run_is_refused(data, finis
     assert snapshot(other) == before
     # a checkpoint of the run directory itself is taken as asked for
     assert train.cli(args(data, run_dir, "--epochs", "2", "--resume", str(ckpt))) == 0
+
+
+def test_torchrun_refuses_then_overwrites_once(data, run_dir):
+    """Every rank checks the directory before rank 0 may write; only rank 0 moves the old run aside."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "train.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    before = snapshot(run_dir)
+    refused = subprocess.run(
+        [*cmd, *args(data, run_dir, "--epochs", "1")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert refused.returncode != 0 and f"train.py: error: {run_dir} holds a run" in refused.stderr
+    assert snapshot(run_dir) == before
+    res = subprocess.run(
+        [*cmd, *args(data, run_dir, "--epochs", "1", "--overwrite")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    (aside,) = run_dir.glob("replaced-*")
+    assert snapshot(aside) == before and "on 2 x cpu" in res.stdout
+    assert read_checkpoint(run_dir / "checkpoint.pth.tar")["epoch"] == 1
