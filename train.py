@@ -17,13 +17,16 @@ from typing import Optional, Sequence
 from torch import nn
 
 from partialconv.checkpoint import CheckpointError, load_checkpoint
-from partialconv.config import ConfigError, config_to_yaml, parse_config, run_dir_of
+from partialconv.config import ConfigError, compare_resumed_config, config_to_yaml, parse_config, run_dir_of
 from partialconv.data import DataError, build_loaders, resolve_data_dirs
 from partialconv.engine.checkpointing import (
     LAST,
+    PREVIOUS,
     carry_best,
+    existing_run_files,
     find_resume_checkpoint,
     finished,
+    move_run_aside,
     restore_run_state,
     run_state,
     save_run_checkpoint,
@@ -47,19 +50,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dist = init_distributed(cfg.device)
     configure_backends(cfg, dist.device)
     seed_everything(cfg.seed)
+    run_dir = run_dir_of(cfg)
+    replace = not cfg.evaluate and check_run_dir(cfg, run_dir)  # every rank, before rank 0 may write anything
     if dist.is_main:
         resolve_data_dirs(cfg)  # the demo dataset, made once by rank 0
     barrier()
     resolve_data_dirs(cfg)
     loaders = build_loaders(cfg, dist)
+    if cfg.num_classes is not None and cfg.num_classes < len(loaders.classes):
+        raise ConfigError(f"--num-classes {cfg.num_classes}: the data has {len(loaders.classes)} classes")
     cfg.num_classes = cfg.num_classes or len(loaders.classes)
     check_input_size(cfg)
     model = create_model(cfg.arch, pretrained=cfg.pretrained, padding=cfg.padding, num_classes=cfg.num_classes)
-    run_dir = run_dir_of(cfg)
     log = RunLogger(None if cfg.evaluate else run_dir, dist.is_main, cfg.tensorboard and not cfg.evaluate)
     if cfg.evaluate:
         return evaluate_only(cfg, model, loaders, dist, run_dir, log)
     ckpt, ckpt_path = find_resume_checkpoint(cfg.resume, run_dir, log.warn)
+    if ckpt is not None and isinstance(ckpt.get("config"), dict):
+        changed = compare_resumed_config(ckpt["config"], cfg, str(ckpt_path))
+        if changed:
+            log.info(f"resuming {ckpt_path} with changed settings: {'; '.join(changed)}")
+    elif ckpt is not None:
+        log.warn(f"{ckpt_path} stores no training config: the settings of this run cannot be checked against it")
     if ckpt is not None and cfg.start_epoch is None and finished(ckpt, cfg.epochs):
         if dist.is_main:  # nothing is rewritten; only a metrics line the disk lost is written back
             log.truncate_metrics(int(ckpt["epoch"]), ckpt.get("epoch_record"))
@@ -80,12 +92,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ckpt, model, ctx, dist.rank, dist.world_size, log.warn, ckpt_path, steps_per_epoch, cfg.arch
         )
         log.info(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}, best acc@1 {best_acc1:.3f}")
-    elif (run_dir / LAST).is_file():
-        log.warn(f"{run_dir} already holds a run; starting over (add --resume auto to continue it instead)")
     if cfg.start_epoch is not None:
         start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
     # the line of the last completed epoch, kept in every checkpoint: written back if metrics.jsonl lost it
     last_record = ckpt.get("epoch_record") if ckpt is not None and cfg.start_epoch is None else None
+    if replace and dist.is_main:  # the last check passed: the old run makes room just before the first write
+        log.info(f"--overwrite: the previous run in {run_dir} was moved to {move_run_aside(run_dir)}")
     if dist.is_main:
         log.truncate_metrics(start_epoch, last_record)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +164,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info(f"done: {cfg.epochs} epochs, best val acc@1 {best_acc1:.3f}; checkpoints in {run_dir}")
     log.close()
     return 0
+
+
+def check_run_dir(cfg, run_dir: Path) -> bool:
+    """A fresh start (no --resume, or --resume auto finding no checkpoint) in a directory that holds a run's
+    checkpoints or metrics is refused unless --overwrite; returns whether that run is to be moved aside."""
+    found = existing_run_files(run_dir)
+    if not found:
+        return False
+    if cfg.resume and cfg.resume != "auto":
+        if Path(cfg.resume).resolve().parent == run_dir.resolve():
+            return False  # e.g. rolling back to one of this run's snapshots: asked for by name
+        raise ConfigError(
+            f"--resume {cfg.resume}: {run_dir} holds another run ({', '.join(found)}) that resuming there would "
+            "replace; give another --output-dir (or --prefix)"
+        )
+    if cfg.resume == "auto" and any(name in found for name in (LAST, PREVIOUS)):
+        return False  # resumed (or refused by name if unreadable) by find_resume_checkpoint
+    if not cfg.overwrite:
+        why = "holds a run" if not cfg.resume else "holds a run but no checkpoint to resume"
+        raise ConfigError(
+            f"{run_dir} {why} ({', '.join(found)}); continue it with --resume auto, start another with a new "
+            "--prefix or --output-dir, or start over with --overwrite (the old files are moved aside)"
+        )
+    return True
 
 
 def epoch_record(

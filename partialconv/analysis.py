@@ -273,7 +273,10 @@ def collect_runs(root: Path) -> tuple[list[RunResult], list[str]]:
         raise ReportError(f"results root {root} does not exist")
     if not root.is_dir():
         raise ReportError(f"results root {root} is not a directory")
-    files = sorted(root.rglob(METRICS_FILE))
+    # a run replaced by train.py --overwrite is kept under <run dir>/replaced-<time>/: not a run of the matrix
+    files = sorted(
+        f for f in root.rglob(METRICS_FILE) if not any(d.startswith("replaced-") for d in f.relative_to(root).parts)
+    )
     if not files:
         raise ReportError(
             f"results root {root} contains no {METRICS_FILE} (expected train.py run directories such as "

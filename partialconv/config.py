@@ -7,17 +7,28 @@ and a key the parser does not know is an error naming the file and the key.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import torch
 import yaml
 
 from .layers import PADDINGS
 from .models import is_model
 from .models._registry import unknown_model_message
 
-__all__ = ["ConfigError", "build_parser", "parse_config", "check_seed_flags", "run_dir_of", "config_to_yaml"]
+__all__ = [
+    "ConfigError",
+    "build_parser",
+    "parse_config",
+    "run_dir_of",
+    "config_to_yaml",
+    "check_seed_flags",
+    "check_values",
+    "compare_resumed_config",
+]
 
 # apex's opt levels, for users coming from the seed: O0 is fp32, O1..O3 all mean fp16 mixed precision today.
 _APEX_LEVELS = {"O0": "none", "O1": "fp16", "O2": "fp16", "O3": "fp16"}
@@ -25,6 +36,68 @@ _APEX_LEVELS = {"O0": "none", "O1": "fp16", "O2": "fp16", "O3": "fp16"}
 
 class ConfigError(ValueError):
     """A bad flag or config file; the message is one line naming the flag or file."""
+
+
+def _is_device(value: str) -> bool:
+    return re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is not None
+
+
+# Value ranges, by destination: checked for a flag, a --config YAML value and a resumed checkpoint's config alike
+# (argparse's ``type`` only checks the form). None always passes: it means "not set" for the flags whose default
+# is None (--num-classes: from the data; --start-epoch: from the checkpoint).
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "print_freq": (lambda v: v >= 1, ">= 1"),
+    "lr_step_size": (lambda v: v >= 1, ">= 1"),
+    "train_crop_size": (lambda v: v >= 1, ">= 1"),
+    "val_resize_size": (lambda v: v >= 1, ">= 1"),
+    "val_crop_size": (lambda v: v >= 1, ">= 1"),
+    "num_classes": (lambda v: v >= 2, ">= 2 (or unset: from the data)"),
+    "workers": (lambda v: v >= 0, ">= 0"),
+    "save_every": (lambda v: v >= 0, ">= 0 (0: no snapshots)"),
+    "start_epoch": (lambda v: v >= 0, ">= 0"),
+    "train_min_scale": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "lr": (lambda v: v >= 0, ">= 0"),
+    "momentum": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "lr_gamma": (lambda v: v > 0, "> 0"),
+    "warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "label_smoothing": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "device": (_is_device, "auto, cpu, cuda or cuda:N"),
+}
+
+# Destinations that only make sense for one invocation: not accepted from a YAML file, not saved in config.yaml.
+CLI_ONLY = ("help", "config", "overwrite")
+
+# What a resumed run must share with the checkpoint's run: the model, the data and the recipe (a changed batch
+# size or schedule would train the rest of the run at another learning rate, or skip images mid-epoch). ``epochs``
+# is in it only for the cosine schedule, whose curve depends on the total; the step schedule's does not.
+EXPERIMENT_KEYS = (
+    "arch",
+    "padding",
+    "num_classes",
+    "data_train",
+    "data_val",
+    "data_backend",
+    "batch_size",
+    "lr",
+    "lr_schedule",
+    "lr_step_size",
+    "lr_gamma",
+    "warmup_epochs",
+    "momentum",
+    "weight_decay",
+    "label_smoothing",
+    "train_crop_size",
+    "train_min_scale",
+    "val_resize_size",
+    "val_crop_size",
+    "seed",
+    "amp",
+)
+# Differences not worth a log line on resume (they differ by construction or are resolved into another key).
+_RESUME_QUIET = ("config", "resume", "overwrite", "amp_opt_level", "start_epoch", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
 
     g = p.add_argument_group("performance")
-    g.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     g.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="autocast dtype (fp16 + scaler)")
     g.add_argument("--amp-opt-level", choices=tuple(_APEX_LEVELS), default=None, help="apex-style alias of --amp")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and inputs")
@@ -106,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ckptdirprefix", default="checkpoints/", help="prefix of the run directory (seed layout)")
     g.add_argument("--output-dir", default=None, help="run directory; overrides the ckptdirprefix/prefix layout")
     g.add_argument("--resume", default=None, metavar="PATH|auto", help="checkpoint to resume, or auto (run dir)")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a run directory that holds a run: its files are moved into <run dir>/replaced-<time>/ "
+        "(without this flag such a start is refused)",
+    )
     g.add_argument("-e", "--evaluate", action="store_true", help="only evaluate (--resume or --pretrained weights)")
     g.add_argument("-p", "--print-freq", type=int, default=10, help="steps between progress lines")
     g.add_argument("--save-every", type=int, default=0, help="also keep checkpoint_epoch<N>.pth.tar every N epochs")
@@ -192,14 +271,65 @@ def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value")
-    known = {a.dest for a in parser._actions} - {"help", "config"}
+    return check_values(data, parser, f"--config {path}")
+
+
+def check_values(
+    data: dict[Any, Any], parser: Optional[argparse.ArgumentParser] = None, where: str = "config"
+) -> dict[str, Any]:
+    """``data`` (YAML keys or a checkpoint's config) as the values the flags would give: each value goes through
+    its flag's own argparse ``type``, ``choices``, ``nargs`` and on/off semantics, then :data:`RANGES`. Raises
+    :class:`ConfigError` ``"{where}: key 'lr_schedule': invalid choice: ..."`` on the first bad key."""
+    parser = parser or build_parser()
+    actions = {a.dest: a for a in parser._actions}
     out = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
-        if dest not in known:
-            raise ConfigError(f"--config {path}: unknown key {key!r}")
-        out[dest] = value
+        if dest in CLI_ONLY and dest in actions:
+            raise ConfigError(f"{where}: key {key!r}: a command-line flag only (--{dest.replace('_', '-')})")
+        if dest not in actions:
+            raise ConfigError(f"{where}: unknown key {key!r}")
+        try:
+            out[dest] = _flag_value(parser, actions[dest], value)
+            _check_range(dest, out[dest])
+        except (argparse.ArgumentError, ValueError) as e:
+            raise ConfigError(f"{where}: key {key!r}: {getattr(e, 'message', e)}") from e
     return out
+
+
+def _flag_value(parser: argparse.ArgumentParser, action: argparse.Action, value: Any) -> Any:
+    """What ``action`` stores when its flag is given ``value`` on the command line (YAML scalars are turned into
+    the text one would type, so ``epochs: 2.5`` fails int() as ``--epochs 2.5`` does instead of truncating)."""
+    if action.nargs == 0:  # store_true/false/const, --x/--no-x: the value is the on/off state itself
+        if isinstance(action.const, bool) or isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true or false; got {value!r}")
+            return value
+        if value not in (action.const, action.default):
+            raise ValueError(f"expected {action.const!r} or {action.default!r}; got {value!r}")
+        return value
+    if value is None:
+        if action.default is None:  # the flag's own "not set"
+            return None
+        raise ValueError(f"expected a value (default {action.default!r}); got null")
+    many = action.nargs not in (None, argparse.OPTIONAL)
+    items = value if many and isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, (bool, list, dict)) or item is None:
+            raise ValueError(f"expected {'a list of ' if many else ''}{_kind(action)}; got {item!r}")
+    strings = [repr(v) if isinstance(v, float) else str(v) for v in items]
+    return parser._get_values(action, strings)  # argparse's own type/choices/nargs handling (ArgumentError)
+
+
+def _kind(action: argparse.Action) -> str:
+    if action.choices is not None:
+        return "one of " + ", ".join(map(str, action.choices))
+    return {int: "an integer", float: "a number"}.get(action.type, "a string")
+
+
+def _check_range(dest: str, value: Any) -> None:
+    if dest in RANGES and value is not None and not RANGES[dest][0](value):
+        raise ValueError(f"must be {RANGES[dest][1]}; got {value}")
 
 
 def parse_config(argv: Optional[Sequence[str]] = None, demo_config: Optional[Path] = None) -> argparse.Namespace:
@@ -229,13 +359,20 @@ def _resolve(cfg: argparse.Namespace) -> argparse.Namespace:
         cfg.padding = "partial" if cfg.arch.startswith("pd") else "zero"
     elif cfg.arch.startswith("pd") and cfg.padding != "partial":
         raise ConfigError(f"--padding {cfg.padding}: -a {cfg.arch} is partial padding by name; use the plain name")
-    for flag, value in (("-b/--batch-size", cfg.batch_size), ("--epochs", cfg.epochs)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be >= 1; got {value}")
-    if not 0 < cfg.train_min_scale <= 1:
-        raise ConfigError(f"--train-min-scale must be in (0, 1]; got {cfg.train_min_scale}")
-    if cfg.workers is not None and cfg.workers < 0:
-        raise ConfigError(f"-j/--workers must be >= 0; got {cfg.workers}")
+    flags = {a.dest: "/".join(a.option_strings) for a in build_parser()._actions}
+    for dest in RANGES:
+        try:
+            _check_range(dest, getattr(cfg, dest))
+        except ValueError as e:
+            raise ConfigError(f"{flags[dest]} {e}") from None
+    if cfg.device.startswith("cuda"):
+        index = int(cfg.device.partition(":")[2] or 0)
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {cfg.device}: CUDA is not available here (use --device cpu or auto)")
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {cfg.device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if cfg.overwrite and cfg.resume:
+        raise ConfigError("--overwrite starts the run over; it does not go with --resume")
     if (cfg.data_train is None) != (cfg.data_val is None):
         raise ConfigError("--data_train and --data_val go together (give both, or neither for the demo dataset)")
     if cfg.evaluate and not (cfg.resume or cfg.pretrained):
@@ -252,4 +389,37 @@ def run_dir_of(cfg: argparse.Namespace) -> Path:
 
 def config_to_yaml(cfg: argparse.Namespace) -> str:
     """The resolved config as YAML that ``--config`` accepts back (same keys, plain values)."""
-    return yaml.safe_dump({k: v for k, v in sorted(vars(cfg).items()) if k != "config"}, sort_keys=False)
+    return yaml.safe_dump({k: v for k, v in sorted(vars(cfg).items()) if k not in CLI_ONLY}, sort_keys=False)
+
+
+def compare_resumed_config(saved: dict[str, Any], cfg: argparse.Namespace, source: str) -> list[str]:
+    """Check a resumed run's resolved ``cfg`` against the config its checkpoint (``source``, for messages) was
+    trained with. Raises :class:`ConfigError` listing every :data:`EXPERIMENT_KEYS` difference (and an ``epochs``
+    change under the cosine schedule); returns the other differences as ``"key old -> new"`` for the log.
+
+    The saved config goes through :func:`check_values` first; keys this version does not know are ignored."""
+    known = {a.dest for a in build_parser()._actions} - set(CLI_ONLY)
+    old = check_values({k: v for k, v in saved.items() if k in known}, where=f"{source}: config")
+    new = vars(cfg)
+    refused = [k for k in EXPERIMENT_KEYS if k in old and not _same(k, old[k], new.get(k))]
+    if old.get("lr_schedule") == "cosine" and "epochs" in old and old["epochs"] != cfg.epochs:
+        refused.append("epochs")  # the cosine curve is laid out over the total: the rest would follow another one
+    if refused:
+        was = ", ".join(f"{k}={old[k]}" for k in refused)
+        now = ", ".join(f"{k}={new.get(k)}" for k in refused)
+        raise ConfigError(
+            f"--resume {source}: the checkpoint was trained with {was}; this run has {now}. These change the "
+            "experiment: resume with the checkpoint's values, or start a new run (another --prefix or --output-dir, "
+            "or --overwrite)"
+        )
+    return [
+        f"{k} {old[k]} -> {new[k]}"
+        for k in sorted(old)
+        if k in new and k not in _RESUME_QUIET and not _same(k, old[k], new[k])
+    ]
+
+
+def _same(key: str, old: Any, new: Any) -> bool:
+    if key in ("data_train", "data_val") and old is not None and new is not None:
+        return Path(old).resolve() == Path(new).resolve()  # data/train and /abs/data/train are the same data
+    return old == new

@@ -51,6 +51,7 @@ RESERVED_FLAGS = (
     "--data-val",
     "--prefix",
     "--ckptdirprefix",
+    "--overwrite",
 )
 
 

@@ -156,10 +156,11 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(straight, data,
     out = tmp_path / "nan"
     shutil.copytree(straight, out)
     before = (out / "checkpoint.pth.tar").read_bytes()
-    assert run([*args(data, out), "--epochs", "2", "--lr", "1e30", "-p", "100"]) == 1
+    assert run([*args(data, out), "--epochs", "2", "--lr", "1e30", "-p", "100", "--overwrite"]) == 1
     err = capsys.readouterr().err
     assert "loss is NaN/Inf at epoch 1 step" in err
-    assert (out / "checkpoint.pth.tar").read_bytes() == before
+    (aside,) = out.glob("replaced-*")  # --overwrite moved the old run aside; the failed run wrote no checkpoint
+    assert (aside / "checkpoint.pth.tar").read_bytes() == before and not (out / "checkpoint.pth.tar").exists()
 
 
 def test_torchrun_two_processes_match_one_process(data, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,11 +36,17 @@ __all__ = [
     "carry_best",
     "run_state",
     "restore_run_state",
+    "existing_run_files",
+    "move_run_aside",
 ]
 
 LAST = "checkpoint.pth.tar"
 PREVIOUS = "checkpoint.prev.pth.tar"
 BEST = "model_best.pth.tar"
+# What a train.py run writes in its directory; the checkpoints and metrics are what a fresh start would destroy.
+RESULT_FILES = (LAST, PREVIOUS, BEST, "checkpoint_epoch*.pth.tar", "metrics.jsonl")
+RUN_FILES = (*RESULT_FILES, "log.txt", "config.yaml", "tb")
+REPLACED_PREFIX = "replaced-"  # partialconv.analysis skips run folders under such a directory
 
 
 def rng_state() -> dict[str, Any]:
@@ -148,6 +155,26 @@ def carry_best(ckpt_path: Path, best_acc1: float, run_dir: Path, warn=print) -> 
         _copy_atomic(src, run_dir / BEST)
     else:
         warn(f"no {BEST} of best acc@1 {best_acc1:.3f} next to {ckpt_path}: {run_dir} gets one when an epoch beats it")
+
+
+def existing_run_files(run_dir: Path) -> list[str]:
+    """The names of the checkpoints and metrics of a run already in ``run_dir`` (empty if it holds none)."""
+    return sorted({p.name for pattern in RESULT_FILES for p in Path(run_dir).glob(pattern)})
+
+
+def move_run_aside(run_dir: Path) -> Path:
+    """Move every file a run writes (checkpoints, metrics, log, config, tb/) from ``run_dir`` into a new
+    ``run_dir/replaced-<UTC time>/``, which is returned; other files (e.g. padding_benchmark's run.log) stay."""
+    base = Path(run_dir) / f"{REPLACED_PREFIX}{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    dest, n = base, 1
+    while dest.exists():  # two replacements within a second
+        n += 1
+        dest = base.with_name(f"{base.name}.{n}")
+    dest.mkdir(parents=True)
+    for pattern in RUN_FILES:
+        for path in sorted(Path(run_dir).glob(pattern)):
+            os.replace(path, dest / path.name)  # a rename on the same file system: nothing is copied or lost
+    return dest
 
 
 def run_state(

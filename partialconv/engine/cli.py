@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Callable, Optional, Sequence, TypeVar
 
-__all__ = ["run_cli"]
+__all__ = ["run_cli", "one_line"]
 
 Argv = TypeVar("Argv")
+
+# torch re-raises a DataLoader worker's exception in the main process as the same type, with the message
+# "Caught <Type> in DataLoader worker process <n>.\nOriginal Traceback (most recent call last):\n..." (torch/_utils.py
+# ExceptionWrapper.reraise); the original message is on the traceback's last "<module>.<Type>: message" line.
+_WORKER_HEADER = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def one_line(e: BaseException) -> str:
+    """The message of an expected error as one line: a DataLoader worker's error by its original message."""
+    text = str(e)
+    header = _WORKER_HEADER.match(text)
+    if header:
+        for line in reversed(text.splitlines()):
+            name, sep, message = line.partition(": ")
+            if sep and name.rsplit(".", 1)[-1] == header.group(1):
+                return message
+    return text
 
 
 def run_cli(
@@ -25,7 +43,7 @@ def run_cli(
     except Exception as e:
         for types, code in errors:
             if isinstance(e, types):
-                print(f"{prog}: error: {e}", file=sys.stderr)
+                print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
                 return code
         raise
     finally:

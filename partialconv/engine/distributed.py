@@ -35,10 +35,13 @@ class DistInfo:
 def _pick_device(requested: Optional[str], local_rank: int) -> torch.device:
     if requested in (None, "", "auto"):
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError as e:  # ValueError: what every program's cli() reports as one line
+        raise ValueError(f"--device {requested}: not a device ({str(e).splitlines()[0]})") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was requested but CUDA is not available on this machine")
+            raise ValueError(f"--device {requested}: CUDA is not available on this machine")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
