@@ -45,6 +45,10 @@ def _loader(dataset, sampler: SeededSampler, batch: int, cfg: argparse.Namespace
         persistent_workers=cfg.workers > 0,
         collate_fn=collate_skipping_bad,
         drop_last=False,
+        # Starting an iteration draws the workers' base seed; from the global RNG that draw would shift the model's
+        # random stream (dropout) between a straight run and one resumed mid-epoch or with persistent workers.
+        # Augmentation is seeded per sample (SeededSampler), so the base seed itself does not matter.
+        generator=torch.Generator(),
     )
 
 
