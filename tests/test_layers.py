@@ -108,6 +108,13 @@ def case_of(nd=2, groups=1, c_in=2, c_out=2, k=3, stride=1, dilation=1, padding=
 @example(case_of(k=1, padding=1, size=1, stride=2))  # a 1-pixel input: all border, with hole windows
 @given(conv_cases())
 def test_matches_reference_forward_mask_and_gradients(case):
+    check_against_reference(case)
+
+
+def check_against_reference(case: dict, device: str = "cpu", dtype: torch.dtype = torch.float64, tol: float = 1e-9):
+    """The layer (on ``device``, in ``dtype``) against the float64 CPU reference: output, update mask, gradients of
+    input, weight and bias. Inputs and weights are drawn in float64 and rounded to ``dtype``, so both see the same
+    numbers."""
     g = torch.Generator().manual_seed(case["seed"])
     cls = PartialConv2d if case["nd"] == 2 else PartialConv3d
     layer = cls(
@@ -121,12 +128,12 @@ def test_matches_reference_forward_mask_and_gradients(case):
         bias=case["bias"],
         multi_channel=case["multi_channel"],
         return_mask=True,
-    ).double()
+    ).to(device=device, dtype=dtype)
     with torch.no_grad():
-        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=torch.float64))
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=torch.float64).to(dtype))
         if layer.bias is not None:
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g, dtype=torch.float64))
-    x = torch.randn(case["batch"], case["c_in"], *case["size"], generator=g, dtype=torch.float64)
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g, dtype=torch.float64).to(dtype))
+    x = torch.randn(case["batch"], case["c_in"], *case["size"], generator=g, dtype=torch.float64).to(dtype).double()
     mask_c = case["c_in"] if case["multi_channel"] else 1
     if case["masked"]:
         mask_b = case["batch"] if case["per_sample"] else 1
@@ -134,10 +141,10 @@ def test_matches_reference_forward_mask_and_gradients(case):
     else:
         mask = None
 
-    x1 = x.clone().requires_grad_()
-    out, upd = layer(x1, mask)
-    w_ref = layer.weight.detach().clone().requires_grad_()
-    b_ref = layer.bias.detach().clone().requires_grad_() if layer.bias is not None else None
+    x1 = x.to(device=device, dtype=dtype, copy=True).requires_grad_()
+    out, upd = layer(x1, None if mask is None else mask.to(device=device, dtype=dtype))
+    w_ref = layer.weight.detach().cpu().double().requires_grad_()
+    b_ref = layer.bias.detach().cpu().double().requires_grad_() if layer.bias is not None else None
     x2 = x.clone().requires_grad_()
     ref_mask = mask if mask is not None else torch.ones(1, mask_c, *case["size"], dtype=torch.float64)
     ref_out, ref_upd = reference_partial_conv(
@@ -151,20 +158,20 @@ def test_matches_reference_forward_mask_and_gradients(case):
         case["groups"],
         case["multi_channel"],
     )
-    assert out.shape == ref_out.shape
-    torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-9)
+    assert out.shape == ref_out.shape and out.device.type == torch.device(device).type and out.dtype == dtype
+    torch.testing.assert_close(out.cpu().double(), ref_out, rtol=tol, atol=tol)
     assert upd.shape == ref_upd.shape
-    torch.testing.assert_close(upd.double(), ref_upd)
+    torch.testing.assert_close(upd.cpu().double(), ref_upd)
 
-    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
-    (out * grad).sum().backward()
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64).to(dtype).double()
+    (out * grad.to(device=device, dtype=dtype)).sum().backward()
     # The zero terms keep every leaf in the graph when all windows are holes.
     anchors = x2.sum() + w_ref.sum() + (b_ref.sum() if b_ref is not None else 0)
     ((ref_out * grad).sum() + 0.0 * anchors).backward()
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(layer.weight.grad, w_ref.grad, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(x1.grad.cpu().double(), x2.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(layer.weight.grad.cpu().double(), w_ref.grad, rtol=tol, atol=tol)
     if b_ref is not None:
-        torch.testing.assert_close(layer.bias.grad, b_ref.grad, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(layer.bias.grad.cpu().double(), b_ref.grad, rtol=tol, atol=tol)
 
 
 def test_padding_ratio_closed_form_matches_counting():
