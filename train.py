@@ -32,7 +32,14 @@ from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import check_input_size, configure_backends, prepare_model, seed_everything
-from partialconv.engine.trainer import AMP_DTYPES, NonFiniteLossError, build_context, evaluate, train_one_epoch
+from partialconv.engine.trainer import (
+    AMP_DTYPES,
+    NonFiniteLossError,
+    build_context,
+    evaluate,
+    seek_schedule,
+    train_one_epoch,
+)
 from partialconv.fileio import write_text_atomic
 from partialconv.models import create_model
 
@@ -71,6 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.warn(f"{run_dir} already holds a run; starting over (add --resume auto to continue it instead)")
     if cfg.start_epoch is not None:
         start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
+        seek_schedule(ctx, start_epoch * steps_per_epoch)
     if dist.is_main:
         log.truncate_metrics(start_epoch)
         run_dir.mkdir(parents=True, exist_ok=True)

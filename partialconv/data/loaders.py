@@ -68,6 +68,11 @@ def seeded_samplers(
 def build_loaders(cfg: argparse.Namespace, dist: DistInfo) -> Loaders:
     """Train loader (seeded, split over ranks, ``cfg.batch_size`` global) and exact val loader (no duplicates)."""
     classes = check_image_folders(cfg.data_train, cfg.data_val)
+    if cfg.num_classes is not None and cfg.num_classes < len(classes):
+        raise DataError(
+            f"--num-classes {cfg.num_classes}: --data_train {cfg.data_train} has {len(classes)} classes; the "
+            "classifier needs at least as many outputs"
+        )
     if cfg.batch_size % dist.world_size:
         raise DataError(f"-b/--batch-size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
     local_batch = cfg.batch_size // dist.world_size
