@@ -159,3 +159,19 @@ def test_flag_aliases_give_the_same_config():
     assert (b["data_train"], b["data_val"], b["evaluate"], b["amp"]) == ("t", "v", True, "fp16")
     # the apex-style alias: O0 is no AMP
     assert parse_config(["--amp-opt-level", "O0", "--data_train", "t", "--data_val", "v"]).amp == "none"
+
+
+def test_tensorboard_scalars_are_the_metrics_lines(data, tmp_path):
+    """The event files under tb/ hold, per epoch, the same numbers as metrics.jsonl (float32 in the events)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb_run"
+    flags = [f for f in argv(data, out, "--epochs", "2") if f != "--no-tensorboard"]
+    assert train.cli(flags) == 0
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    lines = records(out)
+    for key in ("train_loss", "train_acc1", "train_acc5", "val_loss", "val_acc1", "val_acc5", "lr"):
+        scalars = events.Scalars(key)
+        assert [s.step for s in scalars] == [1, 2], key
+        assert [s.value for s in scalars] == pytest.approx([r[key] for r in lines], rel=1e-6), key
