@@ -225,4 +225,6 @@ def test_gpu_preprocess_matches_the_pil_path(device, tmp_path):
     x, y, bad = GpuPreprocess(train=True, crop_size=64)(batch, torch.device(device))
     assert x.device.type == device and bad == 0 and y.tolist() == [t for _, t in pil.samples]
     diff = (x.cpu() - expected).abs()
-    assert diff.max() <= (1.5 if device == "cpu" else 6) * LEVEL and diff.mean() <= 0.5 * LEVEL
+    # on CUDA nvJPEG decodes (its IDCT and chroma upsampling round differently from libjpeg-turbo's)
+    max_levels, mean_levels = (1.5, 0.5) if device == "cpu" else (8, 1)
+    assert diff.max() <= max_levels * LEVEL and diff.mean() <= mean_levels * LEVEL
