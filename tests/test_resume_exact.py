@@ -120,15 +120,16 @@ def test_resume_at_epoch_boundaries_is_exact(straight, data, tmp_path, workers):
     assert records(out) == records(straight)
 
 
-@pytest.mark.parametrize("after_step", [2, 5, 7])
-def test_resume_after_a_mid_epoch_signal_is_exact(straight, data, tmp_path, after_step):
-    """SIGUSR1 after training step ``after_step`` (global count; 5 steps per epoch), then --resume auto."""
+@pytest.mark.parametrize("after_step,workers", [(2, "0"), (5, "0"), (7, "0"), (7, "1")])
+def test_resume_after_a_mid_epoch_signal_is_exact(straight, data, tmp_path, after_step, workers):
+    """SIGUSR1 after training step ``after_step`` (global count; 5 steps per epoch), then --resume auto; the
+    interrupted run with -j 0 or one persistent worker."""
     out = tmp_path / "preempted"
     DropoutCNN.signal_after = after_step
-    assert train.cli([*argv(data, out), "--epochs", "3"]) == 128 + signal.SIGUSR1
+    assert train.cli([*argv(data, out), "--epochs", "3", "-j", workers]) == 128 + signal.SIGUSR1
     ckpt = read_checkpoint(out / "checkpoint.pth.tar")
     assert (ckpt["epoch"], ckpt["step"]) == (after_step // 5, after_step % 5)  # 5: at the end of epoch 1
     DropoutCNN.signal_after = None
-    assert train.cli([*argv(data, out), "--epochs", "3", "--resume", "auto"]) == 0
+    assert train.cli([*argv(data, out), "--epochs", "3", "--resume", "auto", "-j", workers]) == 0
     assert_same_weights(straight, out)
     assert records(out) == records(straight)

@@ -6,6 +6,8 @@ run (same global batch) trains on from global batch s onwards, rank r taking pos
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from torch.utils.data import DataLoader
 
@@ -63,3 +65,24 @@ def test_resumed_dataloader_batches_are_the_uninterrupted_batches():
         got = [[int(i) for i in b[0]] for b in loader]
         assert len(as_batches) == size // (world * local_batch) == 5
         assert got == as_batches[2:] and len(loader) == 3
+
+
+@pytest.mark.parametrize("world,batch,size", [(2, 2, 7), (3, 1, 5), (2, 3, 4)])
+def test_inpainting_sampler_resumed_ranks_continue_the_one_process_stream(world, batch, size):
+    """train_inpainting.py's endless sampler: rank r of W resumed at step s yields, step by step, its slice of the
+    global batches s, s+1, ... of a one-process run with the same global batch (crossing epoch boundaries)."""
+    from partialconv.data.inpainting import InpaintingSampler
+
+    steps = 9  # several passes over the tiny set
+    global_batch = world * batch
+    one = list(itertools.islice(InpaintingSampler(size, global_batch, 0, 1, seed=4), steps * global_batch))
+    for start in (0, 1, 3, 5):
+        for rank in range(world):
+            s = InpaintingSampler(size, batch, rank, world, seed=4, start_step=start)
+            got = list(itertools.islice(s, (steps - start) * batch))
+            expected = [
+                key
+                for k in range(start, steps)
+                for key in one[k * global_batch + rank * batch : k * global_batch + (rank + 1) * batch]
+            ]
+            assert got == expected, (rank, start)
