@@ -86,3 +86,67 @@ def test_inpainting_sampler_resumed_ranks_continue_the_one_process_stream(world,
                 for key in one[k * global_batch + rank * batch : k * global_batch + (rank + 1) * batch]
             ]
             assert got == expected, (rank, start)
+
+
+def test_torchrun_resumes_a_one_process_mid_epoch_checkpoint_exactly(tmp_path, monkeypatch):
+    """End to end through a real torchrun (2 processes, gloo): a one-process run stopped by SIGUSR1 after step 2 of
+    5, resumed with two processes, ends like the uninterrupted one-process run (simple_cnn: no BatchNorm, no
+    dropout, so the split over processes is the same computation)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    import train
+    from partialconv.checkpoint import read_checkpoint
+    from partialconv.data.demo import make_demo_dataset
+
+    root = Path(__file__).resolve().parents[1]
+    data = make_demo_dataset(tmp_path / "d", train_per_class=4, val_per_class=2, size=20)
+    flags = ["-a", "simple_cnn", "--device", "cpu", "-j", "0", "-b", "8", "--lr", "0.05", "--seed", "5", "-p", "1"]
+    flags += ["--train-crop-size", "16", "--val-resize-size", "16", "--val-crop-size", "16", "--no-tensorboard"]
+    flags += ["--data_train", str(data / "train"), "--data_val", str(data / "val"), "--epochs", "1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train.cli([*flags, "--output-dir", str(straight)]) == 0
+
+    real_create = train.create_model
+    forwards = []
+
+    def create_and_signal(*args, **kwargs):
+        model = real_create(*args, **kwargs)
+
+        def hook(module, inputs):
+            if module.training and inputs[0].device.type != "meta":
+                forwards.append(1)
+                if len(forwards) == 2:
+                    os.kill(os.getpid(), signal.SIGUSR1)  # handled by the run: stop after this step
+
+        model.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(train, "create_model", create_and_signal)
+    assert train.cli([*flags, "--output-dir", str(resumed)]) == 128 + signal.SIGUSR1
+    assert read_checkpoint(resumed / "checkpoint.pth.tar")["step"] == 2
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "train.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [*cmd, *flags, "--output-dir", str(resumed), "--resume", "auto"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "on 2 x cpu" in res.stdout and "Epoch: [1][5/5]" in res.stdout  # steps 3..5 run, by both ranks
+    a = read_checkpoint(straight / "checkpoint.pth.tar")["state_dict"]
+    b = read_checkpoint(resumed / "checkpoint.pth.tar")["state_dict"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+    ma, mb = (json.loads((d / "metrics.jsonl").read_text()) for d in (straight, resumed))
+    assert mb["train_loss"] == pytest.approx(ma["train_loss"], rel=1e-5)
+    assert (mb["train_acc1"], mb["val_acc1"], mb["val_acc5"]) == (ma["train_acc1"], ma["val_acc1"], ma["val_acc5"])
