@@ -40,6 +40,17 @@ DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=
 LEVEL = 1 / 255 / min(IMAGENET_STD)
 
 
+@pytest.fixture(autouse=True)
+def no_tf32(monkeypatch):
+    """fp32 means fp32 here: TF32 convs/matmuls (10 mantissa bits) would differ between the compared runs' kernels.
+    train.py leaves these flags alone under --deterministic, which every run here uses."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # matmuls: the public switch (the cuBLAS flag varies by version)
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
 # ------------------------------------------------------------------------------------------------------ the layer
 
 REFERENCE_CASES = [
@@ -57,9 +68,8 @@ REFERENCE_CASES = [
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("index", range(len(REFERENCE_CASES)))
-def test_layer_matches_the_cpu_float64_reference(device, dtype, index, monkeypatch):
+def test_layer_matches_the_cpu_float64_reference(device, dtype, index):
     tol = 1e-9 if dtype == torch.float64 else 2e-4
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # TF32 convs round to 10 mantissa bits
     check_against_reference(REFERENCE_CASES[index], device=device, dtype=dtype, tol=tol)
 
 
