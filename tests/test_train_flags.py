@@ -175,3 +175,19 @@ def test_tensorboard_scalars_are_the_metrics_lines(data, tmp_path):
         scalars = events.Scalars(key)
         assert [s.step for s in scalars] == [1, 2], key
         assert [s.value for s in scalars] == pytest.approx([r[key] for r in lines], rel=1e-6), key
+
+
+def test_save_every_snapshots_hold_that_epochs_weights(data, tmp_path):
+    """--save-every 1: checkpoint_epoch1 is the state after epoch 1 (the final state of a 1-epoch run with the same
+    seed), checkpoint_epoch2 the final state."""
+    out, one = tmp_path / "snap", tmp_path / "one"
+    assert train.cli(argv(data, out, "--epochs", "2", "--save-every", "1", "--deterministic")) == 0
+    assert train.cli(argv(data, one, "--epochs", "1", "--deterministic")) == 0
+    snap1 = read_checkpoint(out / "checkpoint_epoch1.pth.tar")
+    snap2 = read_checkpoint(out / "checkpoint_epoch2.pth.tar")
+    assert (snap1["epoch"], snap2["epoch"]) == (1, 2)
+    for k, v in weights(one).items():
+        assert torch.equal(snap1["state_dict"][k], v), k
+    for k, v in weights(out).items():
+        assert torch.equal(snap2["state_dict"][k], v), k
+    assert not torch.equal(snap1["state_dict"]["fc.weight"], snap2["state_dict"]["fc.weight"])
