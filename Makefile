@@ -1,5 +1,6 @@
-# `make test` works on a fresh machine with only python3 and make: it builds .venv, installs the project with its
-# dev extras (pinned by constraints.txt) and runs lint + the test suite.
+# `make test` works on a fresh machine with python3, make and a C++ compiler (inductor's, for the torch.compile
+# tests): it builds .venv, installs the project with its dev extras (pinned by constraints.txt) and runs lint + the
+# test suite.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -18,7 +19,9 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# The torch.compile tests run inductor, which builds C++ on CPU (Debian: apt-get install g++).
 test: lint
+	@command -v $${CXX:-g++} >/dev/null || { echo "make test: error: no C++ compiler ($${CXX:-g++}) for the torch.compile tests; install g++ (apt-get install g++) or set CXX" >&2; exit 1; }
 	$(PY) -m pytest -q
 
 demo: venv

@@ -37,7 +37,14 @@ from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import check_input_size, configure_backends, prepare_model, seed_everything
-from partialconv.engine.trainer import AMP_DTYPES, NonFiniteLossError, build_context, evaluate, train_one_epoch
+from partialconv.engine.trainer import (
+    AMP_DTYPES,
+    NonFiniteLossError,
+    build_context,
+    evaluate,
+    seek_schedule,
+    train_one_epoch,
+)
 from partialconv.fileio import WriteError, write_text_atomic
 from partialconv.models import create_model
 
@@ -57,8 +64,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     barrier()
     resolve_data_dirs(cfg)
     loaders = build_loaders(cfg, dist)
-    if cfg.num_classes is not None and cfg.num_classes < len(loaders.classes):
-        raise ConfigError(f"--num-classes {cfg.num_classes}: the data has {len(loaders.classes)} classes")
     cfg.num_classes = cfg.num_classes or len(loaders.classes)
     check_input_size(cfg)
     model = create_model(cfg.arch, pretrained=cfg.pretrained, padding=cfg.padding, num_classes=cfg.num_classes)
@@ -94,6 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.info(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}, best acc@1 {best_acc1:.3f}")
     if cfg.start_epoch is not None:
         start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
+        seek_schedule(ctx, start_epoch * steps_per_epoch)
     # the line of the last completed epoch, kept in every checkpoint: written back if metrics.jsonl lost it
     last_record = ckpt.get("epoch_record") if ckpt is not None and cfg.start_epoch is None else None
     if replace and dist.is_main:  # the last check passed: the old run makes room just before the first write

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The issue-5 GPU measurements (one H200, bf16, channels_last, 224 px), each part writing its own dated results
-# under benchmarks/results/. Run all parts, or some: `bash benchmarks/h200_suite.sh 2 3`. Each part is sized to
+# The GPU suite: part 0 runs the CUDA test set (`pytest -m cuda`, tests/test_cuda.py); parts 1-7 are the issue-5
+# GPU measurements (one H200, bf16, channels_last, 224 px), each writing its own dated results under
+# benchmarks/results/. Run all parts, or some: `bash benchmarks/h200_suite.sh 0 2 3`. A failing part 0 does not
+# stop the measurements; the script then exits with status 1 at the end. Each part is sized to
 # stay under 10 minutes on an H200 (an estimate: compilation included, not yet timed), so each can be one call of a
 # time-limited job. Real-data parts use 16384 generated JPEGs (64 steps per pass at batch 256), so the pause at
 # each pass boundary (workers refilling the prefetch queue) stays around 1% of a window.
@@ -13,6 +15,7 @@ G="--gen-images 16384"
 
 part() {
   case "$1" in
+    0) $PY -m pytest -q -rs -m cuda tests/ || TESTS_FAILED=1 ;;                  # the CUDA test set
     1) $B --pd-impl border full ;;                                                # eager, model only, 4 archs
     2) $B --archs resnet50 pdresnet50 --pd-impl border full --compile ;;          # compiled, model only
     3) $B --archs resnet50 pdresnet50 --compile --data real -j "$J" --data-backend pil $G ;;   # whole step, PIL
@@ -20,13 +23,18 @@ part() {
     5) $B --data loader-only --data-backend pil -j 8 "$J" --malloc default glibc pillow $G ;;  # data path alone
     6) $B --archs pdresnet50 --find-max-batch --windows 1 --steps 5 --warmup 3 ;;  # largest batch + eager rate
     7) $B --archs vgg16_bn pdvgg16_bn --compile ;;                                # compiled VGG
-    *) echo "unknown part $1 (1-7)" >&2; exit 2 ;;
+    *) echo "unknown part $1 (0-7)" >&2; exit 2 ;;
   esac
 }
 
-for p in "${@:-1 2 3 4 5 6 7}"; do
+TESTS_FAILED=0
+for p in "${@:-0 1 2 3 4 5 6 7}"; do
   for q in $p; do
     echo "== part $q"
     part "$q"
   done
 done
+if [ "$TESTS_FAILED" != 0 ]; then
+  echo "h200_suite: the CUDA test set (part 0) failed" >&2
+  exit 1
+fi

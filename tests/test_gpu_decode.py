@@ -138,6 +138,8 @@ def test_channels_last_output_and_bad_eval_sizes(folder: str) -> None:
     batch = collate_encoded([encoded[0], encoded[1]])
     x, _, _ = GpuPreprocess(True, 32, memory_format=torch.channels_last)(batch, torch.device("cpu"))
     assert x.is_contiguous(memory_format=torch.channels_last) and x.shape == (2, 3, 32, 32)
+    plain, _, _ = GpuPreprocess(True, 32)(batch, torch.device("cpu"))
+    assert plain.is_contiguous() and torch.equal(x, plain)  # the same values, only the layout differs
     with pytest.raises(DataError, match="--val-resize-size 200 must be >= --val-crop-size 224"):
         GpuPreprocess(False, 224, 200)
 

@@ -10,6 +10,7 @@ import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
 from partialconv.checkpoint import read_checkpoint
@@ -130,7 +131,8 @@ def test_train_resume_round_trip_is_exact(runs):
     log = (runs / "split" / "log.txt").read_text()
     assert "resumed from" in log and "iter 3/4 valid" in log
     assert list((runs / "split" / "tb").glob("events.out.tfevents.*"))
-    assert (runs / "split" / "config.yaml").is_file()
+    config = yaml.safe_load((runs / "split" / "config.yaml").read_text())
+    assert (config["iters"], config["image_size"], config["layer_size"], config["resume"]) == (4, 32, 3, "auto")
 
 
 def test_finetune_freezes_encoder_bn_and_checks_phase(runs, photos, vgg_file):

@@ -1,7 +1,10 @@
 """The model zoo: registry, torchvision equivalence, paddings."""
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -83,13 +86,52 @@ def test_padding_kwarg_selects_conv_type(padding):
     assert model.fc.out_features == 3
 
 
+class FormulaPartialConv(nn.Module):
+    """Padding-mode partial convolution straight from the paper's formula with plain F.conv2d calls:
+    conv(x) * window / count + b, count = valid taps of the zero-padded all-ones image (no holes in these models)."""
+
+    def __init__(self, conv: PartialConv2d) -> None:
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+        self.dilation, self.groups = conv.dilation, conv.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self
+        raw = F.conv2d(x, c.weight, None, c.stride, c.padding, c.dilation, c.groups)
+        ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype)
+        count = F.conv2d(ones, torch.ones(1, 1, *c.kernel_size, dtype=x.dtype), None, c.stride, c.padding, c.dilation)
+        out = raw * (c.kernel_size[0] * c.kernel_size[1] / count)
+        return out + c.bias.view(-1, 1, 1) if c.bias is not None else out
+
+
+def with_formula_convs(model: nn.Module) -> nn.Module:
+    for name, child in model.named_children():
+        if isinstance(child, PartialConv2d):
+            setattr(model, name, FormulaPartialConv(child))
+        else:
+            with_formula_convs(child)
+    return model
+
+
 @pytest.mark.parametrize("name", ["pdresnet18", "pdvgg11"])
 @pytest.mark.parametrize("size", [32, 45])
-def test_small_and_odd_inputs_work(name, size):
-    model = create_model(name, num_classes=5).eval()
+def test_small_and_odd_inputs_match_the_formula(name, size):
+    """Small and odd sizes (stride-2 convs on odd maps, 1x1 and 2x2 maps at the end): the whole network in float64
+    equals the same network with every partial conv computed from the formula."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5).double().eval()
     with torch.no_grad():
-        out = model(torch.randn(1, 3, size, size))
-    assert out.shape == (1, 5) and torch.isfinite(out).all()
+        for m in model.modules():
+            if isinstance(m, PartialConv2d) and m.bias is not None:
+                m.bias.normal_()  # VGG initialises biases to 0, which would hide the border bias term
+    reference = with_formula_convs(copy.deepcopy(model))
+    assert not any(isinstance(m, PartialConv2d) for m in reference.modules())
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(x)
+        torch.testing.assert_close(out, reference(x), rtol=1e-10, atol=1e-10)
+    assert out.shape == (2, 5)
 
 
 def test_partial_padding_changes_border_but_not_unpadded_convs():

@@ -306,6 +306,7 @@ def _encoded_loader(dataset: EncodedImageFolder, sampler, batch: int, workers: i
         collate_fn=collate_encoded,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator(),  # see loaders._loader: keeps the global RNG (dropout) out of the data path
     )
 
 

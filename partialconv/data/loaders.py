@@ -77,6 +77,10 @@ def _loader(dataset, sampler: SeededSampler, batch: int, cfg: argparse.Namespace
         persistent_workers=cfg.workers > 0,
         collate_fn=collate_skipping_bad,
         drop_last=False,
+        # Starting an iteration draws the workers' base seed; from the global RNG that draw would shift the model's
+        # random stream (dropout) between a straight run and one resumed mid-epoch or with persistent workers.
+        # Augmentation is seeded per sample (SeededSampler), so the base seed itself does not matter.
+        generator=torch.Generator(),
     )
 
 
@@ -97,6 +101,11 @@ def build_loaders(cfg: argparse.Namespace, dist: DistInfo) -> Loaders:
     """Train loader (seeded, split over ranks, ``cfg.batch_size`` global) and exact val loader (no duplicates)."""
     classes = check_image_folders(cfg.data_train, cfg.data_val)
     cfg.workers = resolve_workers(cfg.workers, dist.is_main)  # the count used, also in the run's config.yaml
+    if cfg.num_classes is not None and cfg.num_classes < len(classes):
+        raise DataError(
+            f"--num-classes {cfg.num_classes}: --data_train {cfg.data_train} has {len(classes)} classes; the "
+            "classifier needs at least as many outputs"
+        )
     if cfg.batch_size % dist.world_size:
         raise DataError(f"-b/--batch-size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
     local_batch = cfg.batch_size // dist.world_size

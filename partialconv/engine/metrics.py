@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, is_main_process
 
 __all__ = ["topk_correct", "EpochMeter"]
 
@@ -38,11 +38,15 @@ class EpochMeter:
         self.sums += torch.stack([loss.detach().to(dt) * n, c1.to(dt), c5.to(dt), count])
 
     def state_dict(self) -> dict[str, float]:
-        """Plain floats (one host sync), to carry a partial epoch over a preemption."""
-        return {**dict(zip(_FIELDS, self.sums.tolist())), "bad": float(self.bad)}
+        """The sums over all ranks as plain floats, to carry a partial epoch over a preemption (a collective in a
+        distributed run: every rank must call it)."""
+        total = all_reduce_sum(torch.cat([self.sums, self.sums.new_tensor([self.bad])]))
+        return dict(zip((*_FIELDS, "bad"), total.tolist()))
 
     def load_state_dict(self, state: Optional[dict[str, float]]) -> None:
-        if state:
+        """Rank 0 takes the saved sums (over all ranks of the run that saved them), the others start from zero:
+        the epoch's :meth:`reduce` then counts every sample once, whatever the world size of either run."""
+        if state and is_main_process():
             self.sums.copy_(torch.tensor([state[f] for f in _FIELDS], dtype=self.sums.dtype))
             self.bad = int(state["bad"])
 

@@ -10,6 +10,7 @@ import argparse
 import datetime
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -31,6 +32,7 @@ __all__ = [
     "EpochResult",
     "build_context",
     "lr_factor",
+    "seek_schedule",
     "train_step",
     "train_one_epoch",
     "evaluate",
@@ -77,6 +79,16 @@ def lr_factor(cfg: argparse.Namespace, steps_per_epoch: int) -> Callable[[int], 
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def seek_schedule(ctx: TrainContext, iteration: int) -> None:
+    """Put the LR schedule at global ``iteration`` (``--start-epoch``): the LR of a run that got there, whatever the
+    checkpoint or a fresh start left the scheduler at."""
+    with warnings.catch_warnings():
+        # "scheduler.step() before optimizer.step()": on a fresh run; no optimiser step is skipped by this.
+        warnings.simplefilter("ignore", UserWarning)
+        ctx.scheduler.last_epoch = iteration - 1
+        ctx.scheduler.step()
 
 
 def build_context(

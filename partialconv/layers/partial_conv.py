@@ -84,9 +84,10 @@ def _make_plan(
     nd = len(counts)
     dense = dense or not symmetric or any(c == 0 for dim in counts for c in dim)
     if dense:
-        dense_ratio = _outer([torch.tensor(r, dtype=torch.float32, device=device) for r in ratios])
+        # float64 products rounded once to dtype: float32 ratios such as 5/3 would cost float64 layers 1e-7.
+        dense_ratio = _outer([torch.tensor(r, dtype=torch.float64) for r in ratios]).to(dtype).to(device)
         update_mask = (dense_ratio > 0).to(dtype)
-        return True, (), dense_ratio.to(dtype), update_mask
+        return True, (), dense_ratio, update_mask
 
     # Per dimension the ratio differs from 1 on a leading and a trailing run of positions only.
     spans = []
@@ -113,7 +114,7 @@ def _make_plan(
             boxes = []
             for start, stop in piece:
                 starts[d], stops[d] = start, stop
-                vectors = [torch.tensor(ratios[e][starts[e] : stops[e]], dtype=torch.float32) for e in range(nd)]
+                vectors = [torch.tensor(ratios[e][starts[e] : stops[e]], dtype=torch.float64) for e in range(nd)]
                 boxes.append(_outer(vectors))
             if len(boxes) == 2:
                 # Laid out like the unfold view of _box: the pair index at d, the run's positions last.
@@ -124,7 +125,7 @@ def _make_plan(
                 ratio = boxes[0]
                 starts[d], stops[d] = piece[0]
                 pair = None
-            ratio = ratio.to(device=device, dtype=dtype)
+            ratio = ratio.to(dtype).to(device)
             lengths = tuple(hi - lo for lo, hi in zip(starts, stops))
             regions.append((tuple(starts), lengths, pair, ratio, 1 - ratio))
     return False, tuple(regions), None, None

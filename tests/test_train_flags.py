@@ -1,0 +1,193 @@
+"""train.py flags the README promises, checked by their effect: --pretrained, --start-epoch, --train-min-scale,
+--num-classes, --compile and the flag aliases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from partialconv.checkpoint import read_checkpoint, save_checkpoint
+from partialconv.config import parse_config
+from partialconv.data import ClassificationFolder, build_loaders, eval_transform
+from partialconv.data.demo import make_demo_dataset
+from partialconv.engine.distributed import DistInfo
+from partialconv.models import create_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BASE = ["-a", "simple_cnn", "--device", "cpu", "-j", "0", "-b", "8", "--lr", "0.05", "--seed", "3", "-p", "100"]
+BASE += ["--train-crop-size", "16", "--val-resize-size", "16", "--val-crop-size", "16", "--no-tensorboard"]
+CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    # 10 classes x 4 train images of 20 px, batch 8: 5 steps per epoch
+    return make_demo_dataset(tmp_path_factory.mktemp("data") / "d", train_per_class=4, val_per_class=2, size=20)
+
+
+def argv(data: Path, out: Path, *extra: str) -> list[str]:
+    dirs = ["--data_train", str(data / "train"), "--data_val", str(data / "val")]
+    return [*BASE, *dirs, "--output-dir", str(out), *extra]
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(run / "checkpoint.pth.tar")["state_dict"]
+
+
+def test_pretrained_weights_are_the_starting_point_and_can_be_evaluated(data, tmp_path, capsys):
+    torch.manual_seed(99)
+    pretrained = create_model("simple_cnn", num_classes=10).state_dict()
+    save_checkpoint({"state_dict": pretrained}, tmp_path / "pre.pth.tar")
+    # lr 0, no weight decay: the weights after training are exactly the starting ones
+    frozen = tmp_path / "frozen"
+    flags = ["--epochs", "1", "--lr", "0", "--wd", "0", "--pretrained", str(tmp_path / "pre.pth.tar")]
+    assert train.cli(argv(data, frozen, *flags)) == 0
+    got = weights(frozen)
+    assert all(torch.equal(got[k], pretrained[k]) for k in pretrained)
+    fresh = tmp_path / "fresh"
+    assert train.cli(argv(data, fresh, "--epochs", "1", "--lr", "0", "--wd", "0")) == 0
+    assert not torch.equal(weights(fresh)["fc.weight"], pretrained["fc.weight"])  # the seed's init, not the file
+    # -e --pretrained: the val top-1/top-5 of those weights, as the lr-0 run measured them
+    capsys.readouterr()
+    assert train.cli(argv(data, tmp_path / "unused", "-e", "--pretrained", str(tmp_path / "pre.pth.tar"))) == 0
+    (rec,) = records(frozen)
+    out = capsys.readouterr().out
+    assert f"top-1 {rec['val_acc1']:.3f} top-5 {rec['val_acc5']:.3f}" in out and "on 20 images" in out
+
+
+def test_start_epoch_trains_from_that_epoch_with_its_learning_rate(data, tmp_path):
+    sched = ["--lr-schedule", "step", "--lr-step-size", "1", "--lr-gamma", "0.5"]
+    # a fresh run forced to start at (0-based) epoch 2 of 3: one epoch, the third, at the third epoch's LR
+    out = tmp_path / "forced"
+    assert train.cli(argv(data, out, "--epochs", "3", "--start-epoch", "2", *sched)) == 0
+    assert [(r["epoch"], r["lr"]) for r in records(out)] == [(3, pytest.approx(0.0125))]
+    ckpt = read_checkpoint(out / "checkpoint.pth.tar")
+    assert ckpt["epoch"] == 3 and ckpt["scheduler"]["last_epoch"] == 15  # 3 epochs x 5 steps
+    # after --resume: epoch 2 (0-based 1) run again; its metrics line is replaced, not appended
+    again = tmp_path / "again"
+    assert train.cli(argv(data, again, "--epochs", "2", *sched)) == 0
+    first = records(again)
+    assert train.cli(argv(data, again, "--epochs", "3", "--resume", "auto", "--start-epoch", "1", *sched)) == 0
+    lines = records(again)
+    assert [r["epoch"] for r in lines] == [1, 2, 3] and lines[0] == first[0]
+    assert [r["lr"] for r in lines] == pytest.approx([0.05, 0.025, 0.0125])
+
+
+@pytest.mark.parametrize("source", ["flag", "yaml"])
+def test_train_min_scale_one_crops_the_whole_image(data, tmp_path, source):
+    """--train-min-scale 1 on square images: every random-resized crop is the whole image (resized, maybe
+    flipped), i.e. the eval transform's output at the same size; the default scale gives other crops."""
+    flags = ["--data_train", str(data / "train"), "--data_val", str(data / "val"), "-b", "8", "-j", "0"]
+    flags += ["--train-crop-size", "16"]
+    if source == "flag":
+        cfg = parse_config([*flags, "--train-min-scale", "1.0"])
+    else:
+        (tmp_path / "c.yaml").write_text("train-min-scale: 1.0\n")
+        cfg = parse_config([*flags, "--config", str(tmp_path / "c.yaml")])
+    assert cfg.train_min_scale == 1.0
+    whole = ClassificationFolder(str(data / "train"), eval_transform(16, 16))
+    default = build_loaders(parse_config(flags), CPU).train.dataset
+    train_set = build_loaders(cfg, CPU).train.dataset
+    differs = 0
+    for index in (0, 7, 21):
+        expected, _ = whole[index]
+        for seed in range(6):
+            x, _ = train_set[(index, seed)]
+            assert torch.allclose(x, expected, atol=1e-5) or torch.allclose(x, expected.flip(-1), atol=1e-5)
+            y, _ = default[(index, seed)]
+            differs += not (torch.allclose(y, expected, atol=1e-5) or torch.allclose(y, expected.flip(-1), atol=1e-5))
+    assert differs >= 12
+
+
+def test_train_min_scale_out_of_range_is_one_error_line(data, tmp_path, capsys):
+    assert train.cli(argv(data, tmp_path / "r", "--train-min-scale", "0")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["train.py: error: --train-min-scale must be in (0, 1]; got 0.0"]
+
+
+def test_num_classes_sets_the_classifier_width(data, tmp_path, capsys):
+    out = tmp_path / "wide"
+    assert train.cli(argv(data, out, "--epochs", "1", "--num-classes", "13")) == 0
+    ckpt = read_checkpoint(out / "checkpoint.pth.tar")
+    assert ckpt["state_dict"]["fc.weight"].shape[0] == 13 and ckpt["config"]["num_classes"] == 13
+    default = tmp_path / "default"
+    assert train.cli(argv(data, default, "--epochs", "1")) == 0
+    assert weights(default)["fc.weight"].shape[0] == 10  # from the data
+    # fewer outputs than the data's classes: one error line before any training
+    capsys.readouterr()
+    assert train.cli(argv(data, tmp_path / "narrow", "--epochs", "1", "--num-classes", "5")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error: --num-classes 5:") and "10 classes" in err[0], err
+    assert not (tmp_path / "narrow").exists()
+
+
+def test_compile_trains_like_eager(data, tmp_path):
+    """--compile (inductor on CPU) on the training step: the same epoch as eager, up to float rounding."""
+    torch._dynamo.reset()
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    assert train.cli(argv(data, eager, "--epochs", "1", "--deterministic")) == 0
+    assert train.cli(argv(data, compiled, "--epochs", "1", "--deterministic", "--compile")) == 0
+    a, b = records(eager)[0], records(compiled)[0]
+    for key in ("train_loss", "val_loss"):
+        assert b[key] == pytest.approx(a[key], rel=1e-4), key
+    assert (b["val_acc1"], b["val_acc5"]) == (a["val_acc1"], a["val_acc5"])
+    wa, wb = weights(eager), weights(compiled)
+    assert wa.keys() == wb.keys()  # the plain module is saved, not the compiled wrapper (no _orig_mod. prefix)
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
+
+
+def test_flag_aliases_give_the_same_config():
+    long = ["--arch", "resnet18", "--data-train", "t", "--data-val", "v", "--workers", "2", "--batch-size", "64"]
+    long += ["--learning-rate", "0.3", "--weight-decay", "0.001", "--print-freq", "7", "--evaluate"]
+    long += ["--resume", "x.pth", "--amp-opt-level", "O1"]
+    short = ["-a", "resnet18", "--data_train", "t", "--data_val", "v", "-j", "2", "-b", "64", "--lr", "0.3"]
+    short += ["--wd", "0.001", "-p", "7", "-e", "--resume", "x.pth", "--amp", "fp16"]
+    a, b = vars(parse_config(long)), vars(parse_config(short))
+    a.pop("amp_opt_level"), b.pop("amp_opt_level")
+    assert a == b
+    assert (b["workers"], b["batch_size"], b["lr"], b["weight_decay"], b["print_freq"]) == (2, 64, 0.3, 0.001, 7)
+    assert (b["data_train"], b["data_val"], b["evaluate"], b["amp"]) == ("t", "v", True, "fp16")
+    # the apex-style alias: O0 is no AMP
+    assert parse_config(["--amp-opt-level", "O0", "--data_train", "t", "--data_val", "v"]).amp == "none"
+
+
+def test_tensorboard_scalars_are_the_metrics_lines(data, tmp_path):
+    """The event files under tb/ hold, per epoch, the same numbers as metrics.jsonl (float32 in the events)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb_run"
+    flags = [f for f in argv(data, out, "--epochs", "2") if f != "--no-tensorboard"]
+    assert train.cli(flags) == 0
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    lines = records(out)
+    for key in ("train_loss", "train_acc1", "train_acc5", "val_loss", "val_acc1", "val_acc5", "lr"):
+        scalars = events.Scalars(key)
+        assert [s.step for s in scalars] == [1, 2], key
+        assert [s.value for s in scalars] == pytest.approx([r[key] for r in lines], rel=1e-6), key
+
+
+def test_save_every_snapshots_hold_that_epochs_weights(data, tmp_path):
+    """--save-every 1: checkpoint_epoch1 is the state after epoch 1 (the final state of a 1-epoch run with the same
+    seed), checkpoint_epoch2 the final state."""
+    out, one = tmp_path / "snap", tmp_path / "one"
+    assert train.cli(argv(data, out, "--epochs", "2", "--save-every", "1", "--deterministic")) == 0
+    assert train.cli(argv(data, one, "--epochs", "1", "--deterministic")) == 0
+    snap1 = read_checkpoint(out / "checkpoint_epoch1.pth.tar")
+    snap2 = read_checkpoint(out / "checkpoint_epoch2.pth.tar")
+    assert (snap1["epoch"], snap2["epoch"]) == (1, 2)
+    for k, v in weights(one).items():
+        assert torch.equal(snap1["state_dict"][k], v), k
+    for k, v in weights(out).items():
+        assert torch.equal(snap2["state_dict"][k], v), k
+    assert not torch.equal(snap1["state_dict"]["fc.weight"], snap2["state_dict"]["fc.weight"])
