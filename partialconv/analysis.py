@@ -472,7 +472,14 @@ def _padding_key(padding: str) -> tuple[int, str]:
 def _recipe_labels(runs: Sequence[RunResult]) -> dict[tuple, str]:
     """A short label per distinct recipe of ``runs``: the keys in which the recipes differ (``epochs=2, lr=0.1``);
     {recipe: ""} when they all share one."""
-    recipes = list(dict.fromkeys(r.recipe for r in runs))
+
+    def order(recipe: tuple) -> tuple:  # numbers by value (epochs 2 before 10), then text, then unknown
+        return tuple(
+            (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+            for _, v in recipe
+        )
+
+    recipes = sorted(dict.fromkeys(r.recipe for r in runs), key=order)
     if len(recipes) == 1:
         return {recipes[0]: ""}
     keys = list(dict.fromkeys(k for recipe in recipes for k, _ in recipe))
@@ -853,9 +860,9 @@ def plot_paired_diffs(cells: Sequence[CellSummary], path: Path) -> dict[str, Any
     return data
 
 
-def plot_val_curves(cells: Sequence[CellSummary], path: Path) -> None:
+def plot_val_curves(cells: Sequence[CellSummary], path: Path) -> dict[str, list[dict[str, Any]]]:
     """Validation top-1 per epoch, one panel per arch: mean over finished runs with a +-1 stdev band; incomplete
-    runs as thin dashed lines."""
+    runs as thin dashed lines. Returns, per panel, each line's label, marker and (x, y) points as drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -905,8 +912,20 @@ def plot_val_curves(cells: Sequence[CellSummary], path: Path) -> None:
         ax.set_ylabel("val top-1 (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    drawn = {
+        arch: [
+            {
+                "label": line.get_label(),
+                "marker": line.get_marker(),
+                "xy": [tuple(map(float, p)) for p in line.get_xydata()],
+            }
+            for line in ax.lines
+        ]
+        for ax, arch in zip(axes[0], archs)
+    }
     _save_figure(fig, path)
     plt.close(fig)
+    return drawn
 
 
 def write_report(root: Path, out_dir: Optional[Path] = None) -> ReportFiles:
