@@ -582,7 +582,7 @@ def _fmt(value: Optional[float], digits: int = 2, signed: bool = False) -> str:
 def _fmt_p(p: Optional[float]) -> str:
     if p is None:
         return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"  # 5.5e-04 and 6.4e-05 are different evidence: keep both
 
 
 def _incomplete_text(cell: CellSummary, empty: str = "—") -> str:
@@ -731,7 +731,8 @@ def plot_top1_bars(cells: Sequence[CellSummary], path: Path) -> dict[str, Any]:
     paddings = sorted({c.padding for c in done}, key=_padding_key)
     colors = _padding_colors(paddings)
     width = 0.8 / max(len(paddings), 1)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 1.6 * len(groups)), 3.8), layout="constrained")
+    n_bars = len(groups) * len(paddings)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.5 * n_bars + 0.4 * len(groups)), 4.0), layout="constrained")
     placed = []  # (x, cell)
     for j, padding in enumerate(paddings):
         for i, group in enumerate(groups):
@@ -774,10 +775,10 @@ def plot_top1_bars(cells: Sequence[CellSummary], path: Path) -> dict[str, Any]:
     values += [c.published.average for _, c in published]
     low, high = min(values), max(values)
     margin = 0.18 * max(high - low, 1.0)
-    bottom, top = max(0.0, low - margin), high + margin
+    bottom, top = max(0.0, low - margin), high + 2 * margin  # room for the averages written at the top
     ax.set_ylim(bottom, top)
     for x, c in placed:
-        ax.text(x, top - 0.06 * (top - bottom), f"{c.mean1:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.text(x, top - 0.02 * (top - bottom), f"{c.mean1:.2f}", ha="center", va="top", fontsize=7, rotation=90)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("best val top-1 (%)")
     ax.set_title(
@@ -785,7 +786,7 @@ def plot_top1_bars(cells: Sequence[CellSummary], path: Path) -> dict[str, Any]:
         f"y-axis from {bottom:.2f} to {top:.2f} %, not from 0",
         fontsize=9,
     )
-    ax.legend(fontsize=8, ncol=len(paddings) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     data = _drawn(ax, groups)
     _save_figure(fig, path)
@@ -818,7 +819,7 @@ def plot_paired_diffs(cells: Sequence[CellSummary], path: Path) -> dict[str, Any
     "ci": (low, high)}}, read back from the artists."""
     plt = _pyplot()
     shown = [c for c in cells if c.paired is not None and c.paired.n]
-    colors = _padding_colors([c.padding for c in shown])
+    colors = _padding_colors([c.padding for c in cells])  # the same colour per padding as in the bar chart
     fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.9 * len(shown)), 3.6), layout="constrained")
     names = [f"{_group_name(c)} {c.padding}" for c in shown]
     for i, (name, c) in enumerate(zip(names, shown)):
