@@ -290,3 +290,20 @@ def test_pytorch_official_and_published_only_for_imagenet_1k(tmp_path):
     real = rows[("resnet101", "", "zero")]
     assert float(real["pytorch_official_top1"]) == PYTORCH_OFFICIAL["resnet101"][0]
     assert float(real["published_top1"]) == float(NVIDIA[("resnet101", "zero")]["average"])
+
+
+def test_a_run_resumed_from_another_directory_is_a_continuation(tmp_path):
+    """Resumed from another run's checkpoint saved mid-epoch 1: it records epoch 1 itself, but its config.yaml names
+    a checkpoint outside its directory. A run resumed from its own directory is not a continuation."""
+    first = write_run(tmp_path, "a", "resnet18", "zero", 1, [50.0, 51.0], config={})
+    write_run(tmp_path, "b", "resnet18", "zero", 2, [52.0, 53.0], config={"resume": str(first / "checkpoint.pth.tar")})
+    own = tmp_path / "c"
+    write_run(tmp_path, "c", "resnet18", "zero", 3, [54.0, 55.0], config={"resume": str(own / "checkpoint.pth.tar")})
+    write_run(tmp_path, "d", "resnet18", "zero", 4, [56.0, 57.0], config={"resume": "auto"})
+    notes: list[str] = []
+    (cell,) = summarize(collect_runs(tmp_path)[0], notes)
+    assert [r.path.name for r in cell.finished] == ["a", "c", "d"]
+    assert [(r.path.name, why) for r, why in cell.excluded] == [
+        ("b", f"resumed from {first / 'checkpoint.pth.tar'}: continues another run")
+    ]
+    assert notes == [f"{tmp_path / 'b'}: not counted in resnet18/zero: {cell.excluded[0][1]}"]
