@@ -724,7 +724,7 @@ def plot_top1_bars(cells: Sequence[CellSummary], path: Path) -> dict[str, Any]:
     """Average best top-1 per arch (groups) and padding (bars), stdev error bars, each run as a dot on its bar and
     NVIDIA's published average as a marker where it exists. Returns what was drawn, read back from the artists:
     ``bars`` [(group, padding, height)], ``runs`` [(group, padding, top-1)], ``published`` [(group, padding,
-    value)] and ``ylim``."""
+    value)], ``ylim`` and ``title``."""
     plt = _pyplot()
     done = [c for c in cells if c.n]
     groups = list(dict.fromkeys(_group_name(c) for c in done))
@@ -797,7 +797,13 @@ def plot_top1_bars(cells: Sequence[CellSummary], path: Path) -> dict[str, Any]:
 def _drawn(ax, groups: Sequence[str]) -> dict[str, Any]:
     """The values the bar chart's artists hold, keyed as plot_top1_bars documents."""
     centers = dict(enumerate(groups))
-    out: dict[str, Any] = {"bars": [], "runs": [], "published": [], "ylim": tuple(ax.get_ylim())}
+    out: dict[str, Any] = {
+        "bars": [],
+        "runs": [],
+        "published": [],
+        "ylim": tuple(ax.get_ylim()),
+        "title": ax.get_title(),
+    }
     for container in ax.containers:
         gid = container.patches[0].get_gid() if getattr(container, "patches", None) else None
         if gid and gid.startswith("bars:"):

@@ -206,6 +206,7 @@ def test_bar_chart_draws_runs_published_markers_and_a_stated_range(nvidia_root, 
     bottom, top = data["ylim"]
     lowest = min(v for _, _, v in data["runs"])
     assert 60 < bottom < lowest and top > max(v for _, _, v in data["runs"])  # starts where the data does
+    assert f"y-axis from {bottom:.2f} to {top:.2f} %" in data["title"]  # ... and says so
 
 
 def test_paired_difference_figure_shows_each_seed_mean_and_ci(nvidia_root, tmp_path):
