@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Summarise padding-comparison runs: results.md, results.csv and PNG figures from every metrics.jsonl under a root.
+"""Summarise padding-comparison runs: results.md, results.csv and PNG figures from every metrics.jsonl under a root,
+beside NVIDIA's published 5-run table, with Welch and paired (by seed) t-tests against zero padding.
 
     python scripts/padding_report.py --root results/padding
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for problem in files.problems:
         print(f"padding_report: warning: skipped {problem}", file=sys.stderr)
+    for note in files.warnings:
+        print(f"padding_report: warning: {note}", file=sys.stderr)
     print(f"wrote {files.markdown}, {files.csv}" + "".join(f", {f}" for f in files.figures))
     return 0
 
