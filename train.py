@@ -64,6 +64,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     barrier()
     resolve_data_dirs(cfg)
     loaders = build_loaders(cfg, dist)
+    if cfg.num_classes is not None and cfg.num_classes < len(loaders.classes):
+        raise ConfigError(
+            f"--num-classes {cfg.num_classes}: the data has {len(loaders.classes)} classes; the classifier needs "
+            "at least as many outputs"
+        )
     cfg.num_classes = cfg.num_classes or len(loaders.classes)
     check_input_size(cfg)
     model = create_model(cfg.arch, pretrained=cfg.pretrained, padding=cfg.padding, num_classes=cfg.num_classes)

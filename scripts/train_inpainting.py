@@ -28,6 +28,7 @@ from partialconv.checkpoint import CheckpointError, extract_state_dict, read_che
 from partialconv.data.inpainting import InpaintingDataset, InpaintingSampler, skimage_demo_folder  # noqa: E402
 from partialconv.data.loaders import resolve_workers  # noqa: E402
 from partialconv.data.masks import IrregularMaskGenerator, MaskFolder  # noqa: E402
+from partialconv.data.worker_signals import ignore_stop_signals  # noqa: E402
 from partialconv.engine import distributed as dist  # noqa: E402
 from partialconv.engine.cli import run_cli  # noqa: E402
 from partialconv.engine.inpainting import (  # noqa: E402
@@ -193,7 +194,11 @@ def build_data(args, info: dist.DistInfo, start_step: int):
     )
     val = Subset(val, range(info.rank, min(len(val), args.val_images), info.world_size))
     sampler = InpaintingSampler(len(train), args.batch_size, info.rank, info.world_size, args.seed, start_step)
-    common = {"num_workers": args.workers, "pin_memory": info.device.type == "cuda"}
+    common = {
+        "num_workers": args.workers,
+        "pin_memory": info.device.type == "cuda",
+        "worker_init_fn": ignore_stop_signals,  # a signal to the process group is the main process's to handle
+    }
     if args.workers > 0:
         common["persistent_workers"] = True
     train_loader = DataLoader(train, batch_size=args.batch_size, sampler=sampler, drop_last=True, **common)

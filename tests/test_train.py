@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,83 @@ def test_progress_bar_on_a_terminal_plain_lines_otherwise(data, tmp_path):
     assert proc.returncode == 0
     assert re.search(r"epoch 1:\s+\d+%\|.*\| \d+/20 \[", terminal), terminal  # tqdm's bar on the terminal
     assert "Epoch: [1][" not in out and "Epoch 1/1:" in out  # no per-step lines next to a bar
+
+
+# Preemption as clusters deliver it: the signal to the whole process group (scheduler, torchrun, Ctrl-C in a
+# terminal), DataLoader workers included, mid-epoch.
+EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGUSR1: 138}
+
+
+def _signal_group_mid_epoch(cmd: list[str], sig: int, marker: str) -> tuple[int, str, int]:
+    """Start ``cmd`` in its own session; when ``marker`` starts a line, freeze the group, signal it, let it go on."""
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith(marker):
+                pgid = os.getpgid(proc.pid)
+                os.killpg(pgid, signal.SIGSTOP)  # the signal surely lands inside the epoch, workers included
+                os.killpg(pgid, sig)
+                os.killpg(pgid, signal.SIGCONT)
+                break
+        rest, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+    return proc.returncode, "".join(seen) + rest, proc.pid  # the group's id is the leader's pid
+
+
+def _no_process_left(pgid: int) -> bool:
+    for _ in range(50):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize(
+    "workers, sig",
+    [("0", signal.SIGTERM), ("1", signal.SIGTERM), ("2", signal.SIGTERM), ("2", signal.SIGINT), ("1", signal.SIGUSR1)],
+)
+def test_signal_to_process_group_with_workers_checkpoints_and_resumes_exactly(straight, data, tmp_path, workers, sig):
+    out = tmp_path / "preempted"
+    cmd = [sys.executable, "-u", str(ROOT / "train.py"), *args(data, out), "-j", workers, "--epochs", "2", "-p", "1"]
+    code, output, pgid = _signal_group_mid_epoch([*cmd, "--no-tensorboard"], sig, "Epoch: [1][2/20]")
+    assert _no_process_left(pgid), "DataLoader workers outlived the run"
+    name = signal.Signals(sig).name
+    assert code == EXIT[sig], output
+    assert f"preempted by {name}" in output and "--resume auto" in output, output
+    assert "Traceback" not in output and "killed by signal" not in output, output
+    ckpt = read_checkpoint(out / "checkpoint.pth.tar")
+    assert ckpt["epoch"] == 0 and 2 <= ckpt["step"] < 20  # inside epoch 1, after the step in progress
+    assert run([*args(data, out), "--epochs", "2", "--resume", "auto", "-p", "2"]) == 0
+    assert_same_run(straight, out)
+
+
+def test_torchrun_signalled_as_a_group_stops_every_rank_at_one_step(data, tmp_path):
+    """SIGTERM to torchrun's whole process group (what a scheduler does): the ranks' workers ignore it, the ranks
+    agree on one step, rank 0 writes the mid-epoch checkpoint, and the resumed run under torchrun completes."""
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [*torchrun, str(ROOT / "train.py"), *args(data, out), "-j", "1", "--epochs", "1", "-p", "1"]
+    code, output, pgid = _signal_group_mid_epoch([*cmd, "--no-tensorboard"], signal.SIGTERM, "Epoch: [1][2/20]")
+    assert _no_process_left(pgid), "ranks or workers outlived torchrun"
+    assert code != 0, output
+    assert "preempted by SIGTERM" in output, output
+    assert "killed by signal: Terminated" not in output and "DataLoader worker" not in output, output
+    ckpt = read_checkpoint(out / "checkpoint.pth.tar")
+    assert ckpt["epoch"] == 0 and 2 <= ckpt["step"] < 20
+    proc = subprocess.run(
+        [*torchrun, str(ROOT / "train.py"), *args(data, out), "-j", "1", "--epochs", "1", "--resume", "auto"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (Path(out) / "metrics.jsonl").read_text().count("\n") == 1

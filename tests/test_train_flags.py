@@ -124,7 +124,7 @@ def test_num_classes_sets_the_classifier_width(data, tmp_path, capsys):
     assert weights(default)["fc.weight"].shape[0] == 10  # from the data
     # fewer outputs than the data's classes: one error line before any training
     capsys.readouterr()
-    assert train.cli(argv(data, tmp_path / "narrow", "--epochs", "1", "--num-classes", "5")) == 1
+    assert train.cli(argv(data, tmp_path / "narrow", "--epochs", "1", "--num-classes", "5")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("train.py: error: --num-classes 5:") and "10 classes" in err[0], err
     assert not (tmp_path / "narrow").exists()

@@ -41,6 +41,7 @@ from torchvision.transforms import RandomResizedCrop
 from .datasets import DataError, scan_image_folder
 from .imageio import uint16_to_uint8
 from .presets import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
+from .worker_signals import ignore_stop_signals
 
 if TYPE_CHECKING:  # data must not import engine at run time (imports flow engine -> data)
     from ..engine.distributed import DistInfo
@@ -307,6 +308,7 @@ def _encoded_loader(dataset: EncodedImageFolder, sampler, batch: int, workers: i
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator(),  # see loaders._loader: keeps the global RNG (dropout) out of the data path
+        worker_init_fn=ignore_stop_signals,
     )
 
 

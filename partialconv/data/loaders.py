@@ -15,6 +15,7 @@ from .datasets import ClassificationFolder, DataError, check_image_folders, coll
 from .demo import ensure_demo_dataset
 from .presets import RRC_SCALE, eval_transform, train_transform
 from .sampler import SeededSampler
+from .worker_signals import ignore_stop_signals
 
 if TYPE_CHECKING:  # data must not import engine at run time (imports flow engine -> data)
     from ..engine.distributed import DistInfo
@@ -81,6 +82,7 @@ def _loader(dataset, sampler: SeededSampler, batch: int, cfg: argparse.Namespace
         # random stream (dropout) between a straight run and one resumed mid-epoch or with persistent workers.
         # Augmentation is seeded per sample (SeededSampler), so the base seed itself does not matter.
         generator=torch.Generator(),
+        worker_init_fn=ignore_stop_signals,
     )
 
 
@@ -101,11 +103,6 @@ def build_loaders(cfg: argparse.Namespace, dist: DistInfo) -> Loaders:
     """Train loader (seeded, split over ranks, ``cfg.batch_size`` global) and exact val loader (no duplicates)."""
     classes = check_image_folders(cfg.data_train, cfg.data_val)
     cfg.workers = resolve_workers(cfg.workers, dist.is_main)  # the count used, also in the run's config.yaml
-    if cfg.num_classes is not None and cfg.num_classes < len(classes):
-        raise DataError(
-            f"--num-classes {cfg.num_classes}: --data_train {cfg.data_train} has {len(classes)} classes; the "
-            "classifier needs at least as many outputs"
-        )
     if cfg.batch_size % dist.world_size:
         raise DataError(f"-b/--batch-size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
     local_batch = cfg.batch_size // dist.world_size

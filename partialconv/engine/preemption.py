@@ -1,4 +1,4 @@
-"""Cluster preemption: SIGTERM/SIGUSR1 ask the run to finish its step, checkpoint and exit (143/138)."""
+"""Cluster preemption: SIGTERM/SIGUSR1/SIGINT ask the run to finish its step, checkpoint and exit (143/138/130)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from ..data.worker_signals import STOP_SIGNALS
+
 __all__ = ["Preemption"]
 
-_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# DataLoader workers ignore these (partialconv.data.worker_signals), so a signal to the whole process group is
+# handled here, once. SIGINT (Ctrl-C) stops like SIGTERM instead of raising KeyboardInterrupt mid-step.
+_SIGNALS = STOP_SIGNALS
 
 
 class Preemption:
