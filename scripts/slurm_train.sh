@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SLURM example: N nodes x 8 GPUs, one torchrun per node, rendezvous on the first node (c10d backend).
-# Preemption: SLURM sends SIGUSR1 90 s before the time limit (--signal); train.py finishes its step, writes the
-# checkpoint and exits 138; requeue the job and --resume auto continues from there.
+# Preemption: SLURM sends SIGUSR1 90 s before the time limit (--signal); the ranks get a SIGTERM (see below),
+# finish their step, write the mid-epoch checkpoint and exit; the job is requeued and --resume auto continues.
 #
 #   sbatch scripts/slurm_train.sh -a pdresnet50 --data_train /data/imagenet/train --data_val /data/imagenet/val \
 #       -b 192 -j 8 --prefix run1 --ckptdirprefix experiment_1/
@@ -21,11 +21,15 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 RDZV_PORT=${RDZV_PORT:-29500}
 
-# Forward the batch script's SIGUSR1/SIGTERM to the torchrun launchers (which pass them to every rank), and
-# requeue the job once train.py has written its checkpoint.
+# SLURM signals only this batch shell (B:USR1). torchrun forwards SIGTERM to every rank in all versions, but
+# SIGUSR1 only when it is listed in --signals-to-handle (env PET_SIGNALS_TO_HANDLE; recent torch); on older
+# torch a SIGUSR1 kills torchrun and orphans the ranks. So the batch shell turns SLURM's USR1 into a TERM for
+# srun -> torchrun -> ranks (train.py treats both alike: finish the step, checkpoint, exit), which works with
+# every torch >= 2.4, and gives the ranks time to write the checkpoint before torchrun kills them.
+export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-120}
 PREEMPTED=0
-trap 'PREEMPTED=1; kill -USR1 "$SRUN_PID" 2>/dev/null' USR1
-trap 'PREEMPTED=1; kill -TERM "$SRUN_PID" 2>/dev/null' TERM
+trap 'PREEMPTED=1; kill -TERM "$SRUN_PID" 2>/dev/null' USR1 TERM
 
 srun --kill-on-bad-exit=1 torchrun \
     --nnodes "$SLURM_NNODES" \

@@ -404,3 +404,28 @@ def test_torchrun_signalled_as_a_group_stops_every_rank_at_one_step(data, tmp_pa
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (Path(out) / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_sigusr1_to_torchrun_alone_reaches_the_ranks_when_listed(data, tmp_path):
+    """SLURM-style: SIGUSR1 to the torchrun process only. With SIGUSR1 in PET_SIGNALS_TO_HANDLE (what
+    scripts/slurm_train.sh exports) torchrun forwards it; every rank checkpoints mid-epoch and exits 138."""
+    out = tmp_path / "usr1"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [*torchrun, str(ROOT / "train.py"), *args(data, out), "-j", "1", "--epochs", "1", "-p", "1"]
+    if "signals-to-handle" not in subprocess.run([*torchrun[:3], "--help"], capture_output=True, text=True).stdout:
+        pytest.skip("this torchrun does not forward SIGUSR1 (older torch): slurm_train.sh sends SIGTERM instead")
+    env = {**os.environ, "PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"}
+    proc = subprocess.Popen(
+        [*cmd, "--no-tensorboard"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("Epoch: [1][2/20]"):
+            os.kill(proc.pid, signal.SIGUSR1)
+            break
+    rest, _ = proc.communicate(timeout=180)
+    output = "".join(seen) + rest
+    assert "preempted by SIGUSR1" in output, output
+    ckpt = read_checkpoint(out / "checkpoint.pth.tar")
+    assert ckpt["epoch"] == 0 and 2 <= ckpt["step"] < 20, output
