@@ -25,7 +25,7 @@ test: lint
 	$(PY) -m pytest -q
 
 demo: venv
-	$(PY) train.py
+	$(PY) train.py --resume auto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
