@@ -26,6 +26,7 @@ from partialconv.engine.checkpointing import (
     existing_run_files,
     find_resume_checkpoint,
     finished,
+    load_resume_weights,
     move_run_aside,
     restore_run_state,
     run_state,
@@ -76,6 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.evaluate:
         return evaluate_only(cfg, model, loaders, dist, run_dir, log)
     ckpt, ckpt_path = find_resume_checkpoint(cfg.resume, run_dir, log.warn)
+    if ckpt is not None:  # an unfit file is refused before it could pass for a finished run
+        load_resume_weights(ckpt, model, ckpt_path, cfg.arch)
     if ckpt is not None and isinstance(ckpt.get("config"), dict):
         changed = compare_resumed_config(ckpt["config"], cfg, str(ckpt_path))
         if changed:
@@ -137,6 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 log=log.info,
                 preemption=preemption,
                 show_progress=dist.is_main,
+                drops_bad_images=cfg.on_bad_image == "skip",
             )
             if result.preempted and result.steps_done < steps_per_epoch:
                 state = run_state(model, ctx, epoch, result.steps_done, best_acc1, config, meter.state_dict())

@@ -112,6 +112,7 @@ def test_training_epoch_meter_reports_top1_top5():
         amp="none",
         label_smoothing=0.0,
         channels_last=False,
+        train_crop_size=4,
     )
     model = Passthrough()
     loader = batches(logits, targets, 4)

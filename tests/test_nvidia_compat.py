@@ -266,7 +266,9 @@ def seed_args(data: Path, tmp_path: Path, *extra: str) -> list[str]:
     return ["--data_train", str(data / "train"), "--data_val", str(data / "val"), "--output-dir", str(tmp_path), *extra]
 
 
-def test_gpu_flag_selects_one_device(data, tmp_path):
+def test_gpu_flag_selects_one_device(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a two-GPU node, as the seed's users have
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert parse_config(seed_args(data, tmp_path, "--gpu", "1")).device == "cuda:1"
     with pytest.raises(ConfigError, match="--gpu 1 means --device cuda:1; it conflicts with --device cpu"):
         parse_config(seed_args(data, tmp_path, "--gpu", "1", "--device", "cpu"))

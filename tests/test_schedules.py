@@ -34,6 +34,7 @@ def cfg(schedule: str, epochs: int, warmup: float = 0.0, step_size: int = 30, ga
         amp="none",
         label_smoothing=0.0,
         channels_last=False,
+        train_crop_size=8,
     )
 
 

@@ -26,6 +26,7 @@ from partialconv.checkpoint import read_checkpoint
 from partialconv.config import parse_config
 from partialconv.data import ClassificationFolder
 from partialconv.data.demo import make_demo_dataset
+from partialconv.data.sampler import SeededSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"images_per_sec", "epoch_seconds", "time"}
@@ -219,6 +220,80 @@ def test_bad_images_are_skipped_with_warning_and_count(bad_data, tmp_path, capsy
     (line,) = metrics(out)
     assert line["bad_images"] == 2
     assert "epoch 1: 2 bad image(s) skipped" in captured.err
+
+
+def _torchrun(nproc: int, argv: list[str], timeout: float = 180) -> tuple[int, str]:
+    """train.py under a real torchrun in its own session: exit code and the whole output. A run that hangs fails the
+    test after ``timeout`` seconds and leaves no process behind."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "train.py"]
+    proc = subprocess.Popen(
+        [*cmd, *argv],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # the ranks run in sessions of their own: torchrun must end them
+        proc.terminate()
+        try:
+            output, _ = proc.communicate(timeout=60)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"torchrun hung for {timeout} s:\n{output[-3000:]}")
+    assert _no_process_left(proc.pid), "ranks or workers outlived torchrun"
+    return proc.returncode, output
+
+
+def _corrupt_global_batch(data: Path, tmp: Path, step: int, how_many: int) -> Path:
+    """A copy of the set in which ``how_many`` of the two images of global batch ``step`` (at -b 2, --seed 3, epoch 1)
+    are undecodable; the other files and the sample order stay as they were."""
+    root = tmp / "bad"
+    shutil.copytree(data, root)
+    samples = ClassificationFolder(root / "train").samples
+    order = SeededSampler(len(samples), shuffle=True, seed=3, local_batch=2)._indices()
+    for i in order[2 * step : 2 * step + how_many]:
+        Path(samples[i][0]).write_bytes(b"\x00" * 64)
+    return root
+
+
+@pytest.mark.parametrize("bad_in_step", [1, 2], ids=["one-rank-empty", "all-ranks-empty"])
+def test_torchrun_step_with_an_empty_local_batch_matches_one_process(data, tmp_path, bad_in_step):
+    """-b 2 on two ranks: one image per rank per step. A bad image leaves one rank (or both) without an image in
+    one step; the ranks must still take every step together (no collective mismatch), weight the good image as one
+    process does, skip the update together when no rank has one, and count each bad image once."""
+    root = _corrupt_global_batch(data, tmp_path, step=3, how_many=bad_in_step)
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--epochs", "1", "--no-tensorboard", "-b", "2"]
+    assert run([*args(root, one), *common]) == 0
+    code, output = _torchrun(2, [*args(root, two), *common, "-j", "1"])
+    assert code == 0, output[-3000:]
+    w1, w2 = weights(one), weights(two)
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+    m1, m2 = metrics(one)[0], metrics(two)[0]
+    assert m1["bad_images"] == m2["bad_images"] == bad_in_step
+    assert m1["lr"] == m2["lr"] and m1["train_loss"] == pytest.approx(m2["train_loss"], rel=1e-5)
+    assert read_checkpoint(two / "checkpoint.pth.tar")["scheduler"]["last_epoch"] == 40  # every step counted
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_torchrun_one_rank_error_ends_the_run_in_one_line_per_rank(data, tmp_path, workers):
+    """--on-bad-image error: only the rank that draws the file fails. It must exit (its DataLoader workers, which
+    ignore SIGTERM, must not keep it alive at exit), torchrun must stop the other rank, and what the user reads is
+    that rank's one error line, plus one line from the rank that stopped because of it; no tracebacks."""
+    root = _corrupt_global_batch(data, tmp_path, step=3, how_many=1)
+    argv = [*args(root, tmp_path / "run"), "--epochs", "1", "--no-tensorboard", "-b", "2", "-j", str(workers)]
+    code, output = _torchrun(2, [*argv, "--on-bad-image", "error"], timeout=120)
+    assert code != 0
+    errors = [line for line in output.splitlines() if "train.py: error:" in line]
+    assert len(errors) == 2, output[-3000:]
+    assert sum("bad image" in line and "(use --on-bad-image skip)" in line for line in errors) == 1
+    assert sum("stopped: another rank failed" in line for line in errors) == 1
+    assert not [line for line in output.splitlines() if line.startswith("[rank") and "Traceback" in line], output
 
 
 def test_bad_image_policy_error_names_the_file(bad_data, tmp_path, capsys):

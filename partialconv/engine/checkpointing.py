@@ -202,6 +202,29 @@ def run_state(
     }
 
 
+def load_resume_weights(ckpt: Any, model: torch.nn.Module, path: Any = "<checkpoint>", arch: Optional[str] = None):
+    """Check that ``ckpt`` is a training checkpoint this run can continue and load its weights into ``model``.
+
+    Raises :class:`CheckpointError` (one line naming ``path``) for weights that do not fit, files that are not
+    training checkpoints (weights only: they start a run through ``--pretrained``) and a foreign checkpoint whose
+    ``arch`` is not ``arch`` (``resnet50`` and ``pdresnet50`` have the same weights: only the name tells the padding
+    apart). Called before anything else looks at the checkpoint, so an unfit one never passes for a finished run.
+    """
+    target = unwrap_model(model)
+    state = extract_state_dict(ckpt, path, target.state_dict().keys())
+    if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "epoch" not in ckpt:
+        raise CheckpointError(
+            f"--resume {path}: holds model weights only (no optimizer state and epoch to continue from); "
+            f"to start a new run from these weights use --pretrained {path}"
+        )
+    load_state(target, state, path)  # weights that do not fit are named first
+    if "scheduler" not in ckpt and arch is not None and ckpt.get("arch") not in (None, arch):
+        raise CheckpointError(
+            f"--resume {path}: written for -a {ckpt['arch']}, this run is -a {arch}; resume with "
+            f"-a {ckpt['arch']}, or start a new run from its weights with --pretrained {path}"
+        )
+
+
 def restore_run_state(
     ckpt: Any,
     model: torch.nn.Module,
@@ -219,29 +242,15 @@ def restore_run_state(
     A checkpoint of NVIDIA's ``main.py`` (``epoch``, ``arch``, ``state_dict``, ``best_prec1``, ``optimizer``) continues
     too: weights, SGD momentum, the epoch (the LR schedule rebuilt for it from this run's config, which needs
     ``steps_per_epoch``) and best top-1; what it lacks is named through ``warn``. Weights that do not fit the model
-    and files that are not training checkpoints raise :class:`CheckpointError` (one line naming ``path``), as does a
-    foreign checkpoint whose ``arch`` is not ``arch`` (``resnet50`` and ``pdresnet50`` have the same weights: only
-    the name tells the padding apart).
+    and files that are not training checkpoints raise :class:`CheckpointError` (see :func:`load_resume_weights`).
     """
-    target = unwrap_model(model)
-    state = extract_state_dict(ckpt, path, target.state_dict().keys())
-    if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "epoch" not in ckpt:
-        raise CheckpointError(
-            f"--resume {path}: holds model weights only (no optimizer state and epoch to continue from); "
-            f"to start a new run from these weights use --pretrained {path}"
-        )
-    load_state(target, state, path)
+    load_resume_weights(ckpt, model, path, arch)
     try:
         ctx.optimizer.load_state_dict(ckpt["optimizer"])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"--resume {path}: optimizer state does not fit this model's SGD ({e})") from e
     epoch = int(ckpt["epoch"])
     if "scheduler" not in ckpt:
-        if arch is not None and ckpt.get("arch") not in (None, arch):
-            raise CheckpointError(
-                f"--resume {path}: written for -a {ckpt['arch']}, this run is -a {arch}; resume with "
-                f"-a {ckpt['arch']}, or start a new run from its weights with --pretrained {path}"
-            )
         return _restore_foreign(ckpt, ctx, epoch, warn, path, steps_per_epoch)
     ctx.scheduler.load_state_dict(ckpt["scheduler"])
     ctx.scaler.load_state_dict(ckpt["scaler"])

@@ -28,6 +28,20 @@ def one_line(e: BaseException) -> str:
     return text
 
 
+# What a collective raises on the ranks that survive one that failed: gloo's lost connection, or the distributed
+# error types (NCCL's abort, the store) of torch >= 2.1. Their traceback says nothing the failed rank's line doesn't.
+_PEER_FAILURE = re.compile(r"Connection closed by peer|Connection reset by peer|remote worker crash|NCCL.*abort", re.I)
+
+
+def _peer_failure(e: BaseException) -> bool:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    dist_errors = tuple(getattr(dist, n) for n in ("DistBackendError", "DistNetworkError") if hasattr(dist, n))
+    return isinstance(e, dist_errors) or (isinstance(e, RuntimeError) and bool(_PEER_FAILURE.search(str(e))))
+
+
 def run_cli(
     main: Callable[[Argv], int],
     argv: Argv,
@@ -37,7 +51,8 @@ def run_cli(
 ) -> int:
     """``main(argv)``'s exit code; an exception matching one of ``errors`` (``(types, exit_code)`` pairs, the first
     match wins) prints ``"{prog}: error: {e}"`` on stderr and returns that code instead. Anything else propagates
-    with its traceback (a bug, not a user error). ``cleanup`` runs in every case."""
+    with its traceback (a bug, not a user error); in a distributed run, so does a collective that failed because
+    another rank did (one line: that rank's own error line is the one to read). ``cleanup`` runs in every case."""
     try:
         return main(argv)
     except Exception as e:
@@ -45,6 +60,15 @@ def run_cli(
             if isinstance(e, types):
                 print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
                 return code
+        if _peer_failure(e):
+            import torch.distributed as dist
+
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(
+                f"{prog}: error: rank {dist.get_rank()} stopped: another rank failed (see its error line): {first}",
+                file=sys.stderr,
+            )
+            return 1
         raise
     finally:
         if cleanup is not None:

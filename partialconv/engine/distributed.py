@@ -13,7 +13,17 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "is_main_process", "world_size", "barrier", "all_reduce_sum", "cleanup"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "is_main_process",
+    "world_size",
+    "barrier",
+    "all_reduce_sum",
+    "cpu_group",
+    "global_count",
+    "cleanup",
+]
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,30 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+_cpu_group = None
+
+
+def cpu_group():
+    """A gloo group over all ranks for small host-side agreements (a few numbers per step, no GPU synchronisation);
+    made on first use, which is a collective: every rank must first ask for it at the same point of the program."""
+    global _cpu_group
+    if _cpu_group is None:
+        _cpu_group = dist.new_group(backend="gloo")
+    return _cpu_group
+
+
+def global_count(n: int) -> int:
+    """The sum of ``n`` over ranks, through :func:`cpu_group` (host values: no device synchronisation); ``n`` in a
+    one-process run."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return n
+    total = torch.tensor([n], dtype=torch.long)
+    dist.all_reduce(total, group=cpu_group())
+    return int(total.item())
+
+
 def cleanup() -> None:
+    global _cpu_group
     if dist.is_initialized():
         dist.destroy_process_group()
+    _cpu_group = None

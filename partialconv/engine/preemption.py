@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.worker_signals import STOP_SIGNALS
+from .distributed import cpu_group
 
 __all__ = ["Preemption"]
 
@@ -37,13 +38,15 @@ class Preemption:
             for s in _SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
         if dist.is_initialized() and dist.get_world_size() > 1:
-            self._group = dist.new_group(backend="gloo")  # a collective: every rank enters at the same point
+            self._group = cpu_group()  # made here at the latest: every rank enters at the same point
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._pending is not None:
+    def __exit__(self, exc_type, *exc) -> None:
+        # After an error the other ranks may never join the pending all-reduce: waiting could hang this rank
+        # until the collective timeout, instead of exiting so that torchrun stops the others.
+        if self._pending is not None and exc_type is None:
             self._pending[0].wait()
-            self._pending = None
+        self._pending = None
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()

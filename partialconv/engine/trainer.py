@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.loaders import batch_to_device
+from .distributed import global_count
 from .metrics import EpochMeter
 from .preemption import Preemption
 from .runlog import Progress
@@ -57,6 +58,7 @@ class TrainContext:
     device: torch.device
     amp_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
+    input_shape: tuple[int, int, int] = (3, 224, 224)  # of one training image: an empty local batch gets this shape
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -108,16 +110,23 @@ def build_context(
         device=device,
         amp_dtype=AMP_DTYPES[cfg.amp],
         channels_last=cfg.channels_last,
+        input_shape=(3, cfg.train_crop_size, cfg.train_crop_size),
     )
 
 
-def train_step(ctx: TrainContext, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward, optimiser and schedule step on a device batch; returns the (detached) loss and logits."""
+def train_step(
+    ctx: TrainContext, images: torch.Tensor, targets: torch.Tensor, loss_weight: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward, optimiser and schedule step on a device batch; returns the (detached) loss and logits.
+
+    The gradient is that of ``loss_weight`` x the batch's mean loss. An empty batch (all its images bad, under DDP
+    where this rank must still join the gradient all-reduce) runs the model on zero images and contributes zeros.
+    """
     with ctx.autocast():
         logits = ctx.model(images)
-        loss = ctx.criterion(logits, targets)
+        loss = ctx.criterion(logits, targets) if targets.numel() else logits.sum() * 0.0
     ctx.optimizer.zero_grad(set_to_none=True)
-    ctx.scaler.scale(loss).backward()
+    ctx.scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
     ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
     ctx.scheduler.step()
@@ -144,13 +153,22 @@ def train_one_epoch(
     log: Callable[[str], None] = print,
     preemption: Optional[Preemption] = None,
     show_progress: bool = False,
+    drops_bad_images: bool = True,
 ) -> EpochResult:
     """Train over ``loader`` (already positioned at ``start_step``); ``epoch`` is 0-based.
 
     Stops after the current step when ``preemption`` was signalled (in a distributed run, after the step at which
     all ranks know of it). Raises :class:`NonFiniteLossError`.
+
+    Bad images dropped by the loader (``drops_bad_images``: ``--on-bad-image skip``) leave short or empty local
+    batches, and all ranks still take every step together (DDP's collectives must pair up): the ranks add up their
+    good images (one small CPU all-reduce per step) and weight each rank's mean loss by its share, so the optimiser
+    sees the gradient of the mean loss over the step's good images of all ranks: what one process training on the
+    same global batch computes. A rank without images joins with zeros. A step where no rank has an image is
+    skipped by all: no optimiser update, while the LR schedule and the step count follow the data position.
     """
     ctx.model.train()
+    world = dist.get_world_size() if dist.is_initialized() else 1
     total_steps = total_steps if total_steps is not None else start_step + len(loader)
     first_bad = torch.full((), -1, dtype=torch.long, device=ctx.device)
     progress = Progress(total_steps, f"epoch {epoch + 1}", show_progress, initial=start_step)
@@ -161,14 +179,22 @@ def train_one_epoch(
         for images, targets, bad in loader:
             window.data_seconds += time.perf_counter() - step_end  # waiting for the loader (host time)
             meter.bad += bad
-            if images.numel() == 0:
-                continue
-            images, targets = batch_to_device(images, targets, ctx.device, ctx.channels_last)
-            loss, logits = train_step(ctx, images, targets)
-            meter.update(loss, logits, targets)
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+            local = targets.shape[0]
+            # same decision on every rank (a collective): counted whenever the loader may drop bad images
+            count = global_count(local) if drops_bad_images and world > 1 else local * world
+            if count == 0:  # no rank has an image: every rank skips the update; the position moves on
+                _step_schedule_only(ctx)
+            else:
+                if local == 0:
+                    images = torch.zeros((0, *ctx.input_shape))
+                    targets = torch.zeros((0,), dtype=torch.long)
+                images, targets = batch_to_device(images, targets, ctx.device, ctx.channels_last)
+                loss, logits = train_step(ctx, images, targets, local * world / count)
+                if local:
+                    meter.update(loss, logits, targets)
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
             step += 1
-            images_seen += targets.shape[0]
+            images_seen += local
             at_print = step % print_freq == 0 or step == total_steps
             progress.update(meter.local_summary() if at_print and progress.interactive else None)
             if at_print:
@@ -189,6 +215,12 @@ def train_one_epoch(
         progress.close()
     _check_finite(first_bad, epoch)
     return EpochResult(step, preempted, time.perf_counter() - start, images_seen)
+
+
+def _step_schedule_only(ctx: TrainContext) -> None:
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()" when the first step is skipped
+        warnings.simplefilter("ignore", UserWarning)
+        ctx.scheduler.step()
 
 
 def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
