@@ -481,6 +481,61 @@ def test_torchrun_signalled_as_a_group_stops_every_rank_at_one_step(data, tmp_pa
     assert (Path(out) / "metrics.jsonl").read_text().count("\n") == 1
 
 
+def _rank_pids(torchrun_pid: int) -> dict[int, int]:
+    """rank -> pid of the rank processes torchrun started (its children; their RANK from their environment)."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != torchrun_pid:
+                continue
+            env = (entry / "environ").read_bytes().decode(errors="replace").split("\0")
+            ranks[int(dict(kv.split("=", 1) for kv in env if "=" in kv)["RANK"])] = int(entry.name)
+        except (OSError, KeyError, ValueError, IndexError):
+            continue  # gone meanwhile, or not a rank
+    return ranks
+
+
+def test_signal_to_one_rank_only_stops_every_rank_at_one_step(data, tmp_path):
+    """A signal that reaches one rank and its workers only (a node-local kill, an OOM killer's warning, a user's
+    kill of one PID's group): any rank's signal stops all ranks after the same step, with one checkpoint."""
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [*torchrun, str(ROOT / "train.py"), *args(data, out), "-j", "1", "--epochs", "1", "-p", "1"]
+    proc = subprocess.Popen(
+        [*cmd, "--no-tensorboard"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen, ranks = [], {}
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("Epoch: [1][2/20]"):
+                ranks = _rank_pids(proc.pid)
+                group = os.getpgid(ranks[1])  # rank 1 and its DataLoader worker, not rank 0, not torchrun
+                os.killpg(group, signal.SIGSTOP)
+                os.killpg(group, signal.SIGTERM)
+                os.killpg(group, signal.SIGCONT)
+                break
+        rest, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+    output = "".join(seen) + rest
+    assert set(ranks) == {0, 1}, output
+    assert proc.returncode != 0 and "preempted by SIGTERM" in output, output
+    ckpt = read_checkpoint(out / "checkpoint.pth.tar")
+    assert ckpt["epoch"] == 0 and 2 <= ckpt["step"] < 20, output  # rank 0 stopped too, mid-epoch
+    for pid in ranks.values():
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
 def test_sigusr1_to_torchrun_alone_reaches_the_ranks_when_listed(data, tmp_path):
     """SLURM-style: SIGUSR1 to the torchrun process only. With SIGUSR1 in PET_SIGNALS_TO_HANDLE (what
     scripts/slurm_train.sh exports) torchrun forwards it; every rank checkpoints mid-epoch and exits 138."""
