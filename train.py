@@ -41,7 +41,7 @@ from partialconv.engine.setup import check_input_size, configure_backends, prepa
 from partialconv.engine.trainer import (
     AMP_DTYPES,
     NonFiniteLossError,
-    build_context,
+    build_optimisation,
     evaluate,
     seek_schedule,
     train_one_epoch,
@@ -72,7 +72,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     cfg.num_classes = cfg.num_classes or len(loaders.classes)
     check_input_size(cfg)
-    model = create_model(cfg.arch, pretrained=cfg.pretrained, padding=cfg.padding, num_classes=cfg.num_classes)
+    model = create_model(
+        cfg.arch, pretrained=cfg.pretrained, task="classification", padding=cfg.padding, num_classes=cfg.num_classes
+    )
     log = RunLogger(None if cfg.evaluate else run_dir, dist.is_main, cfg.tensorboard and not cfg.evaluate)
     if cfg.evaluate:
         return evaluate_only(cfg, model, loaders, dist, run_dir, log)
@@ -98,16 +100,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         carry_best(ckpt_path, float(ckpt.get("best_acc1", 0.0)), run_dir, log.warn)
     model, train_model = prepare_model(model, cfg, dist)
     steps_per_epoch = loaders.train_sampler.steps_per_epoch()
-    ctx = build_context(cfg, model, train_model, dist.device, steps_per_epoch)
+    optim = build_optimisation(cfg, model, train_model, dist.device, steps_per_epoch)
     start_epoch, start_step, best_acc1, epoch_sums = 0, 0, 0.0, None
     if ckpt is not None:
         start_epoch, start_step, best_acc1, epoch_sums = restore_run_state(
-            ckpt, model, ctx, dist.rank, dist.world_size, log.warn, ckpt_path, steps_per_epoch, cfg.arch
+            ckpt, model, optim, dist.rank, dist.world_size, log.warn, ckpt_path, steps_per_epoch, cfg.arch
         )
         log.info(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}, best acc@1 {best_acc1:.3f}")
     if cfg.start_epoch is not None:
         start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
-        seek_schedule(ctx, start_epoch * steps_per_epoch)
+        seek_schedule(optim, start_epoch * steps_per_epoch)
     # the line of the last completed epoch, kept in every checkpoint: written back if metrics.jsonl lost it
     last_record = ckpt.get("epoch_record") if ckpt is not None and cfg.start_epoch is None else None
     if replace and dist.is_main:  # the last check passed: the old run makes room just before the first write
@@ -128,9 +130,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             loaders.train_sampler.set_epoch(epoch, start_step)
             meter = EpochMeter(dist.device)
             meter.load_state_dict(epoch_sums if start_step else None)
-            lr = ctx.optimizer.param_groups[0]["lr"]
+            lr = optim.optimizer.param_groups[0]["lr"]
             result = train_one_epoch(
-                ctx,
+                optim,
                 loaders.train,
                 epoch,
                 meter,
@@ -143,14 +145,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 drops_bad_images=cfg.on_bad_image == "skip",
             )
             if result.preempted and result.steps_done < steps_per_epoch:
-                state = run_state(model, ctx, epoch, result.steps_done, best_acc1, config, meter.state_dict())
-                state["epoch_record"] = last_record
-                if dist.is_main:
-                    save_run_checkpoint(run_dir, state)
-                return preempted_exit(preemption, log, run_dir, epoch, result.steps_done)
+                state = run_state(model, optim, epoch, result.steps_done, best_acc1, config, meter.state_dict())
+                return stop_mid_epoch(preemption, state, last_record, run_dir, log, dist.is_main)
             train = meter.reduce()
             val = evaluate(
-                model, loaders.val, ctx.criterion, dist.device, ctx.amp_dtype, cfg.channels_last,
+                model, loaders.val, optim.criterion, dist.device, optim.amp_dtype, cfg.channels_last,
                 print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main,
             )  # fmt: skip
             is_best = val["acc1"] > best_acc1
@@ -158,21 +157,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             record = last_record = epoch_record(
                 cfg, epoch, lr, train, val, best_acc1, result, dist.world_size, epoch_start
             )
-            state = run_state(model, ctx, epoch + 1, 0, best_acc1, config)
+            state = run_state(model, optim, epoch + 1, 0, best_acc1, config)
             state["epoch_record"] = record
             if dist.is_main:
                 snapshot = epoch + 1 if cfg.save_every and (epoch + 1) % cfg.save_every == 0 else None
                 save_run_checkpoint(run_dir, state, is_best=is_best, snapshot_epoch=snapshot)
-            log.epoch(record)
-            log.info(
-                f"Epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc@1 {train['acc1']:.2f} | "
-                f"val loss {val['loss']:.4f} acc@1 {val['acc1']:.3f} acc@5 {val['acc5']:.3f} (best {best_acc1:.3f}) | "
-                f"{record['images_per_sec']:.1f} img/s, {record['epoch_seconds']:.1f} s [all ranks]"
-            )
-            if record["bad_images"]:
-                log.warn(
-                    f"epoch {epoch + 1}: {record['bad_images']} bad image(s) skipped (named in the warnings above)"
-                )
+            log_epoch(log, cfg, epoch, train, val, best_acc1, record)
             start_step = 0
             if result.preempted:
                 return preempted_exit(preemption, log, run_dir, epoch + 1, 0)
@@ -244,6 +234,29 @@ def evaluate_only(cfg, model, loaders, dist, run_dir: Path, log: RunLogger) -> i
         f"top-1 {val['acc1']:.3f} top-5 {val['acc5']:.3f} loss {val['loss']:.4f}"
     )
     return 0
+
+
+def log_epoch(log: RunLogger, cfg, epoch: int, train: dict, val: dict, best_acc1: float, record: dict) -> None:
+    """The epoch's line in metrics.jsonl and its summary in the log."""
+    log.epoch(record)
+    log.info(
+        f"Epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc@1 {train['acc1']:.2f} | "
+        f"val loss {val['loss']:.4f} acc@1 {val['acc1']:.3f} acc@5 {val['acc5']:.3f} (best {best_acc1:.3f}) | "
+        f"{record['images_per_sec']:.1f} img/s, {record['epoch_seconds']:.1f} s [all ranks]"
+    )
+    if record["bad_images"]:
+        log.warn(f"epoch {epoch + 1}: {record['bad_images']} bad image(s) skipped (named in the warnings above)")
+
+
+def stop_mid_epoch(
+    preemption: Preemption, state: dict, last_record: Optional[dict], run_dir: Path, log: RunLogger, is_main: bool
+) -> int:
+    """Preempted inside an epoch: rank 0 writes ``state`` (every rank built it: gathering RNG states is a collective)
+    as the mid-epoch checkpoint, with the line of the last completed epoch; returns the exit code."""
+    state["epoch_record"] = last_record
+    if is_main:
+        save_run_checkpoint(run_dir, state)
+    return preempted_exit(preemption, log, run_dir, state["epoch"], state["step"])
 
 
 def preempted_exit(preemption: Preemption, log: RunLogger, run_dir: Path, epoch: int, step: int) -> int:

@@ -22,7 +22,7 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 def machine_info(device: torch.device, script: str, argv: Sequence[str]) -> dict[str, Any]:
     """The machine and software a benchmark ran on, and the command that reproduces it (``script`` is the file name
-    under benchmarks/, ``argv`` its arguments)."""
+    under benchmarks/, run as the module ``benchmarks.<name>`` from the repository root; ``argv`` its arguments)."""
     import torchvision
 
     cuda = device.type == "cuda"
@@ -41,7 +41,7 @@ def machine_info(device: torch.device, script: str, argv: Sequence[str]) -> dict
         "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "git_commit": git_commit(),
-        "command": "python " + shlex.join([f"benchmarks/{script}", *argv]),
+        "command": shlex.join(["python", "-m", f"benchmarks.{Path(script).stem}", *argv]),
     }
 
 

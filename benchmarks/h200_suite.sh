@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-B="$PY benchmarks/train_throughput.py --amp bf16 --channels-last -b 256"
+B="$PY -m benchmarks.train_throughput --amp bf16 --channels-last -b 256"
 J=$(( $(nproc) < 16 ? $(nproc) : 16 ))
 G="--gen-images 16384"
 

@@ -6,8 +6,8 @@ Variants per shape, interleaved in one run so machine noise hits all of them ali
   masked      PartialConv2d(multi_channel=True) with a random per-sample, per-channel mask (inpainting mode)
   naive_mask  the seed's inpainting recipe: a C_out x C_in x k x k ones-kernel conv of the mask each forward
 
-    python benchmarks/layer_overhead.py                 # CPU, batch 16, prints a markdown table
-    python benchmarks/layer_overhead.py --device cuda --save
+    python -m benchmarks.layer_overhead               # CPU, batch 16, prints a markdown table
+    python -m benchmarks.layer_overhead --device cuda --save
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import RESULTS_DIR, describe_machine, machine_info, save_results  # noqa: E402
-from partialconv import PartialConv2d  # noqa: E402
-from partialconv.data.allocator import apply_allocator_setting  # noqa: E402
+from benchmarks._common import RESULTS_DIR, describe_machine, machine_info, save_results
+from partialconv import PartialConv2d
+from partialconv.data.allocator import apply_allocator_setting
 
 SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))  # (channels, spatial) of ResNet-50's 3x3 convs
 VARIANTS = ("conv", "partial", "masked", "naive_mask")
@@ -98,7 +96,11 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.layer_overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--batch", type=int, default=16, help="batch size (default: 16)")
     parser.add_argument("--reps", type=int, default=20, help="timed repetitions per variant (default: 20)")

@@ -1,8 +1,8 @@
 """Training throughput: images/s of full training steps (forward, backward, SGD step) per architecture.
 
-    python benchmarks/train_throughput.py --amp bf16 --channels-last --compile            # model only (synthetic)
-    python benchmarks/train_throughput.py --data real -j 16 --archs resnet50 pdresnet50    # the whole step
-    python benchmarks/train_throughput.py --data loader-only -j 1 2 --malloc default glibc # the data pipeline alone
+    python -m benchmarks.train_throughput --amp bf16 --channels-last --compile            # model only (synthetic)
+    python -m benchmarks.train_throughput --data real -j 16 --archs resnet50 pdresnet50    # the whole step
+    python -m benchmarks.train_throughput --data loader-only -j 1 2 --malloc default glibc # the data pipeline alone
 
 Data modes: ``synthetic`` (one random batch already on the device: measures the model), ``real`` (the training data
 path over an ImageFolder of JPEGs, PIL or GPU decode: measures the whole step), ``loader-only`` (the data path alone,
@@ -33,15 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from benchmarks._common import machine_info, save_results  # noqa: E402
+from benchmarks._common import ROOT, machine_info, save_results  # noqa: E402
 from benchmarks._jpeg_folder import make_jpeg_folder  # noqa: E402
 from partialconv import PartialConv2d, create_model  # noqa: E402
 from partialconv.config import parse_config  # noqa: E402
@@ -49,7 +45,7 @@ from partialconv.data import build_loaders  # noqa: E402
 from partialconv.data.allocator import ALLOCATOR_SETTINGS, AllocatorWorkerInit  # noqa: E402
 from partialconv.engine.distributed import DistInfo  # noqa: E402
 from partialconv.layers.partial_conv import padding_ratio_1d  # noqa: E402
-from partialconv.models._registry import is_model, unknown_model_message  # noqa: E402
+from partialconv.models._registry import is_model, split_pd_name, unknown_model_message  # noqa: E402
 
 DEFAULT_ARCHS = ("resnet50", "pdresnet50", "vgg16_bn", "pdvgg16_bn")
 AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -110,6 +106,7 @@ def use_pd_variant(model: nn.Module, impl: str) -> int:
 # ------------------------------------------------------------------------------------------------------- arguments
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_throughput",
         description="Training throughput (img/s) of full training steps; pd vs zero padding interleaved.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -157,8 +154,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-save", action="store_true", help="print the table only, write no files")
     args = p.parse_args(argv)
     for arch in args.archs:
-        if not is_model(arch):
-            p.error(f"--archs: {unknown_model_message(arch)}")
+        if not is_model(arch, task="classification"):
+            p.error(f"--archs: {unknown_model_message(arch, task='classification')}")
     for name in ("batch_size", "image_size", "steps", "windows", "gen_images", "max_batch_step"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -262,8 +259,8 @@ def build_step(args: argparse.Namespace, arch: str, pd_impl: str, device: torch.
 
 
 def pd_impls_for(arch: str, impls: list[str]) -> list[str]:
-    model_has_pd = arch.startswith("pd")
-    return list(impls) if model_has_pd else ["-"]
+    _, partial = split_pd_name(arch)
+    return list(impls) if partial else ["-"]
 
 
 def synchronize(device: torch.device) -> None:
@@ -302,7 +299,7 @@ def pd_overheads(configs: list[Config]) -> dict[str, float]:
     by_arch = {c.arch: c for c in configs if c.pd_impl == "-"}
     out = {}
     for cfg in configs:
-        base = by_arch.get(cfg.arch[2:]) if cfg.pd_impl != "-" else None
+        base = by_arch.get(split_pd_name(cfg.arch)[0]) if cfg.pd_impl != "-" else None
         if base is not None:
             out[cfg.label] = statistics.median(p / z for p, z in zip(cfg.rates, base.rates))
     return out
@@ -318,7 +315,7 @@ def _fits(args: argparse.Namespace, arch: str, device: torch.device, batch: int)
     """Whether two training steps of ``arch`` at ``batch`` run; the caller frees the memory afterwards."""
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     try:
-        step, _ = build_step(args, arch, args.pd_impl[0] if arch.startswith("pd") else "-", device)
+        step, _ = build_step(args, arch, args.pd_impl[0] if split_pd_name(arch)[1] else "-", device)
         x = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
         x = x.contiguous(memory_format=memory_format)
         y = torch.randint(0, args.num_classes, (batch,), device=device)

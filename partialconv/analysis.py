@@ -11,15 +11,17 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
+
+from .fileio import write_bytes_atomic
+from .layers import PADDINGS
+from .models import split_pd_name
 
 __all__ = [
     "PADDING_ORDER",
@@ -37,13 +39,13 @@ __all__ = [
     "paired_ttest",
     "published_table",
     "read_metrics",
-    "run_state",
+    "run_status",
     "summarize",
     "welch_pvalue",
     "write_report",
 ]
 
-PADDING_ORDER = ("zero", "partial", "reflect", "replicate")
+PADDING_ORDER = PADDINGS  # the order of columns and bars: zero (the baseline) first
 
 # PyTorch's published ImageNet-1K accuracy (top-1, top-5; 1-crop 224 px) for the zero-padded torchvision models
 # with their IMAGENET1K_V1 weights, the reference the seed's PT_official column refers to. Source: torchvision model
@@ -374,9 +376,8 @@ def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
 
 def canonical_arch(arch: str, padding: str) -> str:
     """Group the seed's pd names with their base architecture (``pdresnet50`` + partial -> ``resnet50``)."""
-    if padding == "partial" and arch.startswith("pd") and len(arch) > 2:
-        return arch[2:]
-    return arch
+    base, partial = split_pd_name(arch)
+    return base if partial and padding == "partial" else arch
 
 
 def load_run(run_dir: Path) -> tuple[Optional[RunResult], list[str]]:
@@ -427,7 +428,7 @@ def load_run(run_dir: Path) -> tuple[Optional[RunResult], list[str]]:
     )
 
 
-def run_state(run_dir: Path) -> str:
+def run_status(run_dir: Path) -> str:
     """'finished' (last recorded epoch == planned epochs), 'partial' (something is there: resume it) or 'new'."""
     run_dir = Path(run_dir)
     if (run_dir / METRICS_FILE).is_file():
@@ -552,28 +553,6 @@ def summarize(runs: Sequence[RunResult], warnings_out: Optional[list[str]] = Non
 
 
 # ---------------------------------------------------------------------------------------------------- writing
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; reports are meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _fmt(value: Optional[float], digits: int = 2, signed: bool = False) -> str:
@@ -701,7 +680,7 @@ def _markdown_text(
 def _save_figure(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    _atomic_write(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _padding_colors(paddings: Sequence[str]) -> dict[str, str]:
@@ -957,6 +936,6 @@ def write_report(root: Path, out_dir: Optional[Path] = None) -> ReportFiles:
     figures.append(out_dir / "val_top1_curves.png")
     plot_val_curves(cells, figures[-1])
     md_path, csv_path = out_dir / "results.md", out_dir / "results.csv"
-    _atomic_write(csv_path, _csv_text(cells).encode())
-    _atomic_write(md_path, _markdown_text(root, cells, figures, problems, notes).encode())
+    write_bytes_atomic(csv_path, _csv_text(cells).encode())
+    write_bytes_atomic(md_path, _markdown_text(root, cells, figures, problems, notes).encode())
     return ReportFiles(md_path, csv_path, figures, problems, notes)

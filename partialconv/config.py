@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from .layers import PADDINGS
-from .models import is_model
+from .models import is_model, split_pd_name
 from .models._registry import unknown_model_message
 
 __all__ = [
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("model")
-    g.add_argument("-a", "--arch", default="resnet18", help="registry model name (e.g. resnet50, pdresnet50)")
+    g.add_argument("-a", "--arch", default="resnet18", help="classifier name (e.g. resnet50, pdresnet50)")
     g.add_argument("--padding", choices=PADDINGS, default=None, help="padding; default: partial for pd* names")
     g.add_argument("--num-classes", type=int, default=None, help="classifier width; default: from the data")
     g.add_argument(
@@ -291,7 +291,7 @@ def check_values(
             raise ConfigError(f"{where}: unknown key {key!r}")
         try:
             out[dest] = _flag_value(parser, actions[dest], value)
-            _check_range(dest, out[dest])
+            _check_value(dest, out[dest])
         except (argparse.ArgumentError, ValueError) as e:
             raise ConfigError(f"{where}: key {key!r}: {getattr(e, 'message', e)}") from e
     return out
@@ -327,7 +327,11 @@ def _kind(action: argparse.Action) -> str:
     return {int: "an integer", float: "a number"}.get(action.type, "a string")
 
 
-def _check_range(dest: str, value: Any) -> None:
+def _check_value(dest: str, value: Any) -> None:
+    """The checks beyond argparse's own, for a flag, a YAML value and a resumed config alike: :data:`RANGES`, and
+    ``arch`` naming a registered classifier (train.py trains classifiers; ``pconv_unet`` is an inpainting model)."""
+    if dest == "arch" and not is_model(value, task="classification"):
+        raise ValueError(unknown_model_message(value, task="classification"))
     if dest in RANGES and value is not None and not RANGES[dest][0](value):
         raise ValueError(f"must be {RANGES[dest][1]}; got {value}")
 
@@ -351,18 +355,21 @@ def parse_config(argv: Optional[Sequence[str]] = None, demo_config: Optional[Pat
 
 
 def _resolve(cfg: argparse.Namespace) -> argparse.Namespace:
-    if not is_model(cfg.arch):
-        raise ConfigError(f"-a/--arch: {unknown_model_message(cfg.arch)}")
+    try:
+        _check_value("arch", cfg.arch)
+    except ValueError as e:
+        raise ConfigError(f"-a/--arch: {e}") from None
     if cfg.amp_opt_level is not None:
         cfg.amp = _APEX_LEVELS[cfg.amp_opt_level]
+    _, partial_by_name = split_pd_name(cfg.arch)
     if cfg.padding is None:
-        cfg.padding = "partial" if cfg.arch.startswith("pd") else "zero"
-    elif cfg.arch.startswith("pd") and cfg.padding != "partial":
+        cfg.padding = "partial" if partial_by_name else "zero"
+    elif partial_by_name and cfg.padding != "partial":
         raise ConfigError(f"--padding {cfg.padding}: -a {cfg.arch} is partial padding by name; use the plain name")
     flags = {a.dest: "/".join(a.option_strings) for a in build_parser()._actions}
     for dest in RANGES:
         try:
-            _check_range(dest, getattr(cfg, dest))
+            _check_value(dest, getattr(cfg, dest))
         except ValueError as e:
             raise ConfigError(f"{flags[dest]} {e}") from None
     if cfg.device.startswith("cuda"):

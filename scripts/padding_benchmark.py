@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Run the padding comparison matrix (archs x paddings x runs) with train.py, then write the report.
 
-    python scripts/padding_benchmark.py --archs resnet50 vgg16_bn --runs 5 --root results/padding \\
+    python -m scripts.padding_benchmark --archs resnet50 vgg16_bn --runs 5 --root results/padding \\
         --data_train /data/imagenet/train --data_val /data/imagenet/val -- --epochs 90 --amp bf16
 
 Every run is a train.py run in <root>/<arch>/<padding>/run<k>/ (seed k + --seed-offset, the same seed for every
@@ -27,14 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from partialconv.analysis import PADDING_ORDER, ReportError, load_run, run_status, write_report
+from partialconv.models import is_model, split_pd_name
+from partialconv.models._registry import unknown_model_message
 
-from partialconv.analysis import PADDING_ORDER, ReportError, load_run, run_state, write_report  # noqa: E402
-from partialconv.models import is_model  # noqa: E402
-from partialconv.models._registry import unknown_model_message  # noqa: E402
-
-TRAIN = REPO / "train.py"
+TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 RUN_LOG = "run.log"
 # Set per run by the benchmark; passing them after `--` would silently break the matrix layout.
 RESERVED_FLAGS = (
@@ -66,7 +62,7 @@ class Job:
     index: int  # 1-based run number within its (arch, padding) cell
     seed: int
     run_dir: Path
-    state: str  # 'new' | 'partial' | 'finished' when planned
+    status: str  # 'new' | 'partial' | 'finished' when planned
 
     @property
     def name(self) -> str:
@@ -82,6 +78,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
     cut = argv.index("--") if "--" in argv else len(argv)
     own, passthrough = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(
+        prog="python -m scripts.padding_benchmark",
         description="Train every (arch, padding, run) of a padding comparison with train.py, resumably, then "
         "write results.md/results.csv/figures at the results root. train.py flags go after `--`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -139,10 +136,11 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
     if args.root.exists() and not args.root.is_dir():
         parser.error(f"--root {args.root}: exists and is not a directory")
     for arch in args.archs:
-        if not is_model(arch):
-            parser.error(f"--archs: {unknown_model_message(arch)}")
-        if arch.startswith("pd") and is_model(arch[2:]):
-            parser.error(f"--archs: use {arch[2:]} (the padding comes from --paddings), not {arch}")
+        if not is_model(arch, task="classification"):
+            parser.error(f"--archs: {unknown_model_message(arch, task='classification')}")
+        base, partial = split_pd_name(arch)
+        if partial:
+            parser.error(f"--archs: use {base} (the padding comes from --paddings), not {arch}")
     for token in passthrough:
         if _is_reserved(token):
             flag = token.split("=", 1)[0]
@@ -163,13 +161,13 @@ def _is_reserved(token: str) -> bool:
 
 
 def plan_matrix(archs: list[str], paddings: list[str], runs: int, root: Path, seed_offset: int = 0) -> list[Job]:
-    """Every (arch, padding, run) in a fixed order, each with its directory's current state."""
+    """Every (arch, padding, run) in a fixed order, each with its directory's current status."""
     jobs = []
     for arch in dict.fromkeys(archs):
         for padding in dict.fromkeys(paddings):
             for k in range(1, runs + 1):
                 run_dir = root / arch / padding / f"run{k}"
-                jobs.append(Job(arch, padding, k, k + seed_offset, run_dir, run_state(run_dir)))
+                jobs.append(Job(arch, padding, k, k + seed_offset, run_dir, run_status(run_dir)))
     return jobs
 
 
@@ -300,7 +298,7 @@ class Runner:
             print(f"[{position}/{total}] FAILED  {job.name}: cannot start {cmd[0]} ({e.strerror})", flush=True)
             return None
         where = f" on GPU {','.join(gpus)}" if gpus is not None else ""
-        what = "resume" if job.state == "partial" else "start "
+        what = "resume" if job.status == "partial" else "start "
         print(f"[{position}/{total}] {what} {job.name} (seed {job.seed}){where}, log {log_path}", flush=True)
         return _Active(job, proc, log, time.monotonic(), position, slot)
 
@@ -389,8 +387,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"padding_benchmark: error: {e}", file=sys.stderr)
         return 2
     jobs = plan_matrix(args.archs, args.paddings, args.runs, args.root, args.seed_offset)
-    todo = [j for j in jobs if j.state != "finished"]
-    counts = {s: sum(j.state == s for j in jobs) for s in ("finished", "partial", "new")}
+    todo = [j for j in jobs if j.status != "finished"]
+    counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "partial", "new")}
     print(
         f"padding_benchmark: {len(jobs)} runs ({len(set(args.archs))} archs x {len(set(args.paddings))} paddings x "
         f"{args.runs}) under {args.root}: {counts['finished']} finished (skipped), {counts['partial']} to resume, "
@@ -401,13 +399,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.dry_run:
         for job in jobs:
-            if job.state == "finished":
+            if job.status == "finished":
                 print(f"# skip {job.name}: finished")
         for i, job in enumerate(limited):
             gpus_i = slots[i % len(slots)]
             nproc = len(gpus_i) if gpus_i is not None else 1
             cmd = build_command(job, device, nproc, args.data_train, args.data_val, passthrough)
-            print(f"# {job.name} ({job.state}), log {job.run_dir / RUN_LOG}\n{format_command(cmd, gpus_i)}")
+            print(f"# {job.name} ({job.status}), log {job.run_dir / RUN_LOG}\n{format_command(cmd, gpus_i)}")
         return 0
 
     if not TRAIN.is_file():

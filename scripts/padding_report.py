@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Summarise padding-comparison runs: results.md, results.csv and PNG figures from every metrics.jsonl under a root,
 beside NVIDIA's published 5-run table, with Welch and paired (by seed) t-tests against zero padding.
 
-    python scripts/padding_report.py --root results/padding
+    python -m scripts.padding_report --root results/padding
 
 Reads any train.py run directory below the root (the benchmark's <root>/<arch>/<padding>/run<k>/ layout or runs
 made by hand). Exit codes: 0 report written (skipped malformed lines are listed on stderr and in results.md),
@@ -15,13 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from partialconv.analysis import ReportError, write_report  # noqa: E402
+from partialconv.analysis import ReportError, write_report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog="python -m scripts.padding_report",
         description="Tables (markdown, CSV) and figures comparing paddings over multiple train.py runs.",
     )
     parser.add_argument(

@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402

@@ -160,12 +160,12 @@ def test_benchmark_no_report_runs_but_writes_no_report(tmp_path):
 
     data = make_demo_dataset(tmp_path / "data", train_per_class=2, val_per_class=1, size=32)
     root = tmp_path / "results"
-    cmd = [sys.executable, str(ROOT / "scripts" / "padding_benchmark.py"), "--archs", "simple_cnn", "--runs", "1"]
+    cmd = [sys.executable, "-m", "scripts.padding_benchmark", "--archs", "simple_cnn", "--runs", "1"]
     cmd += ["--paddings", "zero", "--root", str(root), "--device", "cpu", "--no-report"]
     cmd += ["--data_train", str(data / "train"), "--data_val", str(data / "val"), "--"]
     cmd += ["--epochs", "1", "-b", "20", "-j", "0", "--no-tensorboard", "-p", "100", "--train-crop-size", "32"]
     cmd += ["--val-resize-size", "32", "--val-crop-size", "32"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (root / "simple_cnn" / "zero" / "run1" / "metrics.jsonl").is_file()  # the run happened
     written = {p.name for p in root.iterdir()}

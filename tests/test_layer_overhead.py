@@ -1,17 +1,9 @@
 """The layer benchmark runs end to end and its naive baseline computes the same thing as the layer."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
+from benchmarks import layer_overhead
 from partialconv import PartialConv2d
-
-_spec = importlib.util.spec_from_file_location(
-    "layer_overhead", Path(__file__).resolve().parents[1] / "benchmarks" / "layer_overhead.py"
-)
-layer_overhead = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(layer_overhead)
 
 
 def test_naive_baseline_matches_layer():

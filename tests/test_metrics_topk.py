@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from partialconv.engine.metrics import EpochMeter, topk_correct
-from partialconv.engine.trainer import build_context, evaluate, train_one_epoch
+from partialconv.engine.trainer import build_optimisation, evaluate, train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,9 +116,9 @@ def test_training_epoch_meter_reports_top1_top5():
     )
     model = Passthrough()
     loader = batches(logits, targets, 4)
-    ctx = build_context(cfg, model, model, torch.device("cpu"), steps_per_epoch=len(loader))
+    optim = build_optimisation(cfg, model, model, torch.device("cpu"), steps_per_epoch=len(loader))
     meter = EpochMeter(torch.device("cpu"))
-    result = train_one_epoch(ctx, loader, 0, meter, print_freq=100, log=lambda s: None)
+    result = train_one_epoch(optim, loader, 0, meter, print_freq=100, log=lambda s: None)
     assert result.steps_done == 3 and not result.preempted
     got = meter.reduce()
     n = len(RANKS)

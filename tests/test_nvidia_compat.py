@@ -20,7 +20,7 @@ from partialconv.checkpoint import CheckpointError, load_checkpoint, match_keys,
 from partialconv.config import ConfigError, build_parser, parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.engine.checkpointing import restore_run_state
-from partialconv.engine.trainer import build_context
+from partialconv.engine.trainer import build_optimisation
 from partialconv.models import create_model
 
 # 10 classes x 4 train images, batch 4: 10 steps per epoch.
@@ -201,19 +201,19 @@ def test_restore_nvidia_checkpoint_restores_momentum_epoch_lr_and_best(data, tmp
     path = save_like_main_py(tmp_path / "nv.pth.tar", model_nv, opt_nv, "simple_cnn_bn", 2, torch.tensor(37.5))
     cfg = parse_config(args(data, tmp_path / "run", "--epochs", "4"))
     model = create_model("simple_cnn_bn", num_classes=10)
-    ctx = build_context(cfg, model, model, torch.device("cpu"), steps_per_epoch=10)
+    optim = build_optimisation(cfg, model, model, torch.device("cpu"), steps_per_epoch=10)
     warnings: list[str] = []
     epoch, step, best, sums = restore_run_state(
-        read_checkpoint(path), model, ctx, 0, 1, warnings.append, path, steps_per_epoch=10
+        read_checkpoint(path), model, optim, 0, 1, warnings.append, path, steps_per_epoch=10
     )
     assert (epoch, step, best, sums) == (2, 0, 37.5, None)
     for p_ours, p_nv in zip(model.parameters(), model_nv.parameters()):
         assert torch.equal(p_ours, p_nv)
-        assert torch.equal(ctx.optimizer.state[p_ours]["momentum_buffer"], opt_nv.state[p_nv]["momentum_buffer"])
-    assert ctx.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**2)  # epoch 2 of step size 1, gamma 0.5
-    ctx.optimizer.step()  # no gradients: parameters unchanged; the schedule goes on from there
-    ctx.scheduler.step()
-    assert ctx.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**2)
+        assert torch.equal(optim.optimizer.state[p_ours]["momentum_buffer"], opt_nv.state[p_nv]["momentum_buffer"])
+    assert optim.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**2)  # epoch 2 of step size 1, gamma 0.5
+    optim.optimizer.step()  # no gradients: parameters unchanged; the schedule goes on from there
+    optim.scheduler.step()
+    assert optim.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**2)
     assert len(warnings) == 1 and "RNG" in warnings[0] and "mid-epoch" in warnings[0]
 
 

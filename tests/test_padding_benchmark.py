@@ -4,7 +4,6 @@ matrix of real train.py runs (interrupted, restarted, reported)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import re
 import signal
@@ -15,19 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from scripts import padding_benchmark as pb
+
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "scripts" / "padding_benchmark.py"
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("padding_benchmark", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-pb = _load_benchmark()
+BENCH = [sys.executable, "-m", "scripts.padding_benchmark"]  # run from the repository root (cwd=ROOT)
 
 
 def write_metrics(run_dir: Path, arch: str, padding: str, done: int, planned: int) -> None:
@@ -48,7 +38,7 @@ def test_plan_matrix_order_seeds_and_states(tmp_path):
         f"{a}/{p}/run{k}" for a in ("resnet18", "vgg11") for p in ("zero", "partial") for k in (1, 2)
     ]
     assert [j.seed for j in jobs[:2]] == [11, 12]
-    assert [j.state for j in jobs[:4]] == ["finished", "partial", "partial", "new"]
+    assert [j.status for j in jobs[:4]] == ["finished", "partial", "partial", "new"]
     assert jobs[5].run_dir == tmp_path / "vgg11" / "zero" / "run2"
 
 
@@ -120,9 +110,9 @@ def test_dry_run_prints_commands_and_skips_finished(tmp_path):
     write_metrics(root / "vgg11" / "zero" / "run1", "vgg11", "zero", 1, 1)
     write_metrics(root / "vgg11" / "partial" / "run1", "vgg11", "partial", 1, 3)
     before = sorted(p for p in root.rglob("*"))
-    cmd = [sys.executable, str(BENCH), "--archs", "vgg11", "--runs", "1", "--root", str(root), "--dry-run"]
+    cmd = [*BENCH, "--archs", "vgg11", "--runs", "1", "--root", str(root), "--dry-run"]
     cmd += ["--device", "cuda", "--gpus", "0,1,2,3", "--parallel", "2", "--", "--epochs", "3"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "4 runs (1 archs x 4 paddings x 1)" in out and "1 finished (skipped), 1 to resume, 2 new" in out
@@ -136,8 +126,10 @@ def test_dry_run_prints_commands_and_skips_finished(tmp_path):
 
 
 def test_dry_run_max_runs_limits_the_commands(tmp_path):
-    cmd = [sys.executable, str(BENCH), "--archs", "simple_cnn", "--runs", "3", "--root", str(tmp_path)]
-    proc = subprocess.run(cmd + ["--device", "cpu", "--max-runs", "2", "--dry-run"], capture_output=True, text=True)
+    cmd = [*BENCH, "--archs", "simple_cnn", "--runs", "3", "--root", str(tmp_path)]
+    proc = subprocess.run(
+        cmd + ["--device", "cpu", "--max-runs", "2", "--dry-run"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     commands = [line for line in proc.stdout.splitlines() if "train.py" in line]
     assert len(commands) == 2 and "--padding zero --seed 2" in commands[1]
@@ -152,7 +144,7 @@ TRAIN_FLAGS += ["--train-crop-size", "32", "--val-resize-size", "32", "--val-cro
 
 
 def _bench_command(root: Path, data: Path) -> list[str]:
-    cmd = [sys.executable, str(BENCH), "--archs", *ARCHS, "--runs", "2", "--root", str(root), "--device", "cpu"]
+    cmd = [*BENCH, "--archs", *ARCHS, "--runs", "2", "--root", str(root), "--device", "cpu"]
     cmd += ["--data_train", str(data / "train"), "--data_val", str(data / "val"), "--kill-timeout", "30"]
     return cmd + ["--", *TRAIN_FLAGS]
 
@@ -172,7 +164,7 @@ def matrix(tmp_path_factory):
     data = make_demo_dataset(base / "data", train_per_class=2, val_per_class=1, size=32)
     root = base / "results"
     cmd = _bench_command(root, data)
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watchdog = threading.Timer(600, first.kill)  # a hung benchmark fails the test instead of blocking the suite
     watchdog.start()
     lines = []
@@ -188,7 +180,7 @@ def matrix(tmp_path_factory):
     broken = root / "simple_cnn_bn" / "replicate" / "run2"
     broken.mkdir(parents=True)
     (broken / "checkpoint.pth.tar").write_bytes(b"not a checkpoint")
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     return {
         "root": root,
         "first_rc": first.returncode,

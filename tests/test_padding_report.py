@@ -18,14 +18,14 @@ from partialconv.analysis import (
     ReportError,
     collect_runs,
     load_run,
-    run_state,
+    run_status,
     summarize,
     welch_pvalue,
     write_report,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT = ROOT / "scripts" / "padding_report.py"
+REPORT = [sys.executable, "-m", "scripts.padding_report"]  # run from the repository root (cwd=ROOT)
 
 
 def write_run(root: Path, arch: str, padding: str, k: int, acc1: list, acc5: list | None = None, epochs=None) -> Path:
@@ -123,9 +123,9 @@ def test_incomplete_runs_are_listed_not_averaged(tmp_path):
     write_run(tmp_path, "resnet18", "zero", 1, [40.0, 50.0])
     write_run(tmp_path, "resnet18", "zero", 2, [44.0, 52.0])
     write_run(tmp_path, "resnet18", "zero", 3, [90.0], epochs=2)  # interrupted after epoch 1
-    assert run_state(tmp_path / "resnet18" / "zero" / "run3") == "partial"
-    assert run_state(tmp_path / "resnet18" / "zero" / "run1") == "finished"
-    assert run_state(tmp_path / "resnet18" / "zero" / "run9") == "new"
+    assert run_status(tmp_path / "resnet18" / "zero" / "run3") == "partial"
+    assert run_status(tmp_path / "resnet18" / "zero" / "run1") == "finished"
+    assert run_status(tmp_path / "resnet18" / "zero" / "run9") == "new"
     (cell,) = summarize(collect_runs(tmp_path)[0])
     assert cell.n == 2 and cell.mean1 == pytest.approx(51.0)
     assert [r.path.name for r in cell.incomplete] == ["run3"]
@@ -162,7 +162,7 @@ def report(tmp_path_factory):
             write_run(root, arch, padding, k, accs)
     bad = root / "resnet18" / "partial" / "run2" / "metrics.jsonl"
     bad.write_text(bad.read_text() + '{"epoch": 3, "epochs"\n' + '{"epoch": 3}\n')
-    proc = subprocess.run([sys.executable, str(REPORT), "--root", str(root)], capture_output=True, text=True)
+    proc = subprocess.run([*REPORT, "--root", str(root)], cwd=ROOT, capture_output=True, text=True)
     return root, values, proc
 
 
@@ -211,7 +211,7 @@ def test_malformed_lines_are_named_and_skipped(report):
 
 def test_unusable_roots_fail_with_one_line(tmp_path):
     def run(root: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(REPORT), "--root", str(root)], capture_output=True, text=True)
+        return subprocess.run([*REPORT, "--root", str(root)], cwd=ROOT, capture_output=True, text=True)
 
     missing = run(tmp_path / "nope")
     assert (

@@ -27,7 +27,7 @@ from partialconv.analysis import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT = ROOT / "scripts" / "padding_report.py"
+REPORT = [sys.executable, "-m", "scripts.padding_report"]  # run from the repository root (cwd=ROOT)
 
 
 def read_table(path: Path) -> dict[tuple[str, str], dict[str, str]]:
@@ -246,7 +246,7 @@ def test_recipes_are_not_pooled_and_duplicates_and_continuations_are_not_counted
     write_run(tmp_path, "partial_e2_more", "resnet18", "partial", 1, [44.0, 45.0], epochs=4, first_epoch=3, config={})
     write_run(tmp_path, "partial_e4_again", "resnet18", "partial", 1, [50.0, 51, 52, 53], config={"epochs": 4})
     write_run(tmp_path, "partial_e4_seed2", "resnet18", "partial", 2, [41.0, 42, 43, 44], config={"epochs": 4})
-    proc = subprocess.run([sys.executable, str(REPORT), "--root", str(tmp_path)], capture_output=True, text=True)
+    proc = subprocess.run([*REPORT, "--root", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     rows = rows_of(tmp_path / "results.csv")
     assert [(r, p) for _, r, p in rows] == [(f"epochs={e}", p) for e in (1, 2, 3, 4) for p in ("zero", "partial")]

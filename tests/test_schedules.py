@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from partialconv.engine.trainer import build_context, lr_factor
+from partialconv.engine.trainer import build_optimisation, lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,17 +94,17 @@ def test_fractional_warmup_epochs():
 
 @pytest.mark.parametrize("schedule", ["step", "cosine"])
 def test_scheduler_of_the_training_context_applies_the_factor_per_iteration(schedule):
-    """build_context's optimiser/scheduler pair: the LR used by step i is lr * factor(i), stepped once per step."""
+    """build_optimisation's optimiser/scheduler pair: the LR used by step i is lr * factor(i), stepped once per step."""
     c = cfg(schedule, 3, warmup=1, step_size=1, gamma=0.5)
     c.lr = 0.4
     model = nn.Linear(2, 2)
-    ctx = build_context(c, model, model, torch.device("cpu"), steps_per_epoch=4)
+    optim = build_optimisation(c, model, model, torch.device("cpu"), steps_per_epoch=4)
     seen = []
     for _ in range(12):
-        seen.append(ctx.optimizer.param_groups[0]["lr"])
-        ctx.optimizer.step()
-        ctx.scheduler.step()
-    final = ctx.optimizer.param_groups[0]["lr"]
+        seen.append(optim.optimizer.param_groups[0]["lr"])
+        optim.optimizer.step()
+        optim.scheduler.step()
+    final = optim.optimizer.param_groups[0]["lr"]
     if schedule == "step":
         expected = [0.1, 0.2, 0.3, 0.4] + [0.2] * 4 + [0.1] * 4
         assert final == pytest.approx(0.05)

@@ -29,9 +29,9 @@ from .runlog import Progress
 __all__ = [
     "AMP_DTYPES",
     "NonFiniteLossError",
-    "TrainContext",
+    "Optimisation",
     "EpochResult",
-    "build_context",
+    "build_optimisation",
     "lr_factor",
     "seek_schedule",
     "train_step",
@@ -47,8 +47,9 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class TrainContext:
-    """Everything one training step needs. ``model`` is what runs forward (DDP- and/or compile-wrapped)."""
+class Optimisation:
+    """The optimisation state: everything one training step needs (model, loss, optimiser, LR schedule, AMP scaler
+    and settings). ``model`` is what runs forward (DDP- and/or compile-wrapped)."""
 
     model: nn.Module
     criterion: nn.Module
@@ -83,25 +84,25 @@ def lr_factor(cfg: argparse.Namespace, steps_per_epoch: int) -> Callable[[int], 
     return factor
 
 
-def seek_schedule(ctx: TrainContext, iteration: int) -> None:
+def seek_schedule(optim: Optimisation, iteration: int) -> None:
     """Put the LR schedule at global ``iteration`` (``--start-epoch``): the LR of a run that got there, whatever the
     checkpoint or a fresh start left the scheduler at."""
     with warnings.catch_warnings():
         # "scheduler.step() before optimizer.step()": on a fresh run; no optimiser step is skipped by this.
         warnings.simplefilter("ignore", UserWarning)
-        ctx.scheduler.last_epoch = iteration - 1
-        ctx.scheduler.step()
+        optim.scheduler.last_epoch = iteration - 1
+        optim.scheduler.step()
 
 
-def build_context(
+def build_optimisation(
     cfg: argparse.Namespace, model: nn.Module, train_model: nn.Module, device: torch.device, steps_per_epoch: int
-) -> TrainContext:
+) -> Optimisation:
     """SGD with weight decay on every parameter (the seed's recipe), the per-iteration LR schedule and the
     GradScaler (active for fp16 only)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    return TrainContext(
+    return Optimisation(
         model=train_model,
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
         optimizer=optimizer,
@@ -115,21 +116,21 @@ def build_context(
 
 
 def train_step(
-    ctx: TrainContext, images: torch.Tensor, targets: torch.Tensor, loss_weight: float = 1.0
+    optim: Optimisation, images: torch.Tensor, targets: torch.Tensor, loss_weight: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward, optimiser and schedule step on a device batch; returns the (detached) loss and logits.
 
     The gradient is that of ``loss_weight`` x the batch's mean loss. An empty batch (all its images bad, under DDP
     where this rank must still join the gradient all-reduce) runs the model on zero images and contributes zeros.
     """
-    with ctx.autocast():
-        logits = ctx.model(images)
-        loss = ctx.criterion(logits, targets) if targets.numel() else logits.sum() * 0.0
-    ctx.optimizer.zero_grad(set_to_none=True)
-    ctx.scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
-    ctx.scaler.step(ctx.optimizer)
-    ctx.scaler.update()
-    ctx.scheduler.step()
+    with optim.autocast():
+        logits = optim.model(images)
+        loss = optim.criterion(logits, targets) if targets.numel() else logits.sum() * 0.0
+    optim.optimizer.zero_grad(set_to_none=True)
+    optim.scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
+    optim.scaler.step(optim.optimizer)
+    optim.scaler.update()
+    optim.scheduler.step()
     return loss.detach(), logits.detach()
 
 
@@ -142,7 +143,7 @@ class EpochResult:
 
 
 def train_one_epoch(
-    ctx: TrainContext,
+    optim: Optimisation,
     loader: DataLoader,
     epoch: int,
     meter: EpochMeter,
@@ -167,10 +168,10 @@ def train_one_epoch(
     same global batch computes. A rank without images joins with zeros. A step where no rank has an image is
     skipped by all: no optimiser update, while the LR schedule and the step count follow the data position.
     """
-    ctx.model.train()
+    optim.model.train()
     world = dist.get_world_size() if dist.is_initialized() else 1
     total_steps = total_steps if total_steps is not None else start_step + len(loader)
-    first_bad = torch.full((), -1, dtype=torch.long, device=ctx.device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=optim.device)
     progress = Progress(total_steps, f"epoch {epoch + 1}", show_progress, initial=start_step)
     step, images_seen, preempted = start_step, 0, False
     start = step_end = time.perf_counter()
@@ -183,13 +184,13 @@ def train_one_epoch(
             # same decision on every rank (a collective): counted whenever the loader may drop bad images
             count = global_count(local) if drops_bad_images and world > 1 else local * world
             if count == 0:  # no rank has an image: every rank skips the update; the position moves on
-                _step_schedule_only(ctx)
+                _step_schedule_only(optim)
             else:
                 if local == 0:
-                    images = torch.zeros((0, *ctx.input_shape))
+                    images = torch.zeros((0, *optim.input_shape))
                     targets = torch.zeros((0,), dtype=torch.long)
-                images, targets = batch_to_device(images, targets, ctx.device, ctx.channels_last)
-                loss, logits = train_step(ctx, images, targets, local * world / count)
+                images, targets = batch_to_device(images, targets, optim.device, optim.channels_last)
+                loss, logits = train_step(optim, images, targets, local * world / count)
                 if local:
                     meter.update(loss, logits, targets)
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
@@ -203,7 +204,7 @@ def train_one_epoch(
                     s = meter.local_summary()
                     log(
                         f"Epoch: [{epoch + 1}][{step}/{total_steps}] loss {s['loss']:.4f} acc@1 {s['acc1']:.2f} "
-                        f"acc@5 {s['acc5']:.2f} lr {ctx.optimizer.param_groups[0]['lr']:.5f} "
+                        f"acc@5 {s['acc5']:.2f} lr {optim.optimizer.param_groups[0]['lr']:.5f} "
                         f"{images_seen / max(time.perf_counter() - start, 1e-9):.1f} img/s/rank "
                         + window.line(step, total_steps)
                     )
@@ -217,10 +218,10 @@ def train_one_epoch(
     return EpochResult(step, preempted, time.perf_counter() - start, images_seen)
 
 
-def _step_schedule_only(ctx: TrainContext) -> None:
+def _step_schedule_only(optim: Optimisation) -> None:
     with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()" when the first step is skipped
         warnings.simplefilter("ignore", UserWarning)
-        ctx.scheduler.step()
+        optim.scheduler.step()
 
 
 def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:

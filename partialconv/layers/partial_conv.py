@@ -27,7 +27,7 @@ import math
 import threading
 from collections import OrderedDict
 from contextlib import nullcontext
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -63,13 +63,18 @@ def padding_ratio_1d(
     return counts, ratios
 
 
-# A padding-mode plan: (dense, regions, dense_ratio, update_mask).
-# regions: disjoint output boxes (starts, lengths, pair, ratio, 1 - ratio) covering every position whose ratio is not
-# 1; a box's ratio is the outer product of the per-dimension ratio vectors over it; pair = (dim, run, tail start)
-# when one box holds both the leading and the same-sized trailing run of a dim (see _box). dense_ratio/update_mask
-# are built for the rare geometries the border path does not cover: a window entirely in the padding (padding >=
-# kernel extent, so some outputs are holes) or asymmetric padding ('same' with an even kernel).
-_Plan = tuple
+class _Plan(NamedTuple):
+    """A padding-mode plan. ``regions``: disjoint output boxes (starts, lengths, pair, ratio, 1 - ratio) covering
+    every position whose ratio is not 1; a box's ratio is the outer product of the per-dimension ratio vectors over
+    it; pair = (dim, run, tail start) when one box holds both the leading and the same-sized trailing run of a dim
+    (see _box). ``dense`` plans carry ``dense_ratio``/``update_mask`` instead, for the rare geometries the border path
+    does not cover: a window entirely in the padding (padding >= kernel extent, so some outputs are holes) or
+    asymmetric padding ('same' with an even kernel)."""
+
+    dense: bool
+    regions: tuple
+    dense_ratio: Optional[Tensor]
+    update_mask: Optional[Tensor]
 
 
 def _make_plan(
@@ -87,7 +92,7 @@ def _make_plan(
         # float64 products rounded once to dtype: float32 ratios such as 5/3 would cost float64 layers 1e-7.
         dense_ratio = _outer([torch.tensor(r, dtype=torch.float64) for r in ratios]).to(dtype).to(device)
         update_mask = (dense_ratio > 0).to(dtype)
-        return True, (), dense_ratio, update_mask
+        return _Plan(True, (), dense_ratio, update_mask)
 
     # Per dimension the ratio differs from 1 on a leading and a trailing run of positions only.
     spans = []
@@ -128,7 +133,7 @@ def _make_plan(
             ratio = ratio.to(dtype).to(device)
             lengths = tuple(hi - lo for lo, hi in zip(starts, stops))
             regions.append((tuple(starts), lengths, pair, ratio, 1 - ratio))
-    return False, tuple(regions), None, None
+    return _Plan(False, tuple(regions), None, None)
 
 
 def _outer(vectors: Sequence[Tensor]) -> Tensor:

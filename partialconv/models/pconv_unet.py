@@ -132,7 +132,7 @@ class PConvUNet(nn.Module):
         return self
 
 
-@register_model(pd_variant=False)
+@register_model(pd_variant=False, task="inpainting")
 def pconv_unet(layer_size: int = 8, in_channels: int = 3, **kwargs) -> PConvUNet:
     """The paper's inpainting network: 8 stages for 512 px inputs, 7 for 256 px."""
     return PConvUNet(layer_size=layer_size, in_channels=in_channels, **kwargs)

@@ -1,0 +1,69 @@
+"""The programs under scripts/ and benchmarks/ are modules run from the repository root (``python -m scripts.X``),
+with no sys.path manipulation anywhere: from a checkout, without installing and without PYTHONPATH."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Every program: each non-private module of the two packages (helpers such as benchmarks/_common.py start with _).
+PROGRAMS = sorted(
+    f"{package}.{path.stem}"
+    for package in ("scripts", "benchmarks")
+    for path in (ROOT / package).glob("*.py")
+    if not path.name.startswith("_")
+)
+# Their argparse prog is set where their parsers are rewritten (the inpainting programs' refactor): strict, so the
+# mark has to go once it is.
+PROG_PENDING = {"scripts.train_inpainting", "scripts.inpaint", "scripts.eval_inpainting", "benchmarks.inpainting_speed"}
+
+
+def test_every_program_is_found():
+    assert {"scripts.padding_benchmark", "scripts.padding_report", "benchmarks.train_throughput"} <= set(PROGRAMS)
+    assert {"benchmarks.layer_overhead", "scripts.train_inpainting", "benchmarks.inpainting_speed"} <= set(PROGRAMS)
+    assert not any(p.endswith(("_common", "_jpeg_folder", "__init__")) for p in PROGRAMS)
+
+
+def _help(module: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the repository root comes from `-m` alone
+    return subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, subprocess.CompletedProcess]:
+    return {module: _help(module) for module in PROGRAMS}
+
+
+@pytest.mark.parametrize("module", PROGRAMS)
+def test_help_runs_as_a_module_from_the_repository_root(helps, module):
+    proc = helps[module]
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: ") and not proc.stderr, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="prog set with the inpainting refactor"))
+        if m in PROG_PENDING
+        else m
+        for m in PROGRAMS
+    ],
+)
+def test_usage_shows_the_module_command(helps, module):
+    assert helps[module].stdout.startswith(f"usage: python -m {module} "), helps[module].stdout[:200]
+
+
+def test_no_program_or_library_module_changes_sys_path():
+    files = [ROOT / "train.py", *sorted((ROOT / "scripts").glob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py"))]
+    files += sorted((ROOT / "partialconv").rglob("*.py"))
+    assert len(files) > 20
+    hacks = [f"{f.relative_to(ROOT)}" for f in files if "sys.path." in f.read_text()]
+    assert hacks == []
