@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.loaders import batch_to_device
+from .amp import AMP_DTYPES
 from .distributed import global_count
 from .metrics import EpochMeter
 from .preemption import Preemption
@@ -38,8 +39,6 @@ __all__ = [
     "train_one_epoch",
     "evaluate",
 ]
-
-AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class NonFiniteLossError(RuntimeError):
