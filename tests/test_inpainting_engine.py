@@ -4,13 +4,10 @@ ranks of a torchrun agreeing on the step to stop at when only one of them was si
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +16,13 @@ import torch
 from PIL import Image
 
 from partialconv.checkpoint import read_checkpoint
+from scripts import train_inpainting
+from tests.signalling import child_with_env, no_process_left, signal_at_line, to_group
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_inpainting.py"
 NO_VGG = ["--loss-weights", "perceptual=0,style_out=0,style_comp=0"]  # the VGG-16 file is then never read
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("script_train_inpainting_engine", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +55,16 @@ def test_checkpoints_rotate_and_auto_resume_falls_back_without_repeating_metrics
     """Every save keeps the one before as checkpoint.prev.pth.tar. A last checkpoint that cannot be read (a torn
     copy, a bad disk block) is named, the previous one resumed, and the validation lines after its iteration are
     not written twice; the result is the uninterrupted run's."""
-    script = load_script()
     common = ["--iters", "4", "--log-every", "1", "--val-every", "2"]
     straight, run = tmp_path / "straight", tmp_path / "run"
-    assert script.cli(argv(photos, straight, *common)) == 0
-    assert script.cli(argv(photos, run, *common)) == 0
+    assert train_inpainting.cli(argv(photos, straight, *common)) == 0
+    assert train_inpainting.cli(argv(photos, run, *common)) == 0
     assert read_checkpoint(run / "checkpoint.pth.tar")["iteration"] == 4
     assert read_checkpoint(run / "checkpoint.prev.pth.tar")["iteration"] == 2
     assert iterations(run) == [2, 4]
     capsys.readouterr()
     (run / "checkpoint.pth.tar").write_bytes(b"torn")
-    assert script.cli(argv(photos, run, *common, "--resume", "auto")) == 0
+    assert train_inpainting.cli(argv(photos, run, *common, "--resume", "auto")) == 0
     err = capsys.readouterr().err
     assert "checkpoint.pth.tar" in err and "trying the previous checkpoint" in err, err
     log = (run / "log.txt").read_text()
@@ -83,69 +74,21 @@ def test_checkpoints_rotate_and_auto_resume_falls_back_without_repeating_metrics
     assert same_weights(straight / "checkpoint.pth.tar", run / "checkpoint.pth.tar")
 
 
-def _signal_group_at(cmd: list[str], marker: str, send) -> tuple[int, str, int]:
-    """Run ``cmd`` in its own session; when a line starts with ``marker``, freeze the group, call ``send(pid)``,
-    let the group go on. Returns the exit code, the output and the group's id."""
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    seen = []
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith(marker):
-                pgid = os.getpgid(proc.pid)
-                os.killpg(pgid, signal.SIGSTOP)  # the signal surely lands mid-run, workers included
-                send(proc.pid)
-                os.killpg(pgid, signal.SIGCONT)
-                break
-        rest, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
-    return proc.returncode, "".join(seen) + rest, proc.pid
-
-
-def _no_process_left(pgid: int) -> bool:
-    for _ in range(50):
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_ctrl_c_to_the_process_group_checkpoints_and_resumes(photos, tmp_path, workers):
     """SIGINT (a terminal's Ctrl-C reaches the whole group, DataLoader workers included) stops like SIGTERM: the
     step in progress finishes, the checkpoint is written, exit code 130, no traceback; --resume auto completes."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-u", str(SCRIPT), *argv(photos, out, "-j", workers, "--iters", "200", "--log-every", "1")]
-    code, output, pgid = _signal_group_at(cmd, "iter 2/200", lambda pid: os.killpg(os.getpgid(pid), signal.SIGINT))
-    assert _no_process_left(pgid), "DataLoader workers outlived the run"
+    code, output, pgid = signal_at_line(cmd, "iter 2/200", to_group(signal.SIGINT))
+    assert no_process_left(pgid), "DataLoader workers outlived the run"
     assert code == 130, output
     assert "preempted by SIGINT" in output and "--resume auto" in output, output
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
     stopped = read_checkpoint(out / "checkpoint.pth.tar")["iteration"]
     assert 2 <= stopped < 200
-    assert load_script().cli(argv(photos, out, "--iters", str(stopped + 1), "--resume", "auto")) == 0
+    assert train_inpainting.cli(argv(photos, out, "--iters", str(stopped + 1), "--resume", "auto")) == 0
     assert read_checkpoint(out / "checkpoint.pth.tar")["iteration"] == stopped + 1
-
-
-def _rank_pid(torchrun_pid: int, rank: int) -> int:
-    """The pid of torchrun's child process with RANK=rank (read from /proc)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == torchrun_pid and f"RANK={rank}".encode() in env:
-            return int(entry.name)
-    raise AssertionError(f"no rank {rank} under torchrun {torchrun_pid}")
 
 
 def test_torchrun_one_rank_signalled_stops_both_at_the_next_step(photos, tmp_path):
@@ -154,9 +97,9 @@ def test_torchrun_one_rank_signalled_stops_both_at_the_next_step(photos, tmp_pat
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     flags = argv(photos, out, "--iters", "200", "--log-every", "5", "--val-every", "1000", "-b", "1")
-    send = lambda pid: os.kill(_rank_pid(pid, 1), signal.SIGUSR1)  # noqa: E731
-    code, output, pgid = _signal_group_at([*torchrun, str(SCRIPT), *flags], "iter 5/200", send)
-    assert _no_process_left(pgid), "ranks outlived torchrun"
+    send = lambda pid: os.kill(child_with_env(pid, "RANK=1"), signal.SIGUSR1)  # noqa: E731
+    code, output, pgid = signal_at_line([*torchrun, str(SCRIPT), *flags], "iter 5/200", send)
+    assert no_process_left(pgid), "ranks outlived torchrun"
     assert code != 0, output
     assert "preempted by SIGUSR1" in output, output  # rank 0's line: it learnt of rank 1's signal
     assert "DataLoader worker" not in output, output
