@@ -6,6 +6,8 @@ Phase 2:  python3 scripts/train_inpainting.py --data DIR --vgg-weights ... --fin
               --pretrained runs/pconv/checkpoint.pth.tar --output-dir runs/pconv_ft
 Multi-GPU: torchrun --nproc_per_node 8 scripts/train_inpainting.py ...
 Without --data it trains a few steps on the photos bundled with scikit-image (the embedded demo).
+SIGTERM/SIGUSR1/SIGINT (to the process, its group or one torchrun rank): all ranks finish the same step, the
+checkpoint is written, exit 143/138/130; the same command plus --resume auto continues exactly.
 """
 
 from __future__ import annotations
@@ -75,7 +77,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4, or 5e-5 with --finetune)")
     p.add_argument("--finetune", action="store_true", help="fine-tuning phase: encoder BN frozen, lr 5e-5")
     p.add_argument("--pretrained", help="initialise the weights from this checkpoint (e.g. phase 1's, for --finetune)")
-    p.add_argument("--resume", help="continue a run from PATH, or 'auto': OUTPUT_DIR/checkpoint.pth.tar if it exists")
+    p.add_argument(
+        "--resume",
+        help="continue a run from PATH, or 'auto': OUTPUT_DIR/checkpoint.pth.tar if it exists (if it cannot be read, "
+        "the checkpoint.prev.pth.tar kept beside it; neither: a fresh start)",
+    )
     p.add_argument("--output-dir", default="runs/inpainting", help="run directory (default runs/inpainting)")
     p.add_argument(
         "--vgg-weights",
