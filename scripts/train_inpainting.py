@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -197,7 +198,14 @@ def evaluate(model, loader, device, amp: str):
     return {"val_l1": sums[0].item() / n, "val_psnr": sums[1].item() / n, "val_ssim": sums[2].item() / n}, shown
 
 
-def save_state(out_dir: Path, model, optimizer, scaler, iteration: int, args) -> None:
+def save_state(
+    out_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    iteration: int,
+    args: argparse.Namespace,
+) -> None:
     """The run checkpoint, written atomically to OUTPUT_DIR/checkpoint.pth.tar; the one before it is kept as
     checkpoint.prev.pth.tar (what --resume auto falls back to if the last cannot be read)."""
     config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
@@ -217,7 +225,14 @@ def save_state(out_dir: Path, model, optimizer, scaler, iteration: int, args) ->
     )
 
 
-def load_state(ckpt, path: Path, model, optimizer, scaler, args) -> int:
+def load_state(
+    ckpt: Any,
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    args: argparse.Namespace,
+) -> int:
     """Continue the run checkpoint ``ckpt`` (read from ``path``); returns its iteration."""
     if not isinstance(ckpt, dict) or "iteration" not in ckpt:
         raise CheckpointError(f"checkpoint {path}: not a train_inpainting.py run checkpoint (no 'iteration')")
