@@ -26,7 +26,8 @@ from torch import nn  # noqa: E402
 
 from benchmarks._common import RESULTS_DIR, describe_machine, machine_info  # noqa: E402
 from partialconv.data.masks import IrregularMaskGenerator  # noqa: E402
-from partialconv.engine.inpainting import AMP_DTYPES, autocast, train_step  # noqa: E402
+from partialconv.engine.amp import AMP_DTYPES, autocast  # noqa: E402
+from partialconv.engine.inpainting import train_step  # noqa: E402
 from partialconv.fileio import write_text_atomic  # noqa: E402
 from partialconv.layers.partial_conv import PartialConv2d  # noqa: E402
 from partialconv.losses.inpainting import InpaintingLoss  # noqa: E402

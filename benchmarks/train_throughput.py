@@ -43,12 +43,12 @@ from partialconv import PartialConv2d, create_model  # noqa: E402
 from partialconv.config import parse_config  # noqa: E402
 from partialconv.data import build_loaders  # noqa: E402
 from partialconv.data.allocator import ALLOCATOR_SETTINGS, AllocatorWorkerInit  # noqa: E402
+from partialconv.engine.amp import AMP_DTYPES  # noqa: E402
 from partialconv.engine.distributed import DistInfo  # noqa: E402
 from partialconv.layers.partial_conv import padding_ratio_1d  # noqa: E402
 from partialconv.models._registry import is_model, split_pd_name, unknown_model_message  # noqa: E402
 
 DEFAULT_ARCHS = ("resnet50", "pdresnet50", "vgg16_bn", "pdvgg16_bn")
-AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # --------------------------------------------------------------------------------------------------- the pd variant

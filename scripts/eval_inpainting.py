@@ -33,9 +33,11 @@ from partialconv.data.masks import (  # noqa: E402
     bucket_of,
     hole_ratio,
 )
+from partialconv.engine.amp import AMP_DTYPES  # noqa: E402
 from partialconv.engine.cli import run_cli  # noqa: E402
 from partialconv.engine.distributed import init_distributed  # noqa: E402
-from partialconv.engine.inpainting import AMP_DTYPES, inpaint, l1_percent, load_inpainting_model, psnr, ssim  # noqa: E402
+from partialconv.engine.image_metrics import l1_percent, psnr, ssim  # noqa: E402
+from partialconv.engine.inpainting_inference import inpaint, load_inpainting_model  # noqa: E402
 from partialconv.fileio import WriteError, write_text_atomic  # noqa: E402
 
 BORDERS = ("N", "B")  # N: no border constraint, B: no hole within the border margin

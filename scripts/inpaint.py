@@ -24,9 +24,10 @@ from PIL import Image  # noqa: E402
 from partialconv.checkpoint import CheckpointError  # noqa: E402
 from partialconv.data.inpainting import IMAGE_EXTENSIONS, load_image  # noqa: E402
 from partialconv.data.masks import generate_mask, list_images, load_mask_png, save_mask_png  # noqa: E402
+from partialconv.engine.amp import AMP_DTYPES  # noqa: E402
 from partialconv.engine.cli import run_cli  # noqa: E402
 from partialconv.engine.distributed import init_distributed  # noqa: E402
-from partialconv.engine.inpainting import AMP_DTYPES, inpaint, load_inpainting_model  # noqa: E402
+from partialconv.engine.inpainting_inference import inpaint, load_inpainting_model  # noqa: E402
 from partialconv.fileio import WriteError, atomic_write  # noqa: E402
 
 

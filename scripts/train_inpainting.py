@@ -6,41 +6,40 @@ Phase 2:  python3 scripts/train_inpainting.py --data DIR --vgg-weights ... --fin
               --pretrained runs/pconv/checkpoint.pth.tar --output-dir runs/pconv_ft
 Multi-GPU: torchrun --nproc_per_node 8 scripts/train_inpainting.py ...
 Without --data it trains a few steps on the photos bundled with scikit-image (the embedded demo).
+SIGTERM/SIGUSR1/SIGINT (to the process, its group or one torchrun rank): all ranks finish the same step, the
+checkpoint is written, exit 143/138/130; the same command plus --resume auto continues exactly.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
-from partialconv.checkpoint import CheckpointError, extract_state_dict, read_checkpoint, save_checkpoint  # noqa: E402
+from partialconv.checkpoint import CheckpointError, extract_state_dict, read_checkpoint  # noqa: E402
 from partialconv.data.inpainting import InpaintingDataset, InpaintingSampler, skimage_demo_folder  # noqa: E402
 from partialconv.data.loaders import resolve_workers  # noqa: E402
 from partialconv.data.masks import IrregularMaskGenerator, MaskFolder  # noqa: E402
 from partialconv.data.worker_signals import ignore_stop_signals  # noqa: E402
 from partialconv.engine import distributed as dist  # noqa: E402
+from partialconv.engine.amp import AMP_DTYPES, autocast  # noqa: E402
+from partialconv.engine.checkpointing import LAST, find_resume_checkpoint, save_run_checkpoint  # noqa: E402
 from partialconv.engine.cli import run_cli  # noqa: E402
-from partialconv.engine.inpainting import (  # noqa: E402
-    AMP_DTYPES,
-    PreemptionFlag,
-    autocast,
-    compose,
-    image_grid,
-    l1_percent,
-    psnr,
-    ssim,
-    train_step,
-)
-from partialconv.fileio import WriteError, append_line, write_text_atomic  # noqa: E402
+from partialconv.engine.image_grid import image_grid  # noqa: E402
+from partialconv.engine.image_metrics import l1_percent, psnr, ssim  # noqa: E402
+from partialconv.engine.inpainting import train_step  # noqa: E402
+from partialconv.engine.inpainting_inference import compose  # noqa: E402
+from partialconv.engine.preemption import Preemption  # noqa: E402
+from partialconv.engine.runlog import RunLogger  # noqa: E402
+from partialconv.fileio import WriteError, write_text_atomic  # noqa: E402
 from partialconv.losses.inpainting import (  # noqa: E402
     DEFAULT_WEIGHTS,
     VGG16_FILE,
@@ -50,7 +49,6 @@ from partialconv.losses.inpainting import (  # noqa: E402
 )
 from partialconv.models import create_model  # noqa: E402
 
-CHECKPOINT = "checkpoint.pth.tar"
 DEMO_DIR = Path("data/demo_inpainting")
 # Demo-mode defaults, used only for flags the user did not give when --data is absent.
 DEMO_DEFAULTS = {"image_size": 128, "iters": 20, "batch_size": 2, "log_every": 5, "val_every": 10, "workers": 0}
@@ -78,7 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4, or 5e-5 with --finetune)")
     p.add_argument("--finetune", action="store_true", help="fine-tuning phase: encoder BN frozen, lr 5e-5")
     p.add_argument("--pretrained", help="initialise the weights from this checkpoint (e.g. phase 1's, for --finetune)")
-    p.add_argument("--resume", help="continue a run from PATH, or 'auto': OUTPUT_DIR/checkpoint.pth.tar if it exists")
+    p.add_argument(
+        "--resume",
+        help="continue a run from PATH, or 'auto': OUTPUT_DIR/checkpoint.pth.tar if it exists (if it cannot be read, "
+        "the checkpoint.prev.pth.tar kept beside it; neither: a fresh start)",
+    )
     p.add_argument("--output-dir", default="runs/inpainting", help="run directory (default runs/inpainting)")
     p.add_argument(
         "--vgg-weights",
@@ -140,43 +142,6 @@ def _parse_weights(p: argparse.ArgumentParser, text: str) -> dict[str, float]:
     return out
 
 
-class RunLog:
-    """log.txt, metrics.jsonl and TensorBoard of rank 0; silent on other ranks. The run directory and the event file
-    are made by the first write, so a start that fails its checks leaves nothing behind."""
-
-    def __init__(self, out_dir: Path, active: bool) -> None:
-        self.active = active
-        self.out_dir = out_dir
-        self._tb = None
-
-    @property
-    def tb(self):
-        if self.active and self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.out_dir / "tb"))
-        return self._tb
-
-    def print(self, msg: str) -> None:
-        if self.active:
-            print(msg, flush=True)
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            append_line(self.out_dir / "log.txt", msg)
-
-    def warn(self, msg: str) -> None:
-        if self.active:
-            print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-    def metrics(self, record: dict) -> None:
-        if self.active:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            append_line(self.out_dir / "metrics.jsonl", json.dumps(record))
-
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-
-
 def build_data(args, info: dist.DistInfo, start_step: int):
     if args.data is None:
         if info.is_main:  # one writer; the other ranks wait for the files
@@ -231,9 +196,19 @@ def evaluate(model, loader, device, amp: str):
     return {"val_l1": sums[0].item() / n, "val_psnr": sums[1].item() / n, "val_ssim": sums[2].item() / n}, shown
 
 
-def save_state(path: Path, model, optimizer, scaler, iteration: int, args) -> None:
+def save_state(
+    out_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    iteration: int,
+    args: argparse.Namespace,
+) -> None:
+    """The run checkpoint, written atomically to OUTPUT_DIR/checkpoint.pth.tar; the one before it is kept as
+    checkpoint.prev.pth.tar (what --resume auto falls back to if the last cannot be read)."""
     config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    save_checkpoint(
+    save_run_checkpoint(
+        out_dir,
         {
             "arch": "pconv_unet",
             "layer_size": args.layer_size,
@@ -245,21 +220,18 @@ def save_state(path: Path, model, optimizer, scaler, iteration: int, args) -> No
             "scaler": scaler.state_dict(),
             "config": config,
         },
-        path,
     )
 
 
-def resume_path(args, out_dir: Path):
-    if not args.resume:
-        return None
-    if args.resume == "auto":
-        path = out_dir / CHECKPOINT
-        return path if path.is_file() else None
-    return Path(args.resume)
-
-
-def load_state(path: Path, model, optimizer, scaler, args) -> int:
-    ckpt = read_checkpoint(path)
+def load_state(
+    ckpt: Any,
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    args: argparse.Namespace,
+) -> int:
+    """Continue the run checkpoint ``ckpt`` (read from ``path``); returns its iteration."""
     if not isinstance(ckpt, dict) or "iteration" not in ckpt:
         raise CheckpointError(f"checkpoint {path}: not a train_inpainting.py run checkpoint (no 'iteration')")
     if ckpt.get("layer_size") != args.layer_size or bool(ckpt.get("finetune")) != args.finetune:
@@ -280,7 +252,7 @@ def main(argv=None) -> int:
     device = info.device
     args.workers = resolve_workers(args.workers, info.is_main)
     out_dir = Path(args.output_dir)
-    log = RunLog(out_dir, info.is_main)
+    log = RunLogger(out_dir, info.is_main, timestamps=False)
     try:
         return _train(args, info, device, out_dir, log)
     finally:
@@ -288,7 +260,7 @@ def main(argv=None) -> int:
         dist.cleanup()
 
 
-def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: RunLog) -> int:
+def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: RunLogger) -> int:
     torch.manual_seed(args.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -301,24 +273,27 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
         model.freeze_encoder_bn()
     model.to(device)
     criterion = InpaintingLoss(args.vgg_weights, args.loss_weight_overrides).to(device)
-    if criterion.vgg is not None and not vgg_file_is_torchvisions(args.vgg_weights):
-        log.warn(
-            f"--vgg-weights {args.vgg_weights}: not named like torchvision's {VGG16_FILE}, so not checked; using it "
-            "as VGG-16 ImageNet weights for the perceptual/style losses as it is"
-        )
+    unchecked_vgg = criterion.vgg is not None and not vgg_file_is_torchvisions(args.vgg_weights)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
 
     start = 0
-    path = resume_path(args, out_dir)
-    if path is not None:
-        start = load_state(path, model, optimizer, scaler, args)
-        log.print(f"resumed from {path} at iteration {start}")
+    ckpt, path = find_resume_checkpoint(args.resume, out_dir, log.warn)
+    if ckpt is not None:
+        start = load_state(ckpt, path, model, optimizer, scaler, args)
+        log.info(f"resumed from {path} at iteration {start}")
     if start >= args.iters:
-        log.print(f"run already finished ({start}/{args.iters} iterations)")
+        log.info(f"run already finished ({start}/{args.iters} iterations)")
         return 0
     train_loader, val_loader = build_data(args, info, start)  # before anything is written: data errors end clean
+    if unchecked_vgg:  # a warning goes to log.txt too: only once the checks have passed
+        log.warn(
+            f"--vgg-weights {args.vgg_weights}: not named like torchvision's {VGG16_FILE}, so not checked; using it "
+            "as VGG-16 ImageNet weights for the perceptual/style losses as it is"
+        )
+    if ckpt is not None:  # validation lines after the checkpoint's iteration are written again: no duplicates
+        log.truncate_metrics(start, key="iteration")
     if info.is_main:
         config = {k: v for k, v in vars(args).items() if k != "loss_weight_overrides"}
         write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=True))
@@ -327,7 +302,7 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
         if info.distributed
         else model
     )
-    log.print(
+    log.info(
         f"training pconv_unet (layer_size {args.layer_size}, {args.image_size}px) from iteration {start} to "
         f"{args.iters} on {info.world_size} x {device}, batch {args.batch_size}/process, lr {args.lr}"
         f"{', encoder BN frozen' if args.finetune else ''}, amp {args.amp}"
@@ -335,7 +310,7 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
 
     model.train()
     sums, count, t0 = None, 0, time.perf_counter()
-    with PreemptionFlag() as stop:
+    with Preemption() as preemption:
         it = iter(train_loader)
         for iteration in range(start + 1, args.iters + 1):
             batch = tuple(t.to(device, non_blocking=True) for t in next(it))
@@ -349,7 +324,7 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
                 means = dict(zip(losses, (sums / (count * info.world_size)).tolist()))
                 elapsed = time.perf_counter() - t0
                 ips = count * args.batch_size * info.world_size / elapsed
-                log.print(
+                log.info(
                     f"iter {iteration}/{args.iters} "
                     + " ".join(f"{k} {v:.4f}" for k, v in means.items())
                     + f" | {ips:.1f} img/s"
@@ -359,9 +334,10 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
                         log.tb.add_scalar(f"loss/{k}", v, iteration)
                     log.tb.add_scalar("images_per_sec", ips, iteration)
                 sums, count, t0 = None, 0, time.perf_counter()
-            if iteration % args.val_every == 0 or last:
+            saved = iteration % args.val_every == 0 or last
+            if saved:
                 metrics, shown = evaluate(ddp, val_loader, device, args.amp)
-                log.print(
+                log.info(
                     f"iter {iteration} val: L1 {metrics['val_l1']:.3f}% PSNR {metrics['val_psnr']:.2f} dB "
                     f"SSIM {metrics['val_ssim']:.4f}"
                 )
@@ -375,31 +351,18 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
                     if shown is not None:
                         log.tb.add_image("val/input_mask_output_composite_gt", image_grid(*shown), iteration)
                 if info.is_main:
-                    save_state(out_dir / CHECKPOINT, model, optimizer, scaler, iteration, args)
-            if _should_stop(stop, iteration, args.log_every, device):
-                if info.is_main:
-                    save_state(out_dir / CHECKPOINT, model, optimizer, scaler, iteration, args)
+                    save_state(out_dir, model, optimizer, scaler, iteration, args)
+            if preemption.requested():  # every rank, every step: all stop after the same step
+                if info.is_main and not saved:
+                    save_state(out_dir, model, optimizer, scaler, iteration, args)
                 dist.barrier()
-                log.print(
-                    f"preempted at iteration {iteration}; checkpoint written to {out_dir / CHECKPOINT}; resume "
-                    f"with the same command plus --resume auto"
+                log.info(
+                    f"preempted by {preemption.name} at iteration {iteration}; checkpoint written to "
+                    f"{out_dir / LAST}; resume with the same command plus --resume auto"
                 )
-                return stop.exit_code
-    log.print(f"done: {args.iters} iterations; checkpoint {out_dir / CHECKPOINT}")
+                return preemption.exit_code
+    log.info(f"done: {args.iters} iterations; checkpoint {out_dir / LAST}")
     return 0
-
-
-def _should_stop(stop: PreemptionFlag, iteration: int, every: int, device: torch.device) -> bool:
-    """Single process: as soon as the signal arrived. Under torchrun every rank votes every ``every`` steps, so all
-    ranks stop at the same step even if only some were signalled (and no step pays a host sync otherwise)."""
-    if not torch.distributed.is_initialized():
-        return stop.signum is not None
-    if iteration % every:
-        return False
-    votes = dist.all_reduce_sum(torch.tensor([float(stop.signum is not None)], device=device))
-    if votes.item() > 0 and stop.signum is None:
-        stop.signum = 15  # stopped because another rank was signalled: exit like SIGTERM
-    return votes.item() > 0
 
 
 def cli(argv=None) -> int:

@@ -14,7 +14,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -109,7 +109,7 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 
 def find_resume_checkpoint(
-    resume: Optional[str], run_dir: Path, warn=print
+    resume: Optional[str], run_dir: Path, warn: Callable[[str], None] = print
 ) -> tuple[Optional[dict[str, Any]], Optional[Path]]:
     """The checkpoint to resume from, read, and its path; ``(None, None)`` for a fresh run.
 

@@ -19,16 +19,30 @@ __all__ = ["RunLogger", "Progress"]
 class RunLogger:
     """The run directory is created by the first write, so a run that fails its checks leaves nothing behind."""
 
-    def __init__(self, run_dir: Optional[Path], enabled: bool, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: Optional[Path], enabled: bool, tensorboard: bool = True, timestamps: bool = True
+    ) -> None:
+        """``timestamps``: whether ``log.txt`` lines start with the local time (the console's never do)."""
         self.run_dir = run_dir
         self.enabled = enabled
         self.tensorboard = tensorboard
+        self.timestamps = timestamps
         self._tb = None
 
     def _log_line(self, msg: str) -> None:
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            append_line(self.run_dir / "log.txt", f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
+            stamp = f"{time.strftime('%Y-%m-%d %H:%M:%S')} " if self.timestamps else ""
+            append_line(self.run_dir / "log.txt", f"{stamp}{msg}")
+
+    @property
+    def tb(self) -> Optional[Any]:
+        """The TensorBoard ``SummaryWriter`` (made, with ``tb/``, on first use); None when not writing one."""
+        if self.enabled and self.tensorboard and self.run_dir is not None and self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter  # slow import; only when asked for
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        return self._tb
 
     def info(self, msg: str) -> None:
         if self.enabled:
@@ -40,10 +54,13 @@ class RunLogger:
             print(f"warning: {msg}", file=sys.stderr, flush=True)
             self._log_line(f"warning: {msg}")
 
-    def truncate_metrics(self, completed_epochs: int, last_record: Optional[dict[str, Any]] = None) -> None:
+    def truncate_metrics(
+        self, completed_epochs: int, last_record: Optional[dict[str, Any]] = None, key: str = "epoch"
+    ) -> None:
         """Drop ``metrics.jsonl`` lines of epochs that will be re-run (resume never duplicates an epoch), and write
         back ``last_record`` (the checkpoint's copy of epoch ``completed_epochs``' line) if that line is missing,
-        e.g. because the disk filled up after the checkpoint was saved."""
+        e.g. because the disk filled up after the checkpoint was saved. ``key`` is the record's field that counts
+        the run's progress (``epoch``; train_inpainting.py's ``iteration``)."""
         path = self.run_dir / "metrics.jsonl" if self.run_dir is not None else None
         if not self.enabled or path is None:
             return
@@ -51,30 +68,31 @@ class RunLogger:
         lines = path.read_text().splitlines() if path.is_file() else []
         for line in lines:
             try:
-                epoch = json.loads(line)["epoch"]
+                epoch = json.loads(line)[key]
                 if epoch <= completed_epochs:
                     keep.append(line)
                     epochs.add(epoch)
             except (ValueError, KeyError, TypeError):
                 continue  # a torn or foreign line: dropped rather than propagated
-        restore = last_record is not None and last_record.get("epoch") == completed_epochs
+        restore = last_record is not None and last_record.get(key) == completed_epochs
         if restore and completed_epochs not in epochs:
             keep.append(json.dumps(last_record))
-            self.warn(f"{path}: epoch {completed_epochs}'s line was missing; written back from the checkpoint")
+            self.warn(f"{path}: {key} {completed_epochs}'s line was missing; written back from the checkpoint")
         elif keep == lines:
             return  # nothing to change: no rewrite (the disk may be full)
         write_text_atomic(path, "".join(f"{line}\n" for line in keep))
 
-    def epoch(self, record: dict[str, Any]) -> None:
+    def metrics(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to ``metrics.jsonl`` as one JSON line, whole or not at all."""
         if not self.enabled or self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
-        if self.tensorboard and self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter  # slow import; only when asked for
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
-        if self._tb is not None:
+    def epoch(self, record: dict[str, Any]) -> None:
+        """An epoch's ``metrics.jsonl`` line, and its numbers as TensorBoard scalars at that epoch."""
+        self.metrics(record)
+        if self.tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "epochs", "seed", "time"):
                     self._tb.add_scalar(key, value, record["epoch"])

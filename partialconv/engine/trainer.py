@@ -11,7 +11,6 @@ import datetime
 import math
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -21,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.loaders import batch_to_device
+from .amp import AMP_DTYPES, autocast
 from .distributed import global_count
 from .metrics import EpochMeter
 from .preemption import Preemption
@@ -38,8 +38,6 @@ __all__ = [
     "train_one_epoch",
     "evaluate",
 ]
-
-AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,9 +60,7 @@ class Optimisation:
     input_shape: tuple[int, int, int] = (3, 224, 224)  # of one training image: an empty local batch gets this shape
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
 
 def lr_factor(cfg: argparse.Namespace, steps_per_epoch: int) -> Callable[[int], float]:
@@ -268,7 +264,7 @@ def evaluate(
     this rank's running numbers."""
     model.eval()
     meter = EpochMeter(device)
-    amp = torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    amp = autocast(device, amp_dtype)
     total = len(loader)
     progress = Progress(total, "val", show_progress)
     window = _Window(0)
