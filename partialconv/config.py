@@ -437,21 +437,22 @@ def _same(key: str, old: Any, new: Any) -> bool:
     return old == new
 
 
-# How train.py's messages name the data parameters (DataParams fields): by the flags that set them.
-DATA_FLAGS = {
-    "train_dir": "--data_train",
-    "val_dir": "--data_val",
-    "batch_size": "-b/--batch-size",
-    "workers": "-j/--workers",
-    "backend": "--data-backend",
-    "train_crop_size": "--train-crop-size",
-    "train_min_scale": "--train-min-scale",
-    "val_resize_size": "--val-resize-size",
-    "val_crop_size": "--val-crop-size",
-    "on_bad_image": "--on-bad-image",
-    "seed": "--seed",
-    "channels_last": "--channels-last",
+# Each DataParams field: train.py's config destination that sets it, and the flag its messages name it by.
+DATA_OPTIONS: dict[str, tuple[str, str]] = {
+    "train_dir": ("data_train", "--data_train"),
+    "val_dir": ("data_val", "--data_val"),
+    "batch_size": ("batch_size", "-b/--batch-size"),
+    "workers": ("workers", "-j/--workers"),
+    "backend": ("data_backend", "--data-backend"),
+    "train_crop_size": ("train_crop_size", "--train-crop-size"),
+    "train_min_scale": ("train_min_scale", "--train-min-scale"),
+    "val_resize_size": ("val_resize_size", "--val-resize-size"),
+    "val_crop_size": ("val_crop_size", "--val-crop-size"),
+    "on_bad_image": ("on_bad_image", "--on-bad-image"),
+    "seed": ("seed", "--seed"),
+    "channels_last": ("channels_last", "--channels-last"),
 }
+DATA_FLAGS = {field: flag for field, (_, flag) in DATA_OPTIONS.items()}
 
 
 def resolve_data_dirs(cfg: argparse.Namespace) -> None:
@@ -463,20 +464,7 @@ def resolve_data_dirs(cfg: argparse.Namespace) -> None:
 
 def data_params(cfg: argparse.Namespace) -> DataParams:
     """The data layer's parameters from a resolved config (data dirs already resolved)."""
-    return DataParams(
-        train_dir=cfg.data_train,
-        val_dir=cfg.data_val,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        backend=cfg.data_backend,
-        train_crop_size=cfg.train_crop_size,
-        train_min_scale=cfg.train_min_scale,
-        val_resize_size=cfg.val_resize_size,
-        val_crop_size=cfg.val_crop_size,
-        on_bad_image=cfg.on_bad_image,
-        seed=cfg.seed,
-        channels_last=cfg.channels_last,
-    )
+    return DataParams(**{field: getattr(cfg, dest) for field, (dest, _) in DATA_OPTIONS.items()})
 
 
 def data_error_message(e: DataError) -> str:

@@ -5,6 +5,7 @@ import cycle inside partialconv/data."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import partialconv.data
 import train
-from partialconv.config import data_error_message, loaders_from_config, parse_config
+from partialconv.config import DATA_OPTIONS, data_error_message, data_params, loaders_from_config, parse_config
 from partialconv.data import (
     Backend,
     BadImageError,
@@ -29,6 +30,7 @@ from partialconv.data import (
     unregister_backend,
 )
 from partialconv.data.demo import make_demo_dataset
+from partialconv.data.errors import PARAM_NAMES
 from partialconv.data.gpu_decode import EncodedImageFolder, GpuDecodeLoader
 from partialconv.data.sampler import sample_seed
 from partialconv.engine.distributed import DistInfo
@@ -135,6 +137,15 @@ def test_library_errors_name_the_parameter_and_the_cli_names_the_flag(tmp_path, 
         loaders_from_config(cfg, CPU)
     with pytest.raises(DataError, match="^batch size 3 must be divisible by the 2 processes$"):
         build_loaders(DataParams(folder / "train", folder / "val", 3, 0), DistInfo(0, 0, 2, torch.device("cpu")))
+
+
+def test_every_data_parameter_has_a_meaning_a_flag_and_a_config_value(folder):
+    fields = {f.name for f in dataclasses.fields(DataParams)}
+    assert set(PARAM_NAMES) == set(DATA_OPTIONS) == fields
+    argv = ["--data_train", "t", "--data_val", "v", "-b", "6", "-j", "1", "--data-backend", "gpu", "--seed", "3"]
+    argv += ["--train-crop-size", "20", "--train-min-scale", "0.5", "--val-resize-size", "30", "--val-crop-size", "24"]
+    params = data_params(parse_config([*argv, "--on-bad-image", "error", "--channels-last"]))
+    assert params == DataParams("t", "v", 6, 1, "gpu", 20, 0.5, 30, 24, "error", 3, True)
 
 
 # ---------------------------------------------------------------------------------- a new format, end to end

@@ -1,4 +1,4 @@
-"""The parameters of a run's data: what :func:`partialconv.data.create_loaders` takes (no argparse namespace)."""
+"""The parameters of a run's data: what :func:`partialconv.data.build_loaders` takes (no argparse namespace)."""
 
 from __future__ import annotations
 
