@@ -135,6 +135,12 @@ def test_library_errors_name_the_parameter_and_the_cli_names_the_flag(tmp_path, 
     cfg = parse_config(["--data_train", str(tmp_path / "nope"), "--data_val", str(folder / "val"), "-j", "0"])
     with pytest.raises(DataError, match=f"^--data_train {tmp_path / 'nope'}: no such directory$"):
         loaders_from_config(cfg, CPU)
+    flags = ["--data_train", str(folder / "train"), "--data_val", str(folder / "val"), "-j", "0", "-b", "4"]
+    cfg = parse_config([*flags, "--data-backend", "gpu", "--train-min-scale", "0.5"])
+    with pytest.raises(DataError, match=r"^--train-min-scale 0.5: --data-backend gpu crops with scale \(0.08, 1.0\)$"):
+        loaders_from_config(cfg, CPU)
+    with pytest.raises(DataError, match=r"^train min scale 0.5: data backend gpu crops with scale \(0.08, 1.0\)$"):
+        build_loaders(data_params(cfg), CPU)
     with pytest.raises(DataError, match="^batch size 3 must be divisible by the 2 processes$"):
         build_loaders(DataParams(folder / "train", folder / "val", 3, 0), DistInfo(0, 0, 2, torch.device("cpu")))
 

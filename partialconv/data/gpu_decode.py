@@ -322,8 +322,8 @@ def open_encoded_folders(params: DataParams) -> Splits:
     """The ``gpu`` backend's splits: the ImageFolder checks, then datasets of undecoded file bytes."""
     classes = check_image_folders(params.train_dir, params.val_dir)
     if params.train_min_scale != RRC_SCALE[0]:
-        raise DataError(Param("train_min_scale", params.train_min_scale), ": ", Param("backend", "gpu"),
-                        f" crops with scale {RRC_SCALE}")  # fmt: skip
+        scale = Param("train_min_scale", params.train_min_scale)
+        raise DataError(scale, ": ", Param("backend", "gpu"), f" crops with scale {RRC_SCALE}")
     train = EncodedImageFolder(params.train_dir, train=True, on_bad_image=params.on_bad_image)
     val = EncodedImageFolder(params.val_dir, train=False, on_bad_image=params.on_bad_image)
     message = ignored_message(train.ignored + val.ignored)
