@@ -16,8 +16,16 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 import torch
 import yaml
 
-from .data import BadImageError, DataError, DataParams, Loaders, backend_names, build_loaders, ensure_demo_dataset
-from .data import get_backend as get_data_backend  # the parser's names: get_* reads as config here
+from .data import (
+    BadImageError,
+    DataError,
+    DataParams,
+    Loaders,
+    backend_names,
+    build_loaders,
+    ensure_demo_dataset,
+    get_backend,
+)
 from .data.loaders import resolve_workers
 from .engine.cli import one_line
 from .layers import PADDINGS
@@ -147,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-backend",
         choices=backend_names(),
         default="pil",
-        help="; ".join(f"{name}: {get_data_backend(name).help}" for name in backend_names()),
+        help="; ".join(f"{name}: {get_backend(name).help}" for name in backend_names()),
     )
     g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
     g.add_argument(
