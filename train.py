@@ -17,8 +17,17 @@ from typing import Optional, Sequence
 from torch import nn
 
 from partialconv.checkpoint import CheckpointError, load_checkpoint
-from partialconv.config import ConfigError, compare_resumed_config, config_to_yaml, parse_config, run_dir_of
-from partialconv.data import DataError, build_loaders, resolve_data_dirs
+from partialconv.config import (
+    ConfigError,
+    compare_resumed_config,
+    config_to_yaml,
+    data_errors_as_flags,
+    loaders_from_config,
+    parse_config,
+    resolve_data_dirs,
+    run_dir_of,
+)
+from partialconv.data import DataError
 from partialconv.engine.checkpointing import (
     LAST,
     PREVIOUS,
@@ -53,6 +62,7 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, WriteError)
 
 
+@data_errors_as_flags()  # the data layer's errors, also those of DataLoader workers, in flag names
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = parse_config(argv, demo_config=DEMO_CONFIG)
     dist = init_distributed(cfg.device)
@@ -64,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         resolve_data_dirs(cfg)  # the demo dataset, made once by rank 0
     barrier()
     resolve_data_dirs(cfg)
-    loaders = build_loaders(cfg, dist)
+    loaders = loaders_from_config(cfg, dist)
     if cfg.num_classes is not None and cfg.num_classes < len(loaders.classes):
         raise ConfigError(
             f"--num-classes {cfg.num_classes}: the data has {len(loaders.classes)} classes; the classifier needs "

@@ -40,8 +40,7 @@ from torch import Tensor, nn  # noqa: E402
 from benchmarks._common import ROOT, machine_info, save_results  # noqa: E402
 from benchmarks._jpeg_folder import make_jpeg_folder  # noqa: E402
 from partialconv import PartialConv2d, create_model  # noqa: E402
-from partialconv.config import parse_config  # noqa: E402
-from partialconv.data import build_loaders  # noqa: E402
+from partialconv.data import DataParams, backend_names, build_loaders, get_backend  # noqa: E402
 from partialconv.data.allocator import ALLOCATOR_SETTINGS, AllocatorWorkerInit  # noqa: E402
 from partialconv.engine.amp import AMP_DTYPES  # noqa: E402
 from partialconv.engine.distributed import DistInfo  # noqa: E402
@@ -128,9 +127,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="synthetic: one batch on the device (model only); real: the training data path over JPEGs "
                    "(whole step); loader-only: the data path alone")  # fmt: skip
     p.add_argument("--data-dir", type=Path, help="ImageFolder root of JPEGs (default: generate one in --cache-dir)")
-    p.add_argument("--data-backend", choices=("pil", "gpu"), default="pil",
-                   help="pil: decode/augment in DataLoader workers; gpu: workers read bytes, the device decodes "
-                   "(nvJPEG on CUDA) and augments")  # fmt: skip
+    p.add_argument("--data-backend", choices=backend_names(), default="pil",
+                   help="; ".join(f"{n}: {get_backend(n).help}" for n in backend_names()))  # fmt: skip
     p.add_argument("-j", "--workers", type=int, nargs="+", default=[min(16, os.cpu_count() or 1)],
                    help="DataLoader workers (loader-only: several values, measured interleaved)")  # fmt: skip
     p.add_argument("--malloc", nargs="+", choices=sorted(ALLOCATOR_SETTINGS), default=["default"],
@@ -189,14 +187,19 @@ def data_root(args: argparse.Namespace) -> Path:
 
 
 def build_real_loader(args: argparse.Namespace, root: Path, workers: int, device: torch.device) -> Any:
-    """train.py's training loader (its flags, presets, sampler and backend) over ``root``: batches of
+    """train.py's training loader (its data entry point, presets, sampler and backend) over ``root``: batches of
     ``(images, targets, bad)``, on the CPU for the PIL backend and on the device for the gpu backend."""
-    argv = ["--data_train", str(root), "--data_val", str(root), "-a", args.archs[0], "-b", str(args.batch_size)]
-    argv += ["-j", str(workers), "--train-crop-size", str(args.image_size), "--seed", str(args.seed)]
-    argv += ["--data-backend", args.data_backend, "--device", device.type]
-    argv += ["--channels-last"] if args.channels_last else []
-    cfg = parse_config(argv)
-    return build_loaders(cfg, DistInfo(rank=0, local_rank=0, world_size=1, device=device)).train
+    params = DataParams(
+        train_dir=str(root),
+        val_dir=str(root),
+        batch_size=args.batch_size,
+        workers=workers,
+        backend=args.data_backend,
+        train_crop_size=args.image_size,
+        seed=args.seed,
+        channels_last=args.channels_last,
+    )
+    return build_loaders(params, DistInfo(rank=0, local_rank=0, world_size=1, device=device)).train
 
 
 class BatchStream:

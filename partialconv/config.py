@@ -9,15 +9,31 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import yaml
 
+from .data import (
+    BadImageError,
+    DataError,
+    DataParams,
+    Loaders,
+    backend_names,
+    build_loaders,
+    ensure_demo_dataset,
+    get_backend,
+)
+from .data.loaders import resolve_workers
+from .engine.cli import one_line
 from .layers import PADDINGS
 from .models import is_model, split_pd_name
 from .models._registry import unknown_model_message
+
+if TYPE_CHECKING:
+    from .engine.distributed import DistInfo
 
 __all__ = [
     "ConfigError",
@@ -28,6 +44,10 @@ __all__ = [
     "check_seed_flags",
     "check_values",
     "compare_resumed_config",
+    "data_errors_as_flags",
+    "data_params",
+    "loaders_from_config",
+    "resolve_data_dirs",
 ]
 
 # apex's opt levels, for users coming from the seed: O0 is fp32, O1..O3 all mean fp16 mixed precision today.
@@ -133,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--data-backend",
-        choices=("pil", "gpu"),
+        choices=backend_names(),
         default="pil",
-        help="pil: decode/augment in the workers; gpu: workers read bytes, the device decodes (nvJPEG) and augments",
+        help="; ".join(f"{name}: {get_backend(name).help}" for name in backend_names()),
     )
     g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
     g.add_argument(
@@ -430,3 +450,60 @@ def _same(key: str, old: Any, new: Any) -> bool:
     if key in ("data_train", "data_val") and old is not None and new is not None:
         return Path(old).resolve() == Path(new).resolve()  # data/train and /abs/data/train are the same data
     return old == new
+
+
+# Each DataParams field: train.py's config destination that sets it, and the flag its messages name it by.
+DATA_OPTIONS: dict[str, tuple[str, str]] = {
+    "train_dir": ("data_train", "--data_train"),
+    "val_dir": ("data_val", "--data_val"),
+    "batch_size": ("batch_size", "-b/--batch-size"),
+    "workers": ("workers", "-j/--workers"),
+    "backend": ("data_backend", "--data-backend"),
+    "train_crop_size": ("train_crop_size", "--train-crop-size"),
+    "train_min_scale": ("train_min_scale", "--train-min-scale"),
+    "val_resize_size": ("val_resize_size", "--val-resize-size"),
+    "val_crop_size": ("val_crop_size", "--val-crop-size"),
+    "on_bad_image": ("on_bad_image", "--on-bad-image"),
+    "seed": ("seed", "--seed"),
+    "channels_last": ("channels_last", "--channels-last"),
+}
+DATA_FLAGS = {field: flag for field, (_, flag) in DATA_OPTIONS.items()}
+
+
+def resolve_data_dirs(cfg: argparse.Namespace) -> None:
+    """Fill ``cfg.data_train/data_val`` with the embedded demo set when no data was given (made once)."""
+    if cfg.data_train is None:
+        train, val = ensure_demo_dataset()
+        cfg.data_train, cfg.data_val = str(train), str(val)
+
+
+def data_params(cfg: argparse.Namespace) -> DataParams:
+    """The data layer's parameters from a resolved config (data dirs already resolved)."""
+    return DataParams(**{field: getattr(cfg, dest) for field, (dest, _) in DATA_OPTIONS.items()})
+
+
+def data_error_message(e: DataError) -> str:
+    """``e`` as train.py says it: parameters by their flags, a bad image with the flag that skips it. An error a
+    DataLoader worker raised arrives as torch's traceback text: its own message is taken from it."""
+    message = one_line(DataError(e.worded(DATA_FLAGS)))
+    if isinstance(e, BadImageError):
+        message += f" (use {DATA_FLAGS['on_bad_image']} skip)"
+    return message
+
+
+@contextmanager
+def data_errors_as_flags() -> Iterator[None]:
+    """Re-raise a :class:`~partialconv.data.DataError` as one in train.py's words (:func:`data_error_message`);
+    also a decorator."""
+    try:
+        yield
+    except DataError as e:
+        raise DataError(data_error_message(e)) from e  # a plain message: worded again, it stays the same
+
+
+def loaders_from_config(cfg: argparse.Namespace, dist: DistInfo) -> Loaders:
+    """train.py's loaders: :func:`~partialconv.data.build_loaders` with the config's data flags, errors naming those
+    flags; ``cfg.workers`` becomes the worker count used (so the run's config.yaml records it)."""
+    with data_errors_as_flags():
+        cfg.workers = resolve_workers(cfg.workers, dist.is_main, DATA_FLAGS["workers"])
+        return build_loaders(data_params(cfg), dist)

@@ -12,8 +12,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from benchmarks._jpeg_folder import make_jpeg_folder, render_image
-from partialconv.config import parse_config
-from partialconv.data import ClassificationFolder, DataError, build_loaders, eval_transform, train_transform
+from partialconv.config import data_error_message, loaders_from_config, parse_config
+from partialconv.data import ClassificationFolder, DataError, eval_transform, train_transform
 from partialconv.data.gpu_decode import (
     EncodedImageFolder,
     GpuDecodeLoader,
@@ -95,9 +95,9 @@ def test_eval_samples_match_pil_resize_center_crop(folder: str) -> None:
 
 
 def test_train_py_loaders_agree_between_backends(folder: str) -> None:
-    """build_loaders with --data-backend pil (no workers) and gpu (two workers): same batches, same augmentation."""
-    pil = build_loaders(cpu_cfg(folder, "-j", "0", "--train-crop-size", "48"), CPU)
-    gpu = build_loaders(cpu_cfg(folder, "-j", "2", "--train-crop-size", "48", "--data-backend", "gpu"), CPU)
+    """train.py's loaders, --data-backend pil (no workers) and gpu (two workers): same batches, same draws."""
+    pil = loaders_from_config(cpu_cfg(folder, "-j", "0", "--train-crop-size", "48"), CPU)
+    gpu = loaders_from_config(cpu_cfg(folder, "-j", "2", "--train-crop-size", "48", "--data-backend", "gpu"), CPU)
     assert isinstance(gpu.train, GpuDecodeLoader) and len(gpu.train) == len(pil.train) == 2
     assert len(gpu.train.dataset) == len(pil.train.dataset) == 8 and gpu.classes == pil.classes
     for loader in ("train", "val"):
@@ -140,8 +140,10 @@ def test_channels_last_output_and_bad_eval_sizes(folder: str) -> None:
     assert x.is_contiguous(memory_format=torch.channels_last) and x.shape == (2, 3, 32, 32)
     plain, _, _ = GpuPreprocess(True, 32)(batch, torch.device("cpu"))
     assert plain.is_contiguous() and torch.equal(x, plain)  # the same values, only the layout differs
-    with pytest.raises(DataError, match="--val-resize-size 200 must be >= --val-crop-size 224"):
+    with pytest.raises(DataError, match="val resize size 200 must be >= val crop size 224") as raised:
         GpuPreprocess(False, 224, 200)
+    # train.py's words for the same error (library messages name parameters by meaning, the CLI by flag)
+    assert data_error_message(raised.value) == "GPU decode: --val-resize-size 200 must be >= --val-crop-size 224"
 
 
 def test_train_py_with_gpu_backend_trains_like_pil(folder: str, tmp_path) -> None:

@@ -11,8 +11,8 @@ import torch
 
 import train
 from partialconv.checkpoint import read_checkpoint, save_checkpoint
-from partialconv.config import parse_config
-from partialconv.data import ClassificationFolder, build_loaders, eval_transform
+from partialconv.config import loaders_from_config, parse_config
+from partialconv.data import ClassificationFolder, eval_transform
 from partialconv.data.demo import make_demo_dataset
 from partialconv.engine.distributed import DistInfo
 from partialconv.models import create_model
@@ -95,8 +95,8 @@ def test_train_min_scale_one_crops_the_whole_image(data, tmp_path, source):
         cfg = parse_config([*flags, "--config", str(tmp_path / "c.yaml")])
     assert cfg.train_min_scale == 1.0
     whole = ClassificationFolder(str(data / "train"), eval_transform(16, 16))
-    default = build_loaders(parse_config(flags), CPU).train.dataset
-    train_set = build_loaders(cfg, CPU).train.dataset
+    default = loaders_from_config(parse_config(flags), CPU).train.dataset
+    train_set = loaders_from_config(cfg, CPU).train.dataset
     differs = 0
     for index in (0, 7, 21):
         expected, _ = whole[index]

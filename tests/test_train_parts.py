@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from partialconv.checkpoint import read_checkpoint, save_checkpoint
-from partialconv.config import ConfigError, parse_config, run_dir_of
-from partialconv.data import DataError, build_loaders
+from partialconv.config import ConfigError, loaders_from_config, parse_config, run_dir_of
+from partialconv.data import DataError
 from partialconv.data.demo import DEMO_CLASSES, make_demo_dataset
 from partialconv.data.sampler import SeededSampler
 from partialconv.engine.checkpointing import rng_state, set_rng_state
@@ -140,4 +140,4 @@ def test_both_data_backends_refuse_a_train_set_smaller_than_one_batch(tmp_path, 
     cfg = parse_config([*argv, "--data-backend", backend], DEMO)
     dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     with pytest.raises(DataError, match=f"--data_train {root / 'train'}: {len(DEMO_CLASSES)} images, fewer than one"):
-        build_loaders(cfg, dist)
+        loaders_from_config(cfg, dist)

@@ -1,4 +1,4 @@
-"""GPU JPEG decode path (``--data-backend gpu``): workers read file bytes, the device decodes and augments batches.
+"""The ``gpu`` backend (GPU JPEG decode): workers read file bytes, the device decodes and augments batches.
 
 The PIL path spends its CPU time in JPEG decode and resampling; here DataLoader workers only read bytes, parse the
 header for the image size and draw the augmentation parameters, and the device does the rest:
@@ -19,16 +19,15 @@ Accuracy-relevant preprocessing is the PIL path's (``partialconv.data.presets``)
 
 A batch travels from the worker as one concatenated byte tensor plus offsets (one shared-memory segment per batch,
 not one per image). Files nvJPEG cannot decode (PNG or CMYK files named .JPEG exist in ImageNet) fall back to
-``torchvision.io.decode_image`` on the CPU for that image; files nothing can decode follow ``--on-bad-image``.
+``torchvision.io.decode_image`` on the CPU for that image; files nothing can decode follow ``on_bad_image``.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,22 +37,26 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 
-from .datasets import DataError, scan_image_folder
+from .backends import Backend, Splits
+from .errors import BadImageError, DataError, Param
+from .image_folder import check_image_folders, ignored_message, scan_image_folder
 from .imageio import uint16_to_uint8
+from .loaders import LoaderSpec
+from .params import DataParams
 from .presets import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
+from .sampler import SeededSampler
 from .worker_signals import ignore_stop_signals
 
-if TYPE_CHECKING:  # data must not import engine at run time (imports flow engine -> data)
-    from ..engine.distributed import DistInfo
-
 __all__ = [
+    "GPU_BACKEND",
     "EncodedBatch",
     "EncodedImageFolder",
     "GpuDecodeLoader",
     "GpuPreprocess",
-    "build_gpu_loaders",
     "collate_encoded",
     "decode_images",
+    "gpu_loader",
+    "open_encoded_folders",
     "sample_train_params",
 ]
 
@@ -76,7 +79,8 @@ class EncodedImageFolder(Dataset):
 
     Like :class:`~partialconv.data.datasets.ClassificationFolder`, a key is an index or ``(index, seed)``; with a
     seed the draws come from a generator state seeded with it, and the caller's RNG is left untouched. A file whose
-    header cannot be read returns ``None`` with ``on_bad_image="skip"`` and raises :class:`DataError` with "error".
+    header cannot be read returns ``None`` with ``on_bad_image="skip"`` and raises
+    :class:`~partialconv.data.errors.BadImageError` with "error".
     """
 
     def __init__(self, root: str, train: bool, on_bad_image: str = "skip") -> None:
@@ -114,7 +118,7 @@ class EncodedImageFolder(Dataset):
 
 def _bad(path: str, error: Exception, policy: str) -> None:
     if policy == "error":
-        raise DataError(f"bad image {path}: {type(error).__name__}: {error} (use --on-bad-image skip)") from error
+        raise BadImageError.of(path, error) from error
     warnings.warn(f"skipping bad image {path}: {type(error).__name__}: {error}", RuntimeWarning, stacklevel=2)
     return None
 
@@ -203,7 +207,9 @@ class GpuPreprocess:
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         if not train and resize_size < crop_size:
-            raise DataError(f"GPU decode: --val-resize-size {resize_size} must be >= --val-crop-size {crop_size}")
+            raise DataError(
+                "GPU decode: ", Param("val_resize_size", resize_size), " must be >= ", Param("val_crop_size", crop_size)
+            )
         self.train = train
         self.crop_size = crop_size
         self.resize_size = resize_size
@@ -307,30 +313,38 @@ def _encoded_loader(dataset: EncodedImageFolder, sampler, batch: int, workers: i
         collate_fn=collate_encoded,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
-        generator=torch.Generator(),  # see loaders._loader: keeps the global RNG (dropout) out of the data path
+        generator=torch.Generator(),  # see loaders.torch_loader: keeps the global RNG (dropout) out of the data path
         worker_init_fn=ignore_stop_signals,
     )
 
 
-def build_gpu_loaders(cfg: argparse.Namespace, dist: DistInfo, classes: list[str], local_batch: int):
-    """The ``--data-backend gpu`` counterpart of :func:`partialconv.data.loaders.build_loaders` (same samplers,
-    batch split, bad-image policy and ``Loaders`` result)."""
-    from .loaders import (  # loaders.py imports this module lazily; importing it back at call time is safe
-        Loaders,
-        seeded_samplers,
-    )
+def open_encoded_folders(params: DataParams) -> Splits:
+    """The ``gpu`` backend's splits: the ImageFolder checks, then datasets of undecoded file bytes."""
+    classes = check_image_folders(params.train_dir, params.val_dir)
+    if params.train_min_scale != RRC_SCALE[0]:
+        scale = Param("train_min_scale", params.train_min_scale)
+        raise DataError(scale, ": ", Param("backend", "gpu"), f" crops with scale {RRC_SCALE}")
+    train = EncodedImageFolder(params.train_dir, train=True, on_bad_image=params.on_bad_image)
+    val = EncodedImageFolder(params.val_dir, train=False, on_bad_image=params.on_bad_image)
+    message = ignored_message(train.ignored + val.ignored)
+    return Splits(train, val, classes, warnings=(message,) if message else ())
 
-    train_set = EncodedImageFolder(cfg.data_train, train=True, on_bad_image=cfg.on_bad_image)
-    val_set = EncodedImageFolder(cfg.data_val, train=False, on_bad_image=cfg.on_bad_image)
-    train_sampler, val_sampler = seeded_samplers(len(train_set), len(val_set), cfg, dist, local_batch)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    train_pre = GpuPreprocess(True, cfg.train_crop_size, on_bad_image=cfg.on_bad_image, memory_format=fmt)
-    val_pre = GpuPreprocess(False, cfg.val_crop_size, cfg.val_resize_size, cfg.on_bad_image, memory_format=fmt)
-    return Loaders(
-        train=GpuDecodeLoader(
-            _encoded_loader(train_set, train_sampler, local_batch, cfg.workers), train_pre, dist.device
-        ),
-        val=GpuDecodeLoader(_encoded_loader(val_set, val_sampler, local_batch, cfg.workers), val_pre, dist.device),
-        train_sampler=train_sampler,
-        classes=classes,
-    )
+
+def gpu_loader(dataset: EncodedImageFolder, sampler: SeededSampler, spec: LoaderSpec) -> GpuDecodeLoader:
+    """Workers read bytes (:func:`collate_encoded`); :class:`GpuPreprocess` decodes and augments on ``spec.device``."""
+    p = spec.params
+    if spec.train:
+        preprocess = GpuPreprocess(True, p.train_crop_size, on_bad_image=p.on_bad_image, memory_format=p.memory_format)
+    else:
+        preprocess = GpuPreprocess(
+            False, p.val_crop_size, p.val_resize_size, p.on_bad_image, memory_format=p.memory_format
+        )
+    return GpuDecodeLoader(_encoded_loader(dataset, sampler, spec.local_batch, p.workers or 0), preprocess, spec.device)
+
+
+GPU_BACKEND = Backend(
+    "gpu",
+    open_encoded_folders,
+    make_loader=gpu_loader,
+    help="workers read bytes, the device decodes (nvJPEG) and augments",
+)

@@ -1,0 +1,104 @@
+"""The registry of data backends: a name -> how a split's samples are read and batched.
+
+A backend is two functions (plus an optional format check):
+
+- ``open_splits(params) -> Splits``: check ``params.train_dir``/``params.val_dir`` and return the two map-style
+  datasets and the class names. A dataset follows the sample protocol: ``dataset[(index, seed)]`` is
+  ``(image, target)`` with the augmentation drawn from ``seed`` (``torch.random.fork_rng`` + ``manual_seed``), or
+  ``None`` for a sample that cannot be read under ``params.on_bad_image == "skip"`` (raise
+  :class:`~partialconv.data.errors.BadImageError` under ``"error"``);
+- ``make_loader(dataset, sampler, spec)`` -> an iterable of ``(images, targets, bad_count)`` batches with ``len()``
+  and ``.dataset``; the default, :func:`~partialconv.data.loaders.torch_loader`, is torch's DataLoader with the
+  skipping collate, which serves any dataset that follows the protocol;
+- ``detect(path) -> bool`` (optional): whether ``path`` holds this backend's format; ``backend="auto"`` picks the
+  first registered backend that says yes, else :data:`DEFAULT_BACKEND`.
+
+Built in (registered by :mod:`partialconv.data.factory`): ``pil`` (:mod:`partialconv.data.datasets`) and ``gpu``
+(:mod:`partialconv.data.gpu_decode`). A new format is a sibling module that calls :func:`register_backend`;
+docs/data_formats.md walks through one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from torch.utils.data import Dataset
+
+from .errors import DataError, Param
+from .loaders import Batch, LoaderSpec, torch_loader
+from .params import DataParams
+from .sampler import SeededSampler
+
+__all__ = [
+    "DEFAULT_BACKEND",
+    "Backend",
+    "Splits",
+    "backend_names",
+    "choose_backend",
+    "get_backend",
+    "register_backend",
+    "unregister_backend",
+]
+
+DEFAULT_BACKEND = "pil"  # what "auto" falls back to: the ImageFolder layout, whose checks explain a wrong path
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+@dataclass(frozen=True)
+class Splits:
+    """What a backend's ``open_splits`` returns."""
+
+    train: Dataset
+    val: Dataset
+    classes: list[str]  # index = target
+    warnings: Sequence[str] = ()  # printed once by rank 0 as "warning: ..." (e.g. the hidden files a scan skipped)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    open_splits: Callable[[DataParams], Splits]
+    make_loader: Callable[[Dataset, SeededSampler, LoaderSpec], Iterable[Batch]] = torch_loader
+    detect: Optional[Callable[[Path], bool]] = None
+    help: str = ""  # one line for --data-backend's help
+
+
+def register_backend(backend: Backend, replace: bool = False) -> Backend:
+    """Make ``backend`` available by its name (``replace`` an existing one only when asked)."""
+    if backend.name == "auto" or not backend.name.isidentifier():
+        raise ValueError(f"backend name must be an identifier other than 'auto'; got {backend.name!r}")
+    if backend.name in _BACKENDS and not replace:
+        raise ValueError(f"data backend {backend.name!r} is registered twice")
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def unregister_backend(name: str) -> None:
+    _BACKENDS.pop(name, None)
+
+
+def backend_names() -> list[str]:
+    """The registered names, in registration order."""
+    return list(_BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        raise DataError(Param("backend", name), f": unknown (registered: {', '.join(_BACKENDS) or 'none'}, or auto)")
+    return _BACKENDS[name]
+
+
+def choose_backend(params: DataParams) -> Backend:
+    """``params.backend`` by name; for ``"auto"``, the first backend whose ``detect`` recognises what
+    ``params.train_dir`` holds, else :data:`DEFAULT_BACKEND`."""
+    if params.backend != "auto":
+        return get_backend(params.backend)
+    root = Path(params.train_dir)
+    for backend in _BACKENDS.values():
+        if backend.detect is not None and backend.detect(root):
+            return backend
+    return get_backend(DEFAULT_BACKEND)

@@ -1,0 +1,50 @@
+"""The parameters of a run's data: what :func:`partialconv.data.build_loaders` takes (no argparse namespace)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .errors import DataError, Param
+from .presets import RRC_SCALE
+
+__all__ = ["DataParams"]
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Train/val data, batching and preprocessing, the same for every backend.
+
+    ``backend`` is a registered backend name (:func:`partialconv.data.backend_names`) or ``"auto"``: the backend
+    that recognises what ``train_dir`` holds, else the default image-folder one. Defaults are train.py's.
+    """
+
+    train_dir: str
+    val_dir: str
+    batch_size: int  # global: split over the processes (ranks) of a distributed run
+    workers: Optional[int] = None  # DataLoader workers per process; None: the CPUs of each local rank less one
+    backend: str = "auto"
+    train_crop_size: int = 224
+    train_min_scale: float = RRC_SCALE[0]  # RandomResizedCrop's smallest crop area (fraction of the image)
+    val_resize_size: int = 256  # the shorter side before the centre crop
+    val_crop_size: int = 224
+    on_bad_image: str = "skip"  # an undecodable file: "skip" (dropped, counted per batch) or "error"
+    seed: int = 0  # data order and per-sample augmentation
+    channels_last: bool = False  # memory format of the image batches
+
+    def __post_init__(self) -> None:
+        # Paths are kept as text (messages, config files); os.PathLike callers are welcome.
+        object.__setattr__(self, "train_dir", str(self.train_dir))
+        object.__setattr__(self, "val_dir", str(self.val_dir))
+        if self.batch_size < 1:
+            raise DataError(Param("batch_size", self.batch_size), " must be >= 1")
+        if self.workers is not None and self.workers < 0:
+            raise DataError(Param("workers", self.workers), " must be >= 0")
+        if self.on_bad_image not in ("skip", "error"):
+            raise DataError(Param("on_bad_image", self.on_bad_image), " must be skip or error")
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
