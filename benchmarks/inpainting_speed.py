@@ -6,8 +6,8 @@ channel sum + one box filter) and with ``NaivePartialConv2d`` below (the seed's 
 ones-kernel convolution of the mask in every layer). One training step = forward, the full inpainting loss (VGG-16
 up to pool3), backward and Adam. The two variants alternate step by step so that machine load hits both alike.
 
-    python3 benchmarks/inpainting_speed.py --sizes 256 512 --batch-size 1 --steps 5
-    python3 benchmarks/inpainting_speed.py --device cuda --batch-size 6 --amp fp16 --steps 30
+    python -m benchmarks.inpainting_speed --sizes 256 512 --batch-size 1 --steps 5
+    python -m benchmarks.inpainting_speed --device cuda --batch-size 6 --amp fp16 --steps 30
 
 Writes a markdown table (machine, date, torch version, command) to benchmarks/results/.
 """
@@ -20,18 +20,18 @@ import sys
 import time
 from pathlib import Path
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from benchmarks._common import RESULTS_DIR, describe_machine, machine_info  # noqa: E402
-from partialconv.data.masks import IrregularMaskGenerator  # noqa: E402
-from partialconv.engine.amp import AMP_DTYPES, autocast  # noqa: E402
-from partialconv.engine.inpainting import train_step  # noqa: E402
-from partialconv.fileio import write_text_atomic  # noqa: E402
-from partialconv.layers.partial_conv import PartialConv2d  # noqa: E402
-from partialconv.losses.inpainting import InpaintingLoss  # noqa: E402
-from partialconv.models import create_model  # noqa: E402
+from benchmarks._common import RESULTS_DIR, describe_machine, machine_info
+from partialconv.data.masks import IrregularMaskGenerator
+from partialconv.engine.amp import AMP_DTYPES, autocast
+from partialconv.engine.inpainting import train_step
+from partialconv.fileio import write_text_atomic
+from partialconv.layers.partial_conv import PartialConv2d
+from partialconv.losses.inpainting import InpaintingLoss
+from partialconv.models import create_model
 
 
 class NaivePartialConv2d(nn.Conv2d):
@@ -149,7 +149,11 @@ def bench_size(size: int, args, device: torch.device) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.inpainting_speed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="image sizes (256: 7 stages, 512: 8)")
     p.add_argument("--batch-size", type=int, default=1, help="images per step (default 1)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant; the median is reported")

@@ -33,19 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from benchmarks._common import ROOT, machine_info, save_results  # noqa: E402
-from benchmarks._jpeg_folder import make_jpeg_folder  # noqa: E402
-from partialconv import PartialConv2d, create_model  # noqa: E402
-from partialconv.data import DataParams, backend_names, build_loaders, get_backend  # noqa: E402
-from partialconv.data.allocator import ALLOCATOR_SETTINGS, AllocatorWorkerInit  # noqa: E402
-from partialconv.engine.amp import AMP_DTYPES  # noqa: E402
-from partialconv.engine.distributed import DistInfo  # noqa: E402
-from partialconv.layers.partial_conv import padding_ratio_1d  # noqa: E402
-from partialconv.models._registry import is_model, split_pd_name, unknown_model_message  # noqa: E402
+from benchmarks._common import ROOT, machine_info, save_results
+from benchmarks._jpeg_folder import make_jpeg_folder
+from partialconv import PartialConv2d, create_model
+from partialconv.data import DataParams, backend_names, build_loaders, get_backend
+from partialconv.data.allocator import ALLOCATOR_SETTINGS, AllocatorWorkerInit
+from partialconv.engine.amp import AMP_DTYPES
+from partialconv.engine.distributed import DistInfo
+from partialconv.layers.partial_conv import padding_ratio_1d
+from partialconv.models._registry import is_model, split_pd_name, unknown_model_message
 
 DEFAULT_ARCHS = ("resnet50", "pdresnet50", "vgg16_bn", "pdvgg16_bn")
 

@@ -2,9 +2,9 @@
 """Evaluate a PConv U-Net like Table 1 of Liu et al. (ECCV 2018): L1 (%), PSNR and SSIM of the composite per
 hole-ratio bucket, without (N) and with (B) the border constraint, as a markdown table (plus CSV).
 
-    python3 scripts/eval_inpainting.py --checkpoint runs/pconv/checkpoint.pth.tar --data places2_val/
+    python -m scripts.eval_inpainting --checkpoint runs/pconv/checkpoint.pth.tar --data places2_val/
         --output results/eval.md
-    python3 scripts/eval_inpainting.py --checkpoint ... --data places2_val/ --masks testing_mask_dataset/
+    python -m scripts.eval_inpainting --checkpoint ... --data places2_val/ --masks testing_mask_dataset/
 
 Generated masks (default): every image is evaluated once per bucket and border setting with a mask seeded by
 (--seed, image, bucket, border). Mask folder (NVIDIA format, white = hole): each mask is assigned to its bucket by its
@@ -20,12 +20,12 @@ import io
 import sys
 from pathlib import Path
 
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-from partialconv.checkpoint import CheckpointError  # noqa: E402
-from partialconv.data.inpainting import InpaintingDataset  # noqa: E402
-from partialconv.data.masks import (  # noqa: E402
+from partialconv.checkpoint import CheckpointError
+from partialconv.data.inpainting import InpaintingDataset
+from partialconv.data.masks import (
     HOLE_RATIO_BUCKETS,
     IrregularMaskGenerator,
     MaskFolder,
@@ -33,19 +33,23 @@ from partialconv.data.masks import (  # noqa: E402
     bucket_of,
     hole_ratio,
 )
-from partialconv.engine.amp import AMP_DTYPES  # noqa: E402
-from partialconv.engine.cli import run_cli  # noqa: E402
-from partialconv.engine.distributed import init_distributed  # noqa: E402
-from partialconv.engine.image_metrics import l1_percent, psnr, ssim  # noqa: E402
-from partialconv.engine.inpainting_inference import inpaint, load_inpainting_model  # noqa: E402
-from partialconv.fileio import WriteError, write_text_atomic  # noqa: E402
+from partialconv.engine.amp import AMP_DTYPES
+from partialconv.engine.cli import run_cli
+from partialconv.engine.distributed import init_distributed
+from partialconv.engine.image_metrics import l1_percent, psnr, ssim
+from partialconv.engine.inpainting_inference import inpaint, load_inpainting_model
+from partialconv.fileio import WriteError, write_text_atomic
 
 BORDERS = ("N", "B")  # N: no border constraint, B: no hole within the border margin
 METRICS = (("l1", "L1 (%)", 2), ("psnr", "PSNR", 2), ("ssim", "SSIM", 3))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.eval_inpainting",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="train_inpainting.py checkpoint (or a plain state_dict)")
     p.add_argument("--data", required=True, help="folder of test images (recursive)")
     p.add_argument("--masks", help="folder of mask PNGs (NVIDIA format); default: generated masks")

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Fill the holes of images with a trained PConv U-Net and write the composites as PNGs.
 
-    python3 scripts/inpaint.py --checkpoint runs/pconv/checkpoint.pth.tar --input photo.jpg --mask holes.png
+    python -m scripts.inpaint --checkpoint runs/pconv/checkpoint.pth.tar --input photo.jpg --mask holes.png
         --output filled.png
-    python3 scripts/inpaint.py --checkpoint ... --input photos/ --random-mask 0.3 --output filled/
+    python -m scripts.inpaint --checkpoint ... --input photos/ --random-mask 0.3 --output filled/
 
 Mask PNGs use the NVIDIA irregular-mask convention: white = hole, black = known. A folder of inputs takes masks
 from a folder (matched by file name stem) or one mask file for all; with --random-mask the generated masks are
@@ -16,23 +16,25 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
-from partialconv.checkpoint import CheckpointError  # noqa: E402
-from partialconv.data.inpainting import IMAGE_EXTENSIONS, load_image  # noqa: E402
-from partialconv.data.masks import generate_mask, list_images, load_mask_png, save_mask_png  # noqa: E402
-from partialconv.engine.amp import AMP_DTYPES  # noqa: E402
-from partialconv.engine.cli import run_cli  # noqa: E402
-from partialconv.engine.distributed import init_distributed  # noqa: E402
-from partialconv.engine.inpainting_inference import inpaint, load_inpainting_model  # noqa: E402
-from partialconv.fileio import WriteError, atomic_write  # noqa: E402
+from partialconv.checkpoint import CheckpointError
+from partialconv.data.inpainting import IMAGE_EXTENSIONS, load_image
+from partialconv.data.masks import generate_mask, list_images, load_mask_png, save_mask_png
+from partialconv.engine.amp import AMP_DTYPES
+from partialconv.engine.cli import run_cli
+from partialconv.engine.distributed import init_distributed
+from partialconv.engine.inpainting_inference import inpaint, load_inpainting_model
+from partialconv.fileio import WriteError, atomic_write
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.inpaint", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", required=True, help="train_inpainting.py checkpoint (or a plain state_dict)")
     p.add_argument("--input", required=True, help="an image file or a folder of images (recursive)")
     src = p.add_mutually_exclusive_group(required=True)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Train the PConv U-Net for irregular-hole inpainting (Liu et al., ECCV 2018).
 
-Phase 1:  python3 scripts/train_inpainting.py --data DIR --vgg-weights vgg16-397923af.pth --output-dir runs/pconv
-Phase 2:  python3 scripts/train_inpainting.py --data DIR --vgg-weights ... --finetune
+Phase 1:  python -m scripts.train_inpainting --data DIR --vgg-weights vgg16-397923af.pth --output-dir runs/pconv
+Phase 2:  python -m scripts.train_inpainting --data DIR --vgg-weights ... --finetune
               --pretrained runs/pconv/checkpoint.pth.tar --output-dir runs/pconv_ft
 Multi-GPU: torchrun --nproc_per_node 8 scripts/train_inpainting.py ...
 Without --data it trains a few steps on the photos bundled with scikit-image (the embedded demo).
@@ -19,35 +19,35 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 
-from partialconv.checkpoint import CheckpointError, extract_state_dict, read_checkpoint  # noqa: E402
-from partialconv.data.inpainting import InpaintingDataset, InpaintingSampler, skimage_demo_folder  # noqa: E402
-from partialconv.data.loaders import resolve_workers  # noqa: E402
-from partialconv.data.masks import IrregularMaskGenerator, MaskFolder  # noqa: E402
-from partialconv.data.worker_signals import ignore_stop_signals  # noqa: E402
-from partialconv.engine import distributed as dist  # noqa: E402
-from partialconv.engine.amp import AMP_DTYPES, autocast  # noqa: E402
-from partialconv.engine.checkpointing import LAST, find_resume_checkpoint, save_run_checkpoint  # noqa: E402
-from partialconv.engine.cli import run_cli  # noqa: E402
-from partialconv.engine.image_grid import image_grid  # noqa: E402
-from partialconv.engine.image_metrics import l1_percent, psnr, ssim  # noqa: E402
-from partialconv.engine.inpainting import train_step  # noqa: E402
-from partialconv.engine.inpainting_inference import compose  # noqa: E402
-from partialconv.engine.preemption import Preemption  # noqa: E402
-from partialconv.engine.runlog import RunLogger  # noqa: E402
-from partialconv.fileio import WriteError, write_text_atomic  # noqa: E402
-from partialconv.losses.inpainting import (  # noqa: E402
+from partialconv.checkpoint import CheckpointError, extract_state_dict, read_checkpoint
+from partialconv.data.inpainting import InpaintingDataset, InpaintingSampler, skimage_demo_folder
+from partialconv.data.loaders import resolve_workers
+from partialconv.data.masks import IrregularMaskGenerator, MaskFolder
+from partialconv.data.worker_signals import ignore_stop_signals
+from partialconv.engine import distributed as dist
+from partialconv.engine.amp import AMP_DTYPES, autocast
+from partialconv.engine.checkpointing import LAST, find_resume_checkpoint, save_run_checkpoint
+from partialconv.engine.cli import run_cli
+from partialconv.engine.image_grid import image_grid
+from partialconv.engine.image_metrics import l1_percent, psnr, ssim
+from partialconv.engine.inpainting import train_step
+from partialconv.engine.inpainting_inference import compose
+from partialconv.engine.preemption import Preemption
+from partialconv.engine.runlog import RunLogger
+from partialconv.fileio import WriteError, write_text_atomic
+from partialconv.losses.inpainting import (
     DEFAULT_WEIGHTS,
     VGG16_FILE,
     InpaintingLoss,
     default_vgg_weights_path,
     vgg_file_is_torchvisions,
 )
-from partialconv.models import create_model  # noqa: E402
+from partialconv.models import create_model
 
 DEMO_DIR = Path("data/demo_inpainting")
 # Demo-mode defaults, used only for flags the user did not give when --data is absent.
@@ -55,7 +55,11 @@ DEMO_DEFAULTS = {"image_size": 128, "iters": 20, "batch_size": 2, "log_every": 5
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.train_inpainting",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", help="folder of training images (searched recursively); default: the embedded demo")
     p.add_argument("--val-data", help="folder of validation images (default: the training folder, fixed masks)")
     p.add_argument("--masks", help="folder of training mask PNGs (NVIDIA format, white = hole); default: generated")

@@ -18,9 +18,6 @@ PROGRAMS = sorted(
     for path in (ROOT / package).glob("*.py")
     if not path.name.startswith("_")
 )
-# Their argparse prog is set where their parsers are rewritten (the inpainting programs' refactor): strict, so the
-# mark has to go once it is.
-PROG_PENDING = {"scripts.train_inpainting", "scripts.inpaint", "scripts.eval_inpainting", "benchmarks.inpainting_speed"}
 
 
 def test_every_program_is_found():
@@ -48,15 +45,7 @@ def test_help_runs_as_a_module_from_the_repository_root(helps, module):
     assert proc.stdout.startswith("usage: ") and not proc.stderr, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="prog set with the inpainting refactor"))
-        if m in PROG_PENDING
-        else m
-        for m in PROGRAMS
-    ],
-)
+@pytest.mark.parametrize("module", PROGRAMS)
 def test_usage_shows_the_module_command(helps, module):
     assert helps[module].stdout.startswith(f"usage: python -m {module} "), helps[module].stdout[:200]
 
