@@ -4,7 +4,7 @@ One GPU:   python train.py -a pdresnet50 --data_train /path/train --data_val /pa
 8 GPUs:    torchrun --nproc_per_node 8 train.py -a pdresnet50 ...
 Demo:      python train.py          (no data flags: a small embedded dataset, a small model, ~30 s on 2 cores)
 
-See README.md, "Training on ImageNet (train.py)", for every flag, the run directory and resume behaviour.
+Every flag: python train.py --help. The run directory, resume and preemption: docs/training.md.
 """
 
 from __future__ import annotations
