@@ -267,6 +267,10 @@ def test_no_import_cycle_inside_the_data_package():
     assert import_cycles(DATA_PACKAGE, "partialconv.data") == []
 
 
+def test_no_import_cycle_inside_the_whole_package():
+    assert import_cycles(DATA_PACKAGE.parent, "partialconv") == []
+
+
 def test_the_cycle_check_sees_lazy_imports(tmp_path):
     """The check itself: two modules importing each other, one of them inside a function, are a cycle."""
     package = tmp_path / "pkg"

@@ -4,9 +4,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+import test_config_validation as shared
 import torch
 from torch import nn
 
@@ -14,30 +13,13 @@ import train
 from benchmarks import train_throughput
 from partialconv.analysis import canonical_arch
 from partialconv.checkpoint import read_checkpoint
-from partialconv.data.demo import make_demo_dataset
 from partialconv.models import _registry, create_model, is_model, list_models, register_model, split_pd_name
 from scripts import padding_benchmark
 
-BASE = ["-j", "0", "-b", "4", "--train-crop-size", "16", "--val-resize-size", "20", "--val-crop-size", "16"]
-BASE += ["--epochs", "1", "--no-tensorboard", "--device", "cpu"]
+BASE, args, one_error_line = shared.BASE, shared.args, shared.one_error_line
+data = shared.data  # the same small demo set fixture
+
 NOT_A_CLASSIFIER = "'pconv_unet' is a model for inpainting, not classification"
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("data") / "demo", train_per_class=4, val_per_class=2, size=24)
-
-
-def args(data: Path, out: Path) -> list[str]:
-    return [*BASE, "--data_train", str(data / "train"), "--data_val", str(data / "val"), "--output-dir", str(out)]
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("train.py: error: "), err
-    return err[0]
-
-
 # ------------------------------------------------------------------------------------------------------ registry
 
 

@@ -13,13 +13,13 @@ import struct
 import subprocess
 import sys
 import termios
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from PIL import Image
+from signalling import child_with_env, no_process_left, signal_at_line, to_group
 
 import train
 from partialconv.checkpoint import read_checkpoint
@@ -244,7 +244,7 @@ def _torchrun(nproc: int, argv: list[str], timeout: float = 180) -> tuple[int, s
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"torchrun hung for {timeout} s:\n{output[-3000:]}")
-    assert _no_process_left(proc.pid), "ranks or workers outlived torchrun"
+    assert no_process_left(proc.pid), "ranks or workers outlived torchrun"
     return proc.returncode, output
 
 
@@ -406,38 +406,6 @@ def test_progress_bar_on_a_terminal_plain_lines_otherwise(data, tmp_path):
 EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGUSR1: 138}
 
 
-def _signal_group_mid_epoch(cmd: list[str], sig: int, marker: str) -> tuple[int, str, int]:
-    """Start ``cmd`` in its own session; when ``marker`` starts a line, freeze the group, signal it, let it go on."""
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    seen = []
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith(marker):
-                pgid = os.getpgid(proc.pid)
-                os.killpg(pgid, signal.SIGSTOP)  # the signal surely lands inside the epoch, workers included
-                os.killpg(pgid, sig)
-                os.killpg(pgid, signal.SIGCONT)
-                break
-        rest, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
-    return proc.returncode, "".join(seen) + rest, proc.pid  # the group's id is the leader's pid
-
-
-def _no_process_left(pgid: int) -> bool:
-    for _ in range(50):
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.parametrize(
     "workers, sig",
     [("0", signal.SIGTERM), ("1", signal.SIGTERM), ("2", signal.SIGTERM), ("2", signal.SIGINT), ("1", signal.SIGUSR1)],
@@ -445,8 +413,8 @@ def _no_process_left(pgid: int) -> bool:
 def test_signal_to_process_group_with_workers_checkpoints_and_resumes_exactly(straight, data, tmp_path, workers, sig):
     out = tmp_path / "preempted"
     cmd = [sys.executable, "-u", str(ROOT / "train.py"), *args(data, out), "-j", workers, "--epochs", "2", "-p", "1"]
-    code, output, pgid = _signal_group_mid_epoch([*cmd, "--no-tensorboard"], sig, "Epoch: [1][2/20]")
-    assert _no_process_left(pgid), "DataLoader workers outlived the run"
+    code, output, pgid = signal_at_line([*cmd, "--no-tensorboard"], "Epoch: [1][2/20]", to_group(sig))
+    assert no_process_left(pgid), "DataLoader workers outlived the run"
     name = signal.Signals(sig).name
     assert code == EXIT[sig], output
     assert f"preempted by {name}" in output and "--resume auto" in output, output
@@ -463,8 +431,8 @@ def test_torchrun_signalled_as_a_group_stops_every_rank_at_one_step(data, tmp_pa
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd = [*torchrun, str(ROOT / "train.py"), *args(data, out), "-j", "1", "--epochs", "1", "-p", "1"]
-    code, output, pgid = _signal_group_mid_epoch([*cmd, "--no-tensorboard"], signal.SIGTERM, "Epoch: [1][2/20]")
-    assert _no_process_left(pgid), "ranks or workers outlived torchrun"
+    code, output, pgid = signal_at_line([*cmd, "--no-tensorboard"], "Epoch: [1][2/20]", to_group(signal.SIGTERM))
+    assert no_process_left(pgid), "ranks or workers outlived torchrun"
     assert code != 0, output
     assert "preempted by SIGTERM" in output, output
     assert "killed by signal: Terminated" not in output and "DataLoader worker" not in output, output
@@ -481,55 +449,21 @@ def test_torchrun_signalled_as_a_group_stops_every_rank_at_one_step(data, tmp_pa
     assert (Path(out) / "metrics.jsonl").read_text().count("\n") == 1
 
 
-def _rank_pids(torchrun_pid: int) -> dict[int, int]:
-    """rank -> pid of the rank processes torchrun started (its children; their RANK from their environment)."""
-    ranks = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != torchrun_pid:
-                continue
-            env = (entry / "environ").read_bytes().decode(errors="replace").split("\0")
-            ranks[int(dict(kv.split("=", 1) for kv in env if "=" in kv)["RANK"])] = int(entry.name)
-        except (OSError, KeyError, ValueError, IndexError):
-            continue  # gone meanwhile, or not a rank
-    return ranks
-
-
 def test_signal_to_one_rank_only_stops_every_rank_at_one_step(data, tmp_path):
     """A signal that reaches one rank and its workers only (a node-local kill, an OOM killer's warning, a user's
     kill of one PID's group): any rank's signal stops all ranks after the same step, with one checkpoint."""
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd = [*torchrun, str(ROOT / "train.py"), *args(data, out), "-j", "1", "--epochs", "1", "-p", "1"]
-    proc = subprocess.Popen(
-        [*cmd, "--no-tensorboard"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    seen, ranks = [], {}
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith("Epoch: [1][2/20]"):
-                ranks = _rank_pids(proc.pid)
-                group = os.getpgid(ranks[1])  # rank 1 and its DataLoader worker, not rank 0, not torchrun
-                os.killpg(group, signal.SIGSTOP)
-                os.killpg(group, signal.SIGTERM)
-                os.killpg(group, signal.SIGCONT)
-                break
-        rest, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
-    output = "".join(seen) + rest
+    ranks = {}
+
+    def to_rank_1(torchrun_pid: int) -> None:
+        ranks.update({r: child_with_env(torchrun_pid, f"RANK={r}") for r in (0, 1)})
+        os.killpg(os.getpgid(ranks[1]), signal.SIGTERM)  # rank 1 and its DataLoader worker, not rank 0 or torchrun
+
+    code, output, _ = signal_at_line([*cmd, "--no-tensorboard"], "Epoch: [1][2/20]", to_rank_1)
     assert set(ranks) == {0, 1}, output
-    assert proc.returncode != 0 and "preempted by SIGTERM" in output, output
+    assert code != 0 and "preempted by SIGTERM" in output, output
     ckpt = read_checkpoint(out / "checkpoint.pth.tar")
     assert ckpt["epoch"] == 0 and 2 <= ckpt["step"] < 20, output  # rank 0 stopped too, mid-epoch
     for pid in ranks.values():

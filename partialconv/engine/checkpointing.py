@@ -14,7 +14,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ import torch.distributed as dist
 
 from ..checkpoint import CheckpointError, extract_state_dict, load_state, read_checkpoint, unwrap_model
 from ..fileio import atomic_write
+
+if TYPE_CHECKING:  # annotations only: the trainer does not need checkpointing to import
+    from .trainer import Optimisation
 
 __all__ = [
     "LAST",
@@ -179,7 +182,7 @@ def move_run_aside(run_dir: Path) -> Path:
 
 def run_state(
     model: torch.nn.Module,
-    ctx,
+    optim: Optimisation,
     epoch: int,
     step: int,
     best_acc1: float,
@@ -190,9 +193,9 @@ def run_state(
     return {
         "arch": config.get("arch"),
         "state_dict": model.state_dict(),
-        "optimizer": ctx.optimizer.state_dict(),
-        "scheduler": ctx.scheduler.state_dict(),
-        "scaler": ctx.scaler.state_dict(),
+        "optimizer": optim.optimizer.state_dict(),
+        "scheduler": optim.scheduler.state_dict(),
+        "scaler": optim.scaler.state_dict(),
         "epoch": epoch,
         "step": step,
         "epoch_sums": epoch_sums,
@@ -228,7 +231,7 @@ def load_resume_weights(ckpt: Any, model: torch.nn.Module, path: Any = "<checkpo
 def restore_run_state(
     ckpt: Any,
     model: torch.nn.Module,
-    ctx,
+    optim: Optimisation,
     rank: int,
     world_size: int,
     warn=print,
@@ -246,14 +249,14 @@ def restore_run_state(
     """
     load_resume_weights(ckpt, model, path, arch)
     try:
-        ctx.optimizer.load_state_dict(ckpt["optimizer"])
+        optim.optimizer.load_state_dict(ckpt["optimizer"])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"--resume {path}: optimizer state does not fit this model's SGD ({e})") from e
     epoch = int(ckpt["epoch"])
     if "scheduler" not in ckpt:
-        return _restore_foreign(ckpt, ctx, epoch, warn, path, steps_per_epoch)
-    ctx.scheduler.load_state_dict(ckpt["scheduler"])
-    ctx.scaler.load_state_dict(ckpt["scaler"])
+        return _restore_foreign(ckpt, optim, epoch, warn, path, steps_per_epoch)
+    optim.scheduler.load_state_dict(ckpt["scheduler"])
+    optim.scaler.load_state_dict(ckpt["scaler"])
     rngs = ckpt.get("rng") or []
     if len(rngs) == world_size:
         set_rng_state(rngs[rank])
@@ -262,16 +265,18 @@ def restore_run_state(
     return epoch, int(ckpt.get("step", 0)), float(ckpt.get("best_acc1", 0.0)), ckpt.get("epoch_sums")
 
 
-def _restore_foreign(ckpt: dict[str, Any], ctx, epoch: int, warn, path: Any, steps_per_epoch: Optional[int]):
+def _restore_foreign(
+    ckpt: dict[str, Any], optim: Optimisation, epoch: int, warn, path: Any, steps_per_epoch: Optional[int]
+):
     """The rest of a checkpoint without our scheduler state (NVIDIA's ``main.py``): its ``epoch`` counts finished
     epochs, as ours does at an epoch boundary. The LR schedule is this run's, set to where ``epoch`` epochs of
     ``steps_per_epoch`` iterations leave it; the SGD hyper-parameters of the loaded groups are kept."""
     if steps_per_epoch is None:
         raise ValueError("restoring a checkpoint without scheduler state needs steps_per_epoch")
-    sched = ctx.scheduler
+    sched = optim.scheduler
     sched.last_epoch = epoch * steps_per_epoch
     lrs = [base * factor(sched.last_epoch) for base, factor in zip(sched.base_lrs, sched.lr_lambdas)]
-    for group, base, lr in zip(ctx.optimizer.param_groups, sched.base_lrs, lrs):
+    for group, base, lr in zip(optim.optimizer.param_groups, sched.base_lrs, lrs):
         group["initial_lr"], group["lr"] = base, lr
     sched._last_lr = lrs  # what get_last_lr() reports, as after a step()
     best = ckpt.get("best_acc1", ckpt.get("best_prec1", 0.0))
