@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from benchmarks._common import ROOT, machine_info, save_results
 from benchmarks._jpeg_folder import make_jpeg_folder
 from partialconv import PartialConv2d, create_model
-from partialconv.data import DataParams, backend_names, build_loaders, get_backend
+from partialconv.data import DataParams, backend_names, batch_to_device, build_loaders, get_backend
 from partialconv.data.allocator import ALLOCATOR_SETTINGS, AllocatorWorkerInit
 from partialconv.engine.amp import AMP_DTYPES
 from partialconv.engine.distributed import DistInfo
@@ -135,6 +135,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="loader-only: worker allocator settings to compare: default; glibc = mallopt trim/mmap "
                    "thresholds (as MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_); pillow = PILLOW_BLOCKS_MAX"
                    )  # fmt: skip
+    p.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="loader-only: do not measure the torchvision reference pipeline (pytorch/examples' ImageNet "
+                   "transforms in the workers, default collate) side by side")  # fmt: skip
     p.add_argument("--cache-dir", type=Path, default=ROOT / "data" / "bench_jpeg", help="where generated JPEGs live")
     p.add_argument("--gen-images", type=int, default=4096, help="number of generated JPEGs")
     p.add_argument("--gen-size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"), help="generated size")
@@ -202,6 +205,33 @@ def build_real_loader(args: argparse.Namespace, root: Path, workers: int, device
     return build_loaders(params, DistInfo(rank=0, local_rank=0, world_size=1, device=device)).train
 
 
+def build_reference_loader(args: argparse.Namespace, root: Path, workers: int, device: torch.device) -> Any:
+    """The torchvision reference data path (pytorch/examples imagenet/main.py): ImageFolder with PIL decode,
+    RandomResizedCrop (antialiased bilinear) + RandomHorizontalFlip + ToTensor + Normalize in the workers, torch's
+    default collate, pinned memory on CUDA, shuffled."""
+    from torchvision import datasets, transforms
+
+    normalize = transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(args.image_size, antialias=True),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
+    dataset = datasets.ImageFolder(str(root), tf)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
 class BatchStream:
     """Endless batches from a loader (restarting it at the end of each pass), moved to the device."""
 
@@ -213,12 +243,12 @@ class BatchStream:
 
     def next(self) -> tuple[Tensor, Tensor]:
         try:
-            x, y, _ = next(self.it)
+            x, y, *_ = next(self.it)  # (images, targets, bad) from ours; (images, targets) from the reference
         except StopIteration:
             self.it = iter(self.loader)
-            x, y, _ = next(self.it)
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        return x, y.to(self.device, non_blocking=True)
+            x, y, *_ = next(self.it)
+        # The one function between a loader and the model (train.py's): uint8 batches are normalised on the device.
+        return batch_to_device(x, y, self.device, self.memory_format == torch.channels_last)
 
 
 # ------------------------------------------------------------------------------------------------------ model steps
@@ -365,6 +395,11 @@ class LoaderConfig:
     malloc: str
     stream: BatchStream = field(repr=False)
     rates: list[float] = field(default_factory=list)
+    pipeline: str = ""  # the backend name, or "torchvision" for the reference
+
+    @property
+    def label(self) -> str:
+        return f"{self.pipeline} -j {self.workers}" + ("" if self.malloc == "default" else f" {self.malloc}")
 
 
 def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -> list[dict]:
@@ -381,7 +416,10 @@ def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -
             loader = build_real_loader(args, root, workers, device)
             torch_loader = getattr(loader, "loader", loader)  # the DataLoader inside a GpuDecodeLoader
             torch_loader.worker_init_fn = AllocatorWorkerInit(malloc, torch_loader.worker_init_fn)
-            configs.append(LoaderConfig(workers, malloc, BatchStream(loader, device, fmt)))
+            configs.append(LoaderConfig(workers, malloc, BatchStream(loader, device, fmt), pipeline=args.data_backend))
+        if args.reference:
+            loader = build_reference_loader(args, root, workers, device)
+            configs.append(LoaderConfig(workers, "default", BatchStream(loader, device, fmt), pipeline="torchvision"))
     for cfg in configs:
         for _ in range(args.warmup):
             cfg.stream.next()
@@ -395,18 +433,27 @@ def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -
                 cfg.stream.next()
             synchronize(device)
             cfg.rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
-        rates = ", ".join(f"-j {c.workers} {c.malloc} {c.rates[-1]:.1f}" for c in configs)
+        rates = ", ".join(f"{c.label} {c.rates[-1]:.1f}" for c in configs)
         print(f"window {window + 1}/{args.windows}: img/s {rates}", flush=True)
-    return [
-        {
-            "workers": c.workers,
-            "malloc": c.malloc,
-            "env": ALLOCATOR_SETTINGS[c.malloc],
-            "rates": c.rates,
-            "img_per_s": statistics.median(c.rates),
-        }  # fmt: skip
-        for c in configs
-    ]
+    reference = {c.workers: c for c in configs if c.pipeline == "torchvision"}
+    rows = []
+    for c in configs:
+        ref = reference.get(c.workers)
+        ratios = [a / b for a, b in zip(c.rates, ref.rates)] if ref is not None and ref is not c else []
+        rows.append(
+            {
+                "pipeline": c.pipeline,
+                "workers": c.workers,
+                "malloc": c.malloc,
+                "env": ALLOCATOR_SETTINGS[c.malloc],
+                "rates": c.rates,
+                "img_per_s": statistics.median(c.rates),
+                # median over windows of this config's img/s / the reference's in the same window
+                "vs_torchvision": statistics.median(ratios) if ratios else None,
+                "vs_torchvision_range": [min(ratios), max(ratios)] if ratios else None,
+            }  # fmt: skip
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------------- results
@@ -442,10 +489,21 @@ def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader
                 f"{1000 * args.batch_size / med:.1f} | {ratio} | {mem} |"
             )
     if loader_rows:
-        lines += ["| backend | workers | allocator | img/s (median) |", "|---|---|---|---|"]
+        lines += [
+            "| pipeline | workers | allocator | img/s (median) | min-max | vs torchvision (median, range) |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in loader_rows:
             env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "default"
-            lines.append(f"| {args.data_backend} | {r['workers']} | {env} | {r['img_per_s']:.1f} |")
+            ratio = (
+                f"{r['vs_torchvision']:.2f}x ({r['vs_torchvision_range'][0]:.2f}-{r['vs_torchvision_range'][1]:.2f})"
+                if r["vs_torchvision"] is not None
+                else ""
+            )
+            lines.append(
+                f"| {r['pipeline']} | {r['workers']} | {env} | {r['img_per_s']:.1f} | "
+                f"{min(r['rates']):.1f}-{max(r['rates']):.1f} | {ratio} |"
+            )
     for key, value in extra.items():
         lines.append(f"- {key}: {value}")
     return "\n".join(lines) + "\n"

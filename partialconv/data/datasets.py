@@ -19,12 +19,14 @@ from torchvision.datasets import ImageFolder
 
 from .backends import Backend, Splits
 from .errors import BadImageError
+from .fast_pil import FastTrainCrop
 from .image_folder import check_image_folders, ignored_message, scan_image_folder
 from .imageio import open_rgb
+from .loaders import collate_hwc_uint8
 from .params import DataParams
 from .presets import eval_transform, train_transform
 
-__all__ = ["PIL_BACKEND", "ClassificationFolder", "open_image_folders"]
+__all__ = ["PIL_BACKEND", "PIL_FAST_BACKEND", "ClassificationFolder", "FastTrainFolder", "open_image_folders"]
 
 # What PIL raises for a file that is not an image, is truncated or is otherwise undecodable.
 _BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -74,12 +76,45 @@ class ClassificationFolder(ImageFolder):
         return image, target
 
 
-def open_image_folders(params: DataParams) -> Splits:
-    """The ``pil`` backend's splits: the ImageFolder checks, then train/eval presets on PIL-decoded images."""
+class FastTrainFolder(ClassificationFolder):
+    """The train split of the ``pil`` backend: :class:`~partialconv.data.fast_pil.FastTrainCrop` decodes each file
+    (at a reduced DCT scale where the crop allows) straight to a (crop, crop, 3) uint8 tensor; batches are collated
+    by :func:`~partialconv.data.loaders.collate_hwc_uint8` and normalised on the device by ``batch_to_device``.
+    Same keys, seeds, crop draws and bad-image policy as :class:`ClassificationFolder` with ``train_transform``."""
+
+    collate_fn = staticmethod(collate_hwc_uint8)
+
+    def __init__(self, root: Union[str, Path], crop: FastTrainCrop, on_bad_image: str = "skip"):
+        super().__init__(root, transform=None, on_bad_image=on_bad_image)
+        self.crop = crop
+
+    def __getitem__(self, key: Union[int, tuple[int, int]]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        path, target = self.samples[index]
+        try:
+            if seed is None:
+                image = self.crop(path)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image = self.crop(path)
+        except _BAD_IMAGE_ERRORS as e:
+            if self.on_bad_image == "error":
+                raise BadImageError.of(path, e) from e
+            print(f"warning: skipping bad image {path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            return None
+        return image, target
+
+
+def _open_folders(params: DataParams, fast: bool) -> Splits:
     classes = check_image_folders(params.train_dir, params.val_dir)
-    train = ClassificationFolder(
-        params.train_dir, train_transform(params.train_crop_size, params.train_min_scale), params.on_bad_image
-    )
+    if fast:
+        crop = FastTrainCrop(params.train_crop_size, params.train_min_scale)
+        train: ClassificationFolder = FastTrainFolder(params.train_dir, crop, params.on_bad_image)
+    else:
+        train = ClassificationFolder(
+            params.train_dir, train_transform(params.train_crop_size, params.train_min_scale), params.on_bad_image
+        )
     val = ClassificationFolder(
         params.val_dir, eval_transform(params.val_resize_size, params.val_crop_size), params.on_bad_image
     )
@@ -87,4 +122,21 @@ def open_image_folders(params: DataParams) -> Splits:
     return Splits(train, val, classes, warnings=(message,) if message else ())
 
 
+def open_image_folders(params: DataParams) -> Splits:
+    """The ``pil`` backend's splits: the ImageFolder checks, then train/eval presets on PIL-decoded images."""
+    return _open_folders(params, fast=False)
+
+
+def open_fast_folders(params: DataParams) -> Splits:
+    """The ``pil_fast`` backend's splits: the fast uint8 train pipeline (:class:`FastTrainFolder`), the ``pil``
+    backend's eval split."""
+    return _open_folders(params, fast=True)
+
+
 PIL_BACKEND = Backend("pil", open_image_folders, help="decode/augment in the workers")
+PIL_FAST_BACKEND = Backend(
+    "pil_fast",
+    open_fast_folders,
+    help="as pil, train split 2x faster: reduced-scale JPEG decode, one resampling step, uint8 batches normalised "
+    "on the device (same crop draws)",
+)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .backends import choose_backend, register_backend
-from .datasets import PIL_BACKEND
+from .datasets import PIL_BACKEND, PIL_FAST_BACKEND
 from .errors import PARAM_NAMES, DataError, Param
 from .gpu_decode import GPU_BACKEND
 from .loaders import Loaders, LoaderSpec, resolve_workers, seeded_samplers
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # data must not import engine at run time (imports flow engin
 __all__ = ["build_loaders"]
 
 # The built-in backends, in the order "auto" asks them (the first is the default; see backends.DEFAULT_BACKEND).
-for _backend in (PIL_BACKEND, GPU_BACKEND):
+for _backend in (PIL_BACKEND, GPU_BACKEND, PIL_FAST_BACKEND):
     register_backend(_backend)
 
 

@@ -41,9 +41,9 @@ from .backends import Backend, Splits
 from .errors import BadImageError, DataError, Param
 from .image_folder import check_image_folders, ignored_message, scan_image_folder
 from .imageio import uint16_to_uint8
-from .loaders import LoaderSpec
+from .loaders import LoaderSpec, normalize_images
 from .params import DataParams
-from .presets import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
+from .presets import RRC_RATIO, RRC_SCALE
 from .sampler import SeededSampler
 from .worker_signals import ignore_stop_signals
 
@@ -254,10 +254,7 @@ class GpuPreprocess:
         crops = [self.crop_resize(images[k], params[k]) for k in keep]
         if self.train:
             crops = [c.flip(-1) if params[k][4] else c for c, k in zip(crops, keep)]
-        x = torch.cat(crops).contiguous(memory_format=self.memory_format)
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
-        x.sub_(mean).mul_(inv_std)
+        x = normalize_images(torch.cat(crops), self.memory_format)  # the same device op as the pil backend's
         targets = batch.targets[keep if len(keep) < len(images) else slice(None)].to(device, non_blocking=True)
         return x, targets, batch.bad + len(images) - len(keep)
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError, Param
 from .params import DataParams
+from .presets import IMAGENET_MEAN, IMAGENET_STD
 from .sampler import SeededSampler
 from .worker_signals import ignore_stop_signals
 
@@ -31,8 +32,10 @@ __all__ = [
     "LoaderSpec",
     "Loaders",
     "batch_to_device",
+    "collate_hwc_uint8",
     "collate_skipping_bad",
     "cpus_per_local_rank",
+    "normalize_images",
     "resolve_workers",
     "seeded_samplers",
     "torch_loader",
@@ -119,9 +122,20 @@ def collate_skipping_bad(batch: list[Optional[tuple[Any, int]]]) -> Batch:
     return images, targets, bad
 
 
+def collate_hwc_uint8(batch: list[Optional[tuple[Tensor, int]]]) -> Batch:
+    """:func:`collate_skipping_bad` for (H, W, C) uint8 samples: the batch is (B, C, H, W) uint8 in channels_last
+    memory (a view of the stacked HWC pixels, no transposing copy in the worker); :func:`batch_to_device` turns it
+    into the normalised float batch on the device."""
+    images, targets, bad = collate_skipping_bad(batch)
+    if images.dim() == 4:
+        images = images.permute(0, 3, 1, 2)
+    return images, targets, bad
+
+
 def torch_loader(dataset: Dataset, sampler: SeededSampler, spec: LoaderSpec) -> DataLoader:
     """The default loader of a backend whose dataset follows the sample protocol: torch's DataLoader, decoding in
-    ``spec.params.workers`` worker processes, batches collated by :func:`collate_skipping_bad`."""
+    ``spec.params.workers`` worker processes, batches collated by the dataset's ``collate_fn`` attribute if it has
+    one (:func:`collate_hwc_uint8` for uint8 pipelines), else :func:`collate_skipping_bad`."""
     workers = spec.params.workers or 0
     return DataLoader(
         dataset,
@@ -130,7 +144,7 @@ def torch_loader(dataset: Dataset, sampler: SeededSampler, spec: LoaderSpec) -> 
         num_workers=workers,
         pin_memory=spec.device.type == "cuda",
         persistent_workers=workers > 0,
-        collate_fn=collate_skipping_bad,
+        collate_fn=getattr(dataset, "collate_fn", collate_skipping_bad),
         drop_last=False,
         # Starting an iteration draws the workers' base seed; from the global RNG that draw would shift the model's
         # random stream (dropout) between a straight run and one resumed mid-epoch or with persistent workers.
@@ -140,9 +154,58 @@ def torch_loader(dataset: Dataset, sampler: SeededSampler, spec: LoaderSpec) -> 
     )
 
 
+_NORMALIZE_CACHE: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+
+def _shift_scale(device: torch.device) -> tuple[Tensor, Tensor]:
+    """(-mean/std, 1/(255 std)) per channel, float32 on ``device`` (computed in float64 once per device)."""
+    if device not in _NORMALIZE_CACHE:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64)
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float64)
+        _NORMALIZE_CACHE[device] = (
+            (-mean / std).to(device, torch.float32),
+            (1 / (255 * std)).to(device, torch.float32),
+        )
+    return _NORMALIZE_CACHE[device]
+
+
+def normalize_images(
+    images: Tensor, memory_format: torch.memory_format = torch.contiguous_format, fused: Optional[bool] = None
+) -> Tensor:
+    """(B, 3, H, W) pixels in [0, 255] (uint8, or float for the GPU backend's resampled crops) -> float32
+    ``(x / 255 - mean) / std`` with the ImageNet mean/std, in ``memory_format``.
+
+    ``fused`` (default: on CUDA) is one kernel, ``addcmul(-mean/std, x, 1/(255 std))`` with the uint8 -> float
+    conversion inside it. CPU kernels broadcast a per-channel operand poorly (4-6x slower than a plain pass), so
+    there the conversion is one pass and the affine map a second one over rows whose per-channel operands are
+    tiled to the row length."""
+    shift, scale = _shift_scale(images.device)
+    if fused is None:
+        fused = images.device.type == "cuda"
+    if fused:
+        out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=memory_format)
+        return torch.addcmul(shift.view(1, -1, 1, 1), images, scale.view(1, -1, 1, 1), out=out)
+    out = images.to(torch.float32, memory_format=memory_format, copy=True)
+    n, c, h, w = out.shape
+    if out.is_contiguous():
+        rows = out.view(n, c, h * w)
+        torch.addcmul(shift.view(1, c, 1), rows, scale.view(1, c, 1), out=rows)
+    else:  # channels_last: rows of (W, C) pixels
+        rows = out.permute(0, 2, 3, 1).reshape(n * h, w * c)  # a view: the memory is NHWC-contiguous
+        torch.addcmul(shift.repeat(w), rows, scale.repeat(w), out=rows)
+    return out
+
+
 def batch_to_device(
     images: Tensor, targets: Tensor, device: torch.device, channels_last: bool
 ) -> tuple[Tensor, Tensor]:
-    """Non-blocking host-to-device copy (pinned memory makes it asynchronous on CUDA)."""
+    """Non-blocking host-to-device copy (pinned memory makes it asynchronous on CUDA). A uint8 batch (the fast
+    ``pil`` pipeline's) is copied as uint8 (a quarter of the float bytes) and converted + normalised on the device
+    by :func:`normalize_images`; a float batch is already normalised."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return images.to(device, non_blocking=True, memory_format=fmt), targets.to(device, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        if images.dim() != 4:  # an all-bad batch: torch.empty(0)
+            return images.to(device, torch.float32), targets
+        return normalize_images(images.to(device, non_blocking=True), fmt), targets
+    return images.to(device, non_blocking=True, memory_format=fmt), targets
