@@ -73,7 +73,10 @@ class FastTrainCrop:
                 if s == 1 and img.mode in ("RGB", "L"):
                     # libjpeg-turbo through torchvision, then torch's uint8 antialiased bilinear kernel (PIL's
                     # algorithm, vectorised): about twice as fast as PIL's resize on the full-size crop.
-                    image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB)
+                    try:
+                        image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB)
+                    except RuntimeError as e:  # truncated/corrupt: the OSError PIL raises, for the bad-image policy
+                        raise OSError(str(e).rsplit(", ", 1)[-1]) from e
                     return self._resize_tensor(image, top, left, h, w, flip)
                 return self._pil_crop(img, (width, height), (top, left, h, w, flip), s)
         with Image.open(io.BytesIO(data)) as img:

@@ -1,0 +1,163 @@
+"""The ``pil_fast`` train pipeline is accuracy-equivalent to the ``pil`` one (torchvision's transforms): the same crop
+and flip draws for the same per-sample seed, pixels within a resampling difference, uint8 batches until
+``batch_to_device`` which normalises them like ``Normalize``, and the same bad-image policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import RandomResizedCrop, v2
+
+from benchmarks._jpeg_folder import make_jpeg_folder
+from partialconv.data import BadImageError, ClassificationFolder, DataParams, batch_to_device, build_loaders
+from partialconv.data.datasets import FastTrainFolder
+from partialconv.data.fast_pil import FastTrainCrop, draft_scale
+from partialconv.data.loaders import normalize_images
+from partialconv.data.presets import IMAGENET_MEAN, IMAGENET_STD, train_transform
+from partialconv.engine.distributed import DistInfo
+
+CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    # 200x150 photo-like JPEGs (a fifth portrait): 48 px crops use reduced-DCT-scale decodes (draft) for the larger
+    # crops and full-size decodes for the smaller ones, so both branches are compared with the reference.
+    return make_jpeg_folder(tmp_path_factory.mktemp("jpeg"), num_images=24, num_classes=3, size=(200, 150))
+
+
+def _levels(x: torch.Tensor) -> torch.Tensor:
+    """A normalised float crop back in uint8 levels (float, unrounded)."""
+    return (x * STD + MEAN) * 255
+
+
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (400, 40), (333, 333), (64, 48)])
+def test_crop_and_flip_draws_are_torchvisions_for_the_same_seed(size: tuple[int, int]) -> None:
+    width, height = size
+    crop = FastTrainCrop(224)
+    flip = v2.RandomHorizontalFlip()
+    image = torch.zeros(3, height, width, dtype=torch.uint8)
+    for seed in range(100):
+        torch.manual_seed(seed)
+        ours = crop.params(width, height)
+        torch.manual_seed(seed)
+        box = RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])
+        flipped = flip(image) is not image
+        assert ours == (*box, flipped)
+
+
+def test_draft_scale_only_when_the_crop_is_shrunk_at_least_that_much() -> None:
+    assert draft_scale(447, 1000, 224) == 1 and draft_scale(448, 448, 224) == 2
+    assert draft_scale(900, 1000, 224) == 4 and draft_scale(1792, 1800, 224) == 8 and draft_scale(100, 90, 224) == 1
+
+
+def test_crops_match_the_reference_pipeline_within_resampling_differences(folder: Path) -> None:
+    """Several hundred crops: the same (index, seed) keys through the reference ``train_transform`` and the fast
+    pipeline. A different crop box or flip would differ by tens of levels on these textured images."""
+    crop_size = 48
+    fast = FastTrainFolder(folder, FastTrainCrop(crop_size))
+    drafted = 0
+    diffs, maxima = [], []
+    reference = ClassificationFolder(folder, train_transform(crop_size))
+    for index in range(len(fast)):
+        for seed in range(index * 100, index * 100 + 13):
+            ours, target = fast[(index, seed)]
+            ref, ref_target = reference[(index, seed)]
+            assert target == ref_target and ours.dtype == torch.uint8 and ours.shape == (crop_size, crop_size, 3)
+            diff = (ours.permute(2, 0, 1).float() - _levels(ref)).abs()
+            diffs.append(diff.mean().item())
+            maxima.append(diff.max().item())
+            torch.manual_seed(seed)
+            with Image.open(fast.samples[index][0]) as img:
+                _, _, h, w, _ = fast.crop.params(*img.size)
+            drafted += draft_scale(w, h, crop_size) > 1
+    assert len(diffs) >= 300 and 50 <= drafted <= len(diffs) - 50  # both decode branches exercised
+    assert np.mean(diffs) < 2.0, np.mean(diffs)
+    assert np.percentile(diffs, 99) < 5.0 and max(maxima) <= 96, (np.percentile(diffs, 99), max(maxima))
+
+
+def test_full_size_decode_path_is_the_reference_resampling(folder: Path) -> None:
+    """Without a reduced-scale decode the only difference is the resampling step (one pass, PIL's kernel in torch):
+    about a rounding level."""
+    crop_size = 160  # larger than most crops: never drafted
+    fast = FastTrainFolder(folder, FastTrainCrop(crop_size))
+    reference = ClassificationFolder(folder, train_transform(crop_size))
+    for index in range(0, len(fast), 3):
+        ours, _ = fast[(index, index)]
+        ref, _ = reference[(index, index)]
+        diff = (ours.permute(2, 0, 1).float() - _levels(ref)).abs()
+        assert diff.mean() < 0.75 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_device_normalisation_equals_normalize(fused: bool, channels_last: bool) -> None:
+    x = torch.randint(0, 256, (4, 17, 9, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = x.permute(0, 3, 1, 2)  # what collate_hwc_uint8 yields
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = normalize_images(x, fmt, fused=fused)
+    expected = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)(x.float() / 255)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_uint8_until_batch_to_device(folder: Path, workers: int) -> None:
+    def loaders(backend: str):
+        params = DataParams(folder, folder, batch_size=8, workers=workers, backend=backend, train_crop_size=48)
+        return build_loaders(params, CPU)
+
+    fast, ref = loaders("pil_fast"), loaders("pil")
+    assert fast.backend == "pil_fast"
+    for (x, y, bad), (xr, yr, badr) in zip(fast.train, ref.train):
+        assert (
+            x.dtype == torch.uint8 and x.shape == (8, 3, 48, 48) and x.is_contiguous(memory_format=torch.channels_last)
+        )
+        assert xr.dtype == torch.float32 and torch.equal(y, yr) and bad == badr == 0
+        images, targets = batch_to_device(x, y, torch.device("cpu"), channels_last=True)
+        assert images.dtype == torch.float32 and images.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(
+            images, v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)(x.float() / 255), rtol=0, atol=1e-6
+        )
+        assert torch.equal(targets, y)
+        levels = (images - xr).abs() * 255 * STD  # the normalised difference in uint8 levels
+        assert levels.mean() < 3.0  # per batch of 8 (the per-crop bound is tested above over 300 crops)
+    if workers:  # the same keys give the same batches whatever the worker count
+        params0 = DataParams(folder, folder, batch_size=8, workers=0, backend="pil_fast", train_crop_size=48)
+        for (a, _, _), (b, _, _) in zip(build_loaders(params0, CPU).train, fast.train):
+            assert torch.equal(a, b)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("crop_size", [16, 224])  # 16: the draft (PIL) decode; 224: the full-size libjpeg-turbo one
+def test_truncated_jpeg_follows_the_bad_image_policy(tmp_path: Path, crop_size: int) -> None:
+    root = make_jpeg_folder(tmp_path / "jpeg", num_images=8, num_classes=2, size=(200, 150))
+    bad = sorted(root.rglob("*.JPEG"))[0]
+    _truncate(bad)
+    crop = FastTrainCrop(crop_size)
+    skipping = FastTrainFolder(root, crop, "skip")
+    index = next(i for i, (p, _) in enumerate(skipping.samples) if Path(p) == bad)
+    with Image.open(bad) as img:
+        size = img.size  # the header is intact
+    scales = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        _, _, h, w, _ = crop.params(*size)
+        scales.add(draft_scale(w, h, crop_size))
+        assert skipping[(index, seed)] is None
+    assert (max(scales) > 1) == (crop_size == 16)
+    with pytest.raises(BadImageError, match=bad.name):
+        FastTrainFolder(root, crop, "error")[(index, 0)]
+    params = DataParams(root, root, batch_size=8, workers=2, backend="pil_fast", train_crop_size=crop_size)
+    total_bad = sum(b for _, _, b in build_loaders(params, CPU).train)
+    assert total_bad == 1
