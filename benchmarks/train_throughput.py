@@ -138,6 +138,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-reference", dest="reference", action="store_false",
                    help="loader-only: do not measure the torchvision reference pipeline (pytorch/examples' ImageNet "
                    "transforms in the workers, default collate) side by side")  # fmt: skip
+    p.add_argument("--pixel-diff", type=int, default=0, metavar="N",
+                   help="loader-only with --data-backend pil_fast: also report the mean/max absolute difference, in "
+                   "uint8 levels, of N of its crops to the pil backend's (torchvision transforms) for the same keys, "
+                   "per JPEG decode scale")  # fmt: skip
     p.add_argument("--cache-dir", type=Path, default=ROOT / "data" / "bench_jpeg", help="where generated JPEGs live")
     p.add_argument("--gen-images", type=int, default=4096, help="number of generated JPEGs")
     p.add_argument("--gen-size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"), help="generated size")
@@ -170,6 +174,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error("--device cuda: no CUDA device is available")
     if args.data != "loader-only" and (len(args.workers) > 1 or args.malloc != ["default"]):
         p.error("several -j values and --malloc are for --data loader-only")
+    if args.pixel_diff and (args.data != "loader-only" or args.data_backend != "pil_fast"):
+        p.error("--pixel-diff is for --data loader-only --data-backend pil_fast")
     if args.malloc != ["default"] and min(args.workers) == 0:
         p.error("--malloc applies to worker processes; use -j >= 1")
     return args
@@ -456,6 +462,35 @@ def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -
     return rows
 
 
+def pixel_difference(args: argparse.Namespace, root: Path) -> dict:
+    """Mean/max |pil_fast crop - pil crop| in uint8 levels over ``--pixel-diff`` keys (index, seed), per decode
+    scale (1 = full-size decode; 2, 4, 8 = libjpeg's reduced-scale decode)."""
+    from PIL import Image
+
+    from partialconv.data import ClassificationFolder
+    from partialconv.data.datasets import FastTrainFolder
+    from partialconv.data.fast_pil import FastTrainCrop, draft_scale
+    from partialconv.data.presets import IMAGENET_MEAN, IMAGENET_STD, train_transform
+
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    fast = FastTrainFolder(root, FastTrainCrop(args.image_size))
+    reference = ClassificationFolder(root, train_transform(args.image_size))
+    per_scale: dict[int, list[tuple[float, float]]] = {}
+    for k in range(args.pixel_diff):
+        key = (k % len(fast), args.seed * 1_000_003 + k)
+        ours, ref = fast[key][0].permute(2, 0, 1).float(), reference[key][0]
+        diff = (ours - (ref * std + mean) * 255).abs()
+        torch.manual_seed(key[1])
+        with Image.open(fast.samples[key[0]][0]) as img:
+            _, _, h, w, _ = fast.crop.params(*img.size)
+        per_scale.setdefault(draft_scale(w, h, args.image_size), []).append((diff.mean().item(), diff.max().item()))
+    rows = {"all": [r for rs in per_scale.values() for r in rs], **{f"1/{s}": per_scale[s] for s in sorted(per_scale)}}
+    return {
+        name: {"crops": len(r), "mean_levels": statistics.fmean(m for m, _ in r), "max_levels": max(x for _, x in r)}
+        for name, r in rows.items()
+    }
+
+
 # --------------------------------------------------------------------------------------------------------- results
 def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader_rows: list[dict], extra: dict) -> str:
     lines = [
@@ -530,7 +565,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     extra: dict[str, Any] = {}
 
     if args.data == "loader-only":
-        loader_rows = measure_loader(args, data_root(args), device)
+        root = data_root(args)
+        loader_rows = measure_loader(args, root, device)
+        if args.pixel_diff:
+            extra["pixel difference vs pil, uint8 levels, by decode scale"] = pixel_difference(args, root)
     else:
         for arch in args.archs:
             for impl in pd_impls_for(arch, args.pd_impl):
