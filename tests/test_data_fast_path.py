@@ -161,3 +161,22 @@ def test_truncated_jpeg_follows_the_bad_image_policy(tmp_path: Path, crop_size: 
     params = DataParams(root, root, batch_size=8, workers=2, backend="pil_fast", train_crop_size=crop_size)
     total_bad = sum(b for _, _, b in build_loaders(params, CPU).train)
     assert total_bad == 1
+
+
+def test_loader_benchmark_measures_the_torchvision_reference_side_by_side(tmp_path: Path) -> None:
+    import benchmarks.train_throughput as tt
+
+    jpegs = make_jpeg_folder(tmp_path / "jpeg", num_images=16, num_classes=2, size=(120, 90))
+    argv = ["--data", "loader-only", "--data-dir", str(jpegs), "--data-backend", "pil_fast", "-j", "0", "1"]
+    argv += ["-b", "4", "--image-size", "32", "--warmup", "1", "--steps", "1", "--windows", "3"]
+    payload = tt.main(argv + ["--pixel-diff", "20", "--output-dir", str(tmp_path / "out")])
+    rows = {(r["pipeline"], r["workers"]): r for r in payload["loader"]}
+    assert set(rows) == {("pil_fast", 0), ("torchvision", 0), ("pil_fast", 1), ("torchvision", 1)}
+    for workers in (0, 1):
+        ours, ref = rows[("pil_fast", workers)], rows[("torchvision", workers)]
+        per_window = sorted(a / b for a, b in zip(ours["rates"], ref["rates"]))
+        assert ours["vs_torchvision"] == pytest.approx(per_window[1]) and ref["vs_torchvision"] is None
+    diff = payload["pixel_difference_vs_pil,_uint8_levels,_by_decode_scale"]
+    assert diff["all"]["crops"] == 20 and diff["all"]["mean_levels"] < 2.0
+    md = next((tmp_path / "out").glob("*_loader-only.md")).read_text()
+    assert "| torchvision | 1 |" in md and "--pixel-diff 20" in md

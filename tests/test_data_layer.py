@@ -123,7 +123,10 @@ def test_unknown_backend_is_one_clear_error(folder):
     with pytest.raises(DataError) as raised:
         build_loaders(params, CPU)
     assert str(raised.value) == "data backend webdataset: unknown (registered: pil, gpu, pil_fast, or auto)"
-    assert data_error_message(raised.value) == "--data-backend webdataset: unknown (registered: pil, gpu, or auto)"
+    assert (
+        data_error_message(raised.value)
+        == "--data-backend webdataset: unknown (registered: pil, gpu, pil_fast, or auto)"
+    )
     with pytest.raises(TypeError, match="takes DataParams"):  # the argparse namespace is the CLI's, not the library's
         build_loaders(parse_config(["--data_train", str(folder / "train"), "--data_val", str(folder / "val")]), CPU)
 

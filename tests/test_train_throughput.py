@@ -76,7 +76,8 @@ def test_loader_only_interleaves_worker_allocator_settings(jpegs, tmp_path) -> N
     argv = ["--data", "loader-only", "--data-dir", str(jpegs), "-j", "1", "--malloc", "default", "pillow"]
     argv += ["--output-dir", str(tmp_path), "-b", "4", "--image-size", "32", "--warmup", "1", "--steps", "1"]
     payload = tt.main(argv + ["--windows", "2"])
-    assert [(r["workers"], r["malloc"]) for r in payload["loader"]] == [(1, "default"), (1, "pillow")]
+    rows = [(r["pipeline"], r["workers"], r["malloc"]) for r in payload["loader"]]
+    assert rows == [("pil", 1, "default"), ("pil", 1, "pillow"), ("torchvision", 1, "default")]
     assert all(len(r["rates"]) == 2 and r["img_per_s"] > 0 for r in payload["loader"])
     assert "PILLOW_BLOCKS_MAX=32" in next(tmp_path.glob("*_loader-only.md")).read_text()
 
