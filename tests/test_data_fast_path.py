@@ -180,3 +180,12 @@ def test_loader_benchmark_measures_the_torchvision_reference_side_by_side(tmp_pa
     assert diff["all"]["crops"] == 20 and diff["all"]["mean_levels"] < 2.0
     md = next((tmp_path / "out").glob("*_loader-only.md")).read_text()
     assert "| torchvision | 1 |" in md and "--pixel-diff 20" in md
+
+
+def test_a_seeded_sample_leaves_the_callers_rng_alone(folder: Path) -> None:
+    fast = FastTrainFolder(folder, FastTrainCrop(32))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first, _ = fast[(0, 7)]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(fast[(0, 7)][0], first)  # the seed alone decides the crop
