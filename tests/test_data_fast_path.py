@@ -189,3 +189,25 @@ def test_a_seeded_sample_leaves_the_callers_rng_alone(folder: Path) -> None:
     first, _ = fast[(0, 7)]
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(fast[(0, 7)][0], first)  # the seed alone decides the crop
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "PNG"])
+def test_grayscale_cmyk_and_png_files_match_the_reference(tmp_path: Path, folder: Path, mode: str) -> None:
+    """Files off the common path (grayscale and CMYK JPEGs, PNGs) go through PIL's decode and conversion to RGB
+    exactly as the reference does, at full size and at reduced scale."""
+    source = sorted(folder.rglob("*.JPEG"))[0]
+    root = tmp_path / "odd"
+    (root / "a").mkdir(parents=True)
+    with Image.open(source) as img:
+        if mode == "PNG":
+            img.save(root / "a" / "x.png")
+        else:
+            img.convert(mode).save(root / "a" / "x.jpg", quality=92)
+    for crop_size in (16, 160):  # mostly drafted (JPEG) / never drafted
+        fast = FastTrainFolder(root, FastTrainCrop(crop_size))
+        reference = ClassificationFolder(root, train_transform(crop_size))
+        for seed in range(10):
+            ours, ref = fast[(0, seed)][0], reference[(0, seed)][0]
+            diff = (ours.permute(2, 0, 1).float() - _levels(ref)).abs()
+            limit = 3.0 if crop_size == 16 and mode != "PNG" else 0.75
+            assert ours.shape == (crop_size, crop_size, 3) and diff.mean() < limit, (crop_size, seed, diff.mean())
