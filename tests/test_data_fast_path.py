@@ -211,3 +211,14 @@ def test_grayscale_cmyk_and_png_files_match_the_reference(tmp_path: Path, folder
             diff = (ours.permute(2, 0, 1).float() - _levels(ref)).abs()
             limit = 3.0 if crop_size == 16 and mode != "PNG" else 0.75
             assert ours.shape == (crop_size, crop_size, 3) and diff.mean() < limit, (crop_size, seed, diff.mean())
+
+
+def test_eval_batches_are_uint8_and_normalise_to_the_reference_exactly(folder: Path) -> None:
+    def val(backend: str):
+        params = DataParams(folder, folder, 8, workers=1, backend=backend, val_resize_size=64, val_crop_size=56)
+        return build_loaders(params, CPU).val
+
+    for (x, y, _), (xr, yr, _) in zip(val("pil_fast"), val("pil")):
+        assert x.dtype == torch.uint8 and x.shape == (8, 3, 56, 56) and torch.equal(y, yr)
+        images, _ = batch_to_device(x, y, torch.device("cpu"), channels_last=False)
+        torch.testing.assert_close(images, xr, rtol=0, atol=1e-5)  # same PIL resize and crop: float rounding only

@@ -19,7 +19,7 @@ from torchvision.datasets import ImageFolder
 
 from .backends import Backend, Splits
 from .errors import BadImageError
-from .fast_pil import FastTrainCrop
+from .fast_pil import FastTrainCrop, eval_crop_uint8
 from .image_folder import check_image_folders, ignored_message, scan_image_folder
 from .imageio import open_rgb
 from .loaders import collate_hwc_uint8
@@ -121,9 +121,15 @@ def _open_folders(params: DataParams, fast: bool) -> Splits:
         train = ClassificationFolder(
             params.train_dir, train_transform(params.train_crop_size, params.train_min_scale), params.on_bad_image
         )
-    val = ClassificationFolder(
-        params.val_dir, eval_transform(params.val_resize_size, params.val_crop_size), params.on_bad_image
-    )
+    if fast:
+        val = ClassificationFolder(
+            params.val_dir, eval_crop_uint8(params.val_resize_size, params.val_crop_size), params.on_bad_image
+        )
+        val.collate_fn = collate_hwc_uint8  # uint8 batches, normalised by batch_to_device
+    else:
+        val = ClassificationFolder(
+            params.val_dir, eval_transform(params.val_resize_size, params.val_crop_size), params.on_bad_image
+        )
     message = ignored_message(train.ignored + val.ignored)
     return Splits(train, val, classes, warnings=(message,) if message else ())
 
@@ -134,8 +140,8 @@ def open_image_folders(params: DataParams) -> Splits:
 
 
 def open_fast_folders(params: DataParams) -> Splits:
-    """The ``pil_fast`` backend's splits: the fast uint8 train pipeline (:class:`FastTrainFolder`), the ``pil``
-    backend's eval split."""
+    """The ``pil_fast`` backend's splits: the fast uint8 train pipeline (:class:`FastTrainFolder`) and the ``pil``
+    backend's eval crop as uint8 (:func:`~partialconv.data.fast_pil.eval_crop_uint8`)."""
     return _open_folders(params, fast=True)
 
 

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms import InterpolationMode, RandomResizedCrop, v2
 
 from .imageio import to_8bit
 from .presets import RRC_RATIO, RRC_SCALE
 
-__all__ = ["FastTrainCrop", "draft_scale"]
+__all__ = ["FastTrainCrop", "draft_scale", "eval_crop_uint8"]
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DCT_SCALES = (8, 4, 2)  # libjpeg's scaled IDCT factors that Image.draft offers (1 = full size)
@@ -111,3 +111,20 @@ class FastTrainCrop:
         if flip:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
         return torch.from_numpy(np.asarray(out).copy())  # (H, W, 3) uint8; collate makes it NCHW channels_last
+
+
+def _pil_to_hwc(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image).copy())
+
+
+def eval_crop_uint8(resize_size: int, crop_size: int) -> v2.Compose:
+    """``presets.eval_transform`` without its float conversion and normalisation: the same PIL resize of the shorter
+    side and centre crop, returned as a (crop, crop, 3) uint8 tensor (normalised on the device, bit for bit the
+    same values up to float rounding)."""
+    return v2.Compose(
+        [
+            v2.Resize(resize_size, interpolation=InterpolationMode.BILINEAR, antialias=True),
+            v2.CenterCrop(crop_size),
+            _pil_to_hwc,
+        ]
+    )
