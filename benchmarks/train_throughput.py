@@ -463,8 +463,8 @@ def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -
 
 
 def pixel_difference(args: argparse.Namespace, root: Path) -> dict:
-    """Mean/max |pil_fast crop - pil crop| in uint8 levels over ``--pixel-diff`` keys (index, seed), per decode
-    scale (1 = full-size decode; 2, 4, 8 = libjpeg's reduced-scale decode)."""
+    """Mean/max |pil_fast crop - pil crop| in uint8 levels over ``--pixel-diff`` keys (index, seed), in all and per
+    decode scale ("1/1" = full-size decode; "1/2", "1/4", "1/8" = libjpeg's reduced-scale decode)."""
     from PIL import Image
 
     from partialconv.data import ClassificationFolder
@@ -568,7 +568,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         root = data_root(args)
         loader_rows = measure_loader(args, root, device)
         if args.pixel_diff:
-            extra["pixel difference vs pil, uint8 levels, by decode scale"] = pixel_difference(args, root)
+            extra["pixel difference"] = pixel_difference(args, root)
     else:
         for arch in args.archs:
             for impl in pd_impls_for(arch, args.pd_impl):

@@ -176,7 +176,7 @@ def test_loader_benchmark_measures_the_torchvision_reference_side_by_side(tmp_pa
         ours, ref = rows[("pil_fast", workers)], rows[("torchvision", workers)]
         per_window = sorted(a / b for a, b in zip(ours["rates"], ref["rates"]))
         assert ours["vs_torchvision"] == pytest.approx(per_window[1]) and ref["vs_torchvision"] is None
-    diff = payload["pixel_difference_vs_pil,_uint8_levels,_by_decode_scale"]
+    diff = payload["pixel_difference"]
     assert diff["all"]["crops"] == 20 and diff["all"]["mean_levels"] < 2.0
     md = next((tmp_path / "out").glob("*_loader-only.md")).read_text()
     assert "| torchvision | 1 |" in md and "--pixel-diff 20" in md
