@@ -222,3 +222,29 @@ def test_eval_batches_are_uint8_and_normalise_to_the_reference_exactly(folder: P
         assert x.dtype == torch.uint8 and x.shape == (8, 3, 56, 56) and torch.equal(y, yr)
         images, _ = batch_to_device(x, y, torch.device("cpu"), channels_last=False)
         torch.testing.assert_close(images, xr, rtol=0, atol=1e-5)  # same PIL resize and crop: float rounding only
+
+
+def test_pil_fast_resumes_exactly_after_a_mid_epoch_signal(tmp_path: Path) -> None:
+    """test_resume_exact's recipe (a dropout model, SIGUSR1 after a training step, --resume auto) on pil_fast:
+    straight with -j 0, interrupted and resumed with one persistent worker: the same weights and records."""
+    import signal
+
+    import test_resume_exact as rx
+
+    import train
+    from partialconv.data.demo import make_demo_dataset
+
+    data = make_demo_dataset(tmp_path / "d", train_per_class=4, val_per_class=2, size=20)
+    fast = ["--data-backend", "pil_fast"]
+    straight, out = tmp_path / "straight", tmp_path / "preempted"
+    rx.DropoutCNN.signal_after, rx.DropoutCNN.forwards = None, 0
+    try:
+        assert train.cli([*rx.argv(data, straight), "--epochs", "2", *fast]) == 0
+        rx.DropoutCNN.signal_after, rx.DropoutCNN.forwards = 7, 0
+        assert train.cli([*rx.argv(data, out), "--epochs", "2", "-j", "1", *fast]) == 128 + signal.SIGUSR1
+        rx.DropoutCNN.signal_after = None
+        assert train.cli([*rx.argv(data, out), "--epochs", "2", "--resume", "auto", "-j", "1", *fast]) == 0
+    finally:
+        rx.DropoutCNN.signal_after, rx.DropoutCNN.forwards = None, 0
+    rx.assert_same_weights(straight, out)
+    assert rx.records(out) == rx.records(straight)
