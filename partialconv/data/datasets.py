@@ -78,7 +78,9 @@ def open_image_folders(params: DataParams) -> Splits:
     """The ``pil`` backend's splits: the ImageFolder checks, then train/eval presets on PIL-decoded images."""
     classes = check_image_folders(params.train_dir, params.val_dir)
     train = ClassificationFolder(
-        params.train_dir, train_transform(params.train_crop_size, params.train_min_scale), params.on_bad_image
+        params.train_dir,
+        train_transform(params.train_crop_size, params.train_min_scale, params.auto_augment, params.random_erase),
+        params.on_bad_image,
     )
     val = ClassificationFolder(
         params.val_dir, eval_transform(params.val_resize_size, params.val_crop_size), params.on_bad_image

@@ -25,6 +25,8 @@ PARAM_NAMES: dict[str, str] = {
     "on_bad_image": "on_bad_image",
     "seed": "seed",
     "channels_last": "channels_last",
+    "auto_augment": "auto-augment policy",
+    "random_erase": "random erase probability",
 }
 
 

@@ -321,6 +321,13 @@ def _encoded_loader(dataset: EncodedImageFolder, sampler, batch: int, workers: i
 def open_encoded_folders(params: DataParams) -> Splits:
     """The ``gpu`` backend's splits: the ImageFolder checks, then datasets of undecoded file bytes."""
     classes = check_image_folders(params.train_dir, params.val_dir)
+    if params.auto_augment is not None or params.random_erase > 0:
+        option = (
+            Param("auto_augment", params.auto_augment)
+            if params.auto_augment
+            else Param("random_erase", params.random_erase)
+        )
+        raise DataError(option, ": ", Param("backend", "gpu"), " has no auto-augment/random erasing (use pil)")
     if params.train_min_scale != RRC_SCALE[0]:
         scale = Param("train_min_scale", params.train_min_scale)
         raise DataError(scale, ": ", Param("backend", "gpu"), f" crops with scale {RRC_SCALE}")

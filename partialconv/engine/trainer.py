@@ -23,6 +23,7 @@ from ..data.loaders import batch_to_device
 from .amp import AMP_DTYPES, autocast
 from .distributed import global_count
 from .metrics import EpochMeter
+from .optim import build_optimizer
 from .preemption import Preemption
 from .runlog import Progress
 
@@ -58,20 +59,26 @@ class Optimisation:
     amp_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
     input_shape: tuple[int, int, int] = (3, 224, 224)  # of one training image: an empty local batch gets this shape
+    clip_grad_norm: Optional[float] = None  # --clip-grad-norm: max total gradient norm (None: no clipping)
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
 
 
 def lr_factor(cfg: argparse.Namespace, steps_per_epoch: int) -> Callable[[int], float]:
-    """Multiplier of ``cfg.lr`` at a global iteration: linear warm-up, then step (/gamma every step_size epochs)
-    or cosine to 0 at ``cfg.epochs``. Stepped per iteration, so warm-up is smooth at any epoch count."""
+    """Multiplier of ``cfg.lr`` at a global iteration: warm-up, then step (/gamma every step_size epochs)
+    or cosine to 0 at ``cfg.epochs``. Stepped per iteration, so warm-up is smooth at any epoch count.
+
+    Warm-up (``--lr-warmup-method``): linear from 0 (the default, as before the flag), or constant at
+    ``cfg.lr_warmup_decay`` x lr (torchvision's ConstantLR warm-up)."""
     warmup = cfg.warmup_epochs * steps_per_epoch
     total = cfg.epochs * steps_per_epoch
+    constant = getattr(cfg, "lr_warmup_method", "linear") == "constant"
+    constant_factor = getattr(cfg, "lr_warmup_decay", 0.01)
 
     def factor(it: int) -> float:
         if it < warmup:
-            return (it + 1) / warmup
+            return constant_factor if constant else (it + 1) / warmup
         if cfg.lr_schedule == "step":
             return cfg.lr_gamma ** ((it // steps_per_epoch) // cfg.lr_step_size)
         progress = (it - warmup) / max(1.0, total - warmup)
@@ -93,9 +100,18 @@ def seek_schedule(optim: Optimisation, iteration: int) -> None:
 def build_optimisation(
     cfg: argparse.Namespace, model: nn.Module, train_model: nn.Module, device: torch.device, steps_per_epoch: int
 ) -> Optimisation:
-    """SGD with weight decay on every parameter (the seed's recipe), the per-iteration LR schedule and the
-    GradScaler (active for fp16 only)."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    """The optimiser of ``--opt`` (default SGD with weight decay on every parameter: the seed's recipe; parameter
+    groups by ``--norm-weight-decay``/``--bias-weight-decay``), the per-iteration LR schedule and the GradScaler
+    (active for fp16 only)."""
+    optimizer = build_optimizer(
+        getattr(cfg, "opt", "sgd"),
+        model,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        norm_weight_decay=getattr(cfg, "norm_weight_decay", None),
+        bias_weight_decay=getattr(cfg, "bias_weight_decay", None),
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     return Optimisation(
@@ -108,6 +124,7 @@ def build_optimisation(
         amp_dtype=AMP_DTYPES[cfg.amp],
         channels_last=cfg.channels_last,
         input_shape=(3, cfg.train_crop_size, cfg.train_crop_size),
+        clip_grad_norm=getattr(cfg, "clip_grad_norm", None),
     )
 
 
@@ -124,6 +141,9 @@ def train_step(
         loss = optim.criterion(logits, targets) if targets.numel() else logits.sum() * 0.0
     optim.optimizer.zero_grad(set_to_none=True)
     optim.scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
+    if optim.clip_grad_norm is not None:  # on the true gradients: unscaled first (the scaler's step skips unscaling)
+        optim.scaler.unscale_(optim.optimizer)
+        nn.utils.clip_grad_norm_(optim.model.parameters(), optim.clip_grad_norm)
     optim.scaler.step(optim.optimizer)
     optim.scaler.update()
     optim.scheduler.step()
