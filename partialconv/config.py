@@ -93,6 +93,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "clip_grad_norm": (lambda v: v > 0, "> 0 (or unset: no clipping)"),
     "lr_warmup_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "random_erase": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "mixup_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "cutmix_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
 }
 
 # Destinations that only make sense for one invocation: not accepted from a YAML file, not saved in config.yaml.
@@ -131,6 +133,8 @@ EXPERIMENT_KEYS = (
     "lr_warmup_decay",
     "auto_augment",
     "random_erase",
+    "mixup_alpha",
+    "cutmix_alpha",
 )
 # Differences not worth a log line on resume (they differ by construction or are resolved into another key).
 _RESUME_QUIET = ("config", "resume", "overwrite", "amp_opt_level", "start_epoch", "evaluate")
@@ -256,6 +260,14 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--random-erase", type=float, default=0.0, metavar="P", help="RandomErasing probability; pil backend"
+    )
+    g.add_argument("--mixup-alpha", type=float, default=0.0, metavar="A", help="MixUp alpha per batch (0: off)")
+    g.add_argument(
+        "--cutmix-alpha",
+        type=float,
+        default=0.0,
+        metavar="A",
+        help="CutMix alpha per batch (0: off); with --mixup-alpha too, one of the two per batch at random",
     )
     g.add_argument("--opt", choices=OPTIMISERS, default="sgd", help="optimiser (rmsprop: torchvision's settings)")
     g.add_argument(

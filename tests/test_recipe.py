@@ -20,7 +20,7 @@ from partialconv.checkpoint import read_checkpoint
 from partialconv.config import ConfigError, compare_resumed_config, parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.presets import AUTO_AUGMENT, train_transform
-from partialconv.engine.trainer import build_optimisation, lr_factor, train_step
+from partialconv.engine.trainer import build_optimisation, lr_factor, mix_batch, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"images_per_sec", "epoch_seconds", "time"}
@@ -29,7 +29,8 @@ RECIPE = [
     "--train-crop-size", "16", "--val-resize-size", "20", "--val-crop-size", "16", "--deterministic",
     "--auto-augment", "ta_wide", "--random-erase", "0.5", "--opt", "adamw", "--wd", "0.05",
     "--norm-weight-decay", "0", "--bias-weight-decay", "0", "--clip-grad-norm", "1.0", "--warmup-epochs", "1",
-    "--lr-warmup-method", "constant", "--lr-schedule", "cosine", "--no-tensorboard",
+    "--lr-warmup-method", "constant", "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0", "--label-smoothing", "0.1",
+    "--lr-schedule", "cosine", "--no-tensorboard",
 ]  # fmt: skip
 
 
@@ -181,3 +182,19 @@ def test_gpu_backend_refuses_auto_augment_in_one_line(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code != 0 and "--auto-augment ta_wide" in err and "gpu" in err, err
     assert err.strip().count("\n") == 0 and err.startswith("train.py: error: "), err
+
+
+def test_mixup_cutmix_targets_are_soft_and_seeded_per_step():
+    model = small_model()
+    optim = build_optimisation(
+        cfg(mixup_alpha=0.2, cutmix_alpha=1.0, num_classes=3, seed=1), model, model, torch.device("cpu"), 4
+    )
+    images, targets = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    draws = [mix_batch(optim, images, targets, 0, step) for step in range(4)]
+    for _, soft in draws:
+        assert soft.shape == (4, 3) and torch.allclose(soft.sum(1), torch.ones(4))
+        assert ((soft > 0) & (soft < 1)).any()  # soft: shares of two labels
+    assert not all(torch.equal(draws[0][0], d[0]) for d in draws[1:])  # another step, another draw
+    again = mix_batch(optim, images, targets, 0, 2)
+    assert torch.equal(again[0], draws[2][0]) and torch.equal(again[1], draws[2][1])  # replayed on resume
+    assert build_optimisation(cfg(num_classes=3), model, model, torch.device("cpu"), 4).mix is None

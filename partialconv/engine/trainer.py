@@ -60,6 +60,8 @@ class Optimisation:
     channels_last: bool = False
     input_shape: tuple[int, int, int] = (3, 224, 224)  # of one training image: an empty local batch gets this shape
     clip_grad_norm: Optional[float] = None  # --clip-grad-norm: max total gradient norm (None: no clipping)
+    mix: Optional[Callable] = None  # --mixup-alpha/--cutmix-alpha: (images, targets) -> (images, soft targets)
+    seed: int = 0  # of the per-(epoch, step) MixUp/CutMix draws
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
@@ -125,7 +127,29 @@ def build_optimisation(
         channels_last=cfg.channels_last,
         input_shape=(3, cfg.train_crop_size, cfg.train_crop_size),
         clip_grad_norm=getattr(cfg, "clip_grad_norm", None),
+        mix=batch_mix(getattr(cfg, "mixup_alpha", 0.0), getattr(cfg, "cutmix_alpha", 0.0), cfg.num_classes)
+        if getattr(cfg, "mixup_alpha", 0.0) or getattr(cfg, "cutmix_alpha", 0.0)
+        else None,
+        seed=getattr(cfg, "seed", 0),
     )
+
+
+def batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Callable:
+    """torchvision.transforms.v2's MixUp and/or CutMix (one of the two, chosen at random per batch, as in
+    torchvision's references): ``(images, int targets) -> (mixed images, soft targets)``."""
+    from torchvision.transforms import v2
+
+    mixes = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []
+    mixes += [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else []
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
+def mix_batch(optim: Optimisation, images: torch.Tensor, targets: torch.Tensor, epoch: int, step: int):
+    """``optim.mix`` on a device batch with its random draws (choice, lambda, box) from a generator seeded by
+    (seed, epoch, step): a resumed run replays them; the caller's RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):  # the draws are CPU ones (torch.distributions, randint)
+        torch.manual_seed(hash((optim.seed, epoch, step)) & (2**63 - 1))
+        return optim.mix(images, targets)
 
 
 def train_step(
@@ -206,9 +230,12 @@ def train_one_epoch(
                     images = torch.zeros((0, *optim.input_shape))
                     targets = torch.zeros((0,), dtype=torch.long)
                 images, targets = batch_to_device(images, targets, optim.device, optim.channels_last)
+                if optim.mix is not None and local:
+                    images, targets = mix_batch(optim, images, targets, epoch, step)
                 loss, logits = train_step(optim, images, targets, local * world / count)
                 if local:
-                    meter.update(loss, logits, targets)
+                    # soft (mixed) targets: train top-1/top-5 count the class with the largest share as the label
+                    meter.update(loss, logits, targets if targets.ndim == 1 else targets.argmax(1))
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
             step += 1
             images_seen += local
