@@ -95,6 +95,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "random_erase": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "mixup_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
     "cutmix_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "model_ema_steps": (lambda v: v >= 1, ">= 1"),
+    "model_ema_decay": (lambda v: 0 < v < 1, "in (0, 1)"),
 }
 
 # Destinations that only make sense for one invocation: not accepted from a YAML file, not saved in config.yaml.
@@ -135,6 +137,9 @@ EXPERIMENT_KEYS = (
     "random_erase",
     "mixup_alpha",
     "cutmix_alpha",
+    "model_ema",
+    "model_ema_steps",
+    "model_ema_decay",
 )
 # Differences not worth a log line on resume (they differ by construction or are resolved into another key).
 _RESUME_QUIET = ("config", "resume", "overwrite", "amp_opt_level", "start_epoch", "evaluate")
@@ -268,6 +273,14 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="A",
         help="CutMix alpha per batch (0: off); with --mixup-alpha too, one of the two per batch at random",
+    )
+    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights; evaluated every epoch")
+    g.add_argument("--model-ema-steps", type=int, default=32, help="optimiser steps between EMA updates")
+    g.add_argument(
+        "--model-ema-decay", type=float, default=0.99998, help="EMA decay (adjusted for the steps, as torchvision)"
+    )
+    g.add_argument(
+        "--best-from-ema", action="store_true", help="model_best follows the EMA's top-1 instead of the model's"
     )
     g.add_argument("--opt", choices=OPTIMISERS, default="sgd", help="optimiser (rmsprop: torchvision's settings)")
     g.add_argument(

@@ -30,7 +30,7 @@ RECIPE = [
     "--auto-augment", "ta_wide", "--random-erase", "0.5", "--opt", "adamw", "--wd", "0.05",
     "--norm-weight-decay", "0", "--bias-weight-decay", "0", "--clip-grad-norm", "1.0", "--warmup-epochs", "1",
     "--lr-warmup-method", "constant", "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0", "--label-smoothing", "0.1",
-    "--lr-schedule", "cosine", "--no-tensorboard",
+    "--model-ema", "--model-ema-steps", "2", "--model-ema-decay", "0.9", "--lr-schedule", "cosine", "--no-tensorboard",
 ]  # fmt: skip
 
 
@@ -60,8 +60,11 @@ def test_everything_on_sigterm_to_group_mid_epoch_resumes_exactly(data, tmp_path
     ckpt = read_checkpoint(out / "checkpoint.pth.tar")
     assert ckpt["epoch"] == 0 and 2 <= ckpt["step"] < 20
     assert train.cli([*args(data, out), "-j", "1", "--epochs", "2", "--resume", "auto", "-p", "2"]) == 0
-    wa, wb = (read_checkpoint(d / "checkpoint.pth.tar")["state_dict"] for d in (straight, out))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    for key in ("state_dict", "model_ema"):
+        wa, wb = (read_checkpoint(d / "checkpoint.pth.tar")[key] for d in (straight, out))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), key
+    assert {"ema_val_acc1", "ema_val_acc5"} <= metrics(straight)[0].keys()
+    assert "ema acc@1" in (straight / "log.txt").read_text()
     strip = [[{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics(d)] for d in (straight, out)]
     assert strip[0] == strip[1] and len(strip[0]) == 2
 
@@ -198,3 +201,25 @@ def test_mixup_cutmix_targets_are_soft_and_seeded_per_step():
     again = mix_batch(optim, images, targets, 0, 2)
     assert torch.equal(again[0], draws[2][0]) and torch.equal(again[1], draws[2][1])  # replayed on resume
     assert build_optimisation(cfg(num_classes=3), model, model, torch.device("cpu"), 4).mix is None
+
+
+def test_ema_differs_from_the_model_and_follows_the_decay():
+    model = small_model()
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    model(x)
+    c = cfg(model_ema=True, model_ema_steps=1, model_ema_decay=0.99, batch_size=4, epochs=2, lr=0.5)
+    optim = build_optimisation(c, model, model, torch.device("cpu"), 4)
+    decay = 1.0 - min(1.0, 0.01 * 4 * 1 / 2)  # torchvision's adjustment: (1 - decay) x batch x steps / epochs
+    from partialconv.engine.trainer import update_ema
+
+    train_step(optim, x, y)
+    update_ema(optim, epoch=0, step=0)  # first update: a copy
+    ema = {k: v.clone() for k, v in optim.ema.module.state_dict().items()}
+    train_step(optim, x, y)
+    update_ema(optim, epoch=0, step=1)
+    w = model[0].weight.detach()
+    assert not torch.equal(optim.ema.module[0].weight, w)
+    assert torch.allclose(optim.ema.module[0].weight, decay * ema["0.weight"] + (1 - decay) * w)
+    assert torch.allclose(
+        optim.ema.module[1].running_mean, decay * ema["1.running_mean"] + (1 - decay) * model[1].running_mean
+    )

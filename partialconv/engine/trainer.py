@@ -62,6 +62,10 @@ class Optimisation:
     clip_grad_norm: Optional[float] = None  # --clip-grad-norm: max total gradient norm (None: no clipping)
     mix: Optional[Callable] = None  # --mixup-alpha/--cutmix-alpha: (images, targets) -> (images, soft targets)
     seed: int = 0  # of the per-(epoch, step) MixUp/CutMix draws
+    ema: Optional[torch.optim.swa_utils.AveragedModel] = None  # --model-ema: averaged copy of the (unwrapped) model
+    ema_source: Optional[nn.Module] = None  # the unwrapped model the EMA follows
+    ema_steps: int = 32  # --model-ema-steps: optimiser steps between EMA updates
+    ema_warmup_epochs: float = 0.0  # during LR warm-up the EMA restarts from the weights (torchvision's references)
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
@@ -131,7 +135,30 @@ def build_optimisation(
         if getattr(cfg, "mixup_alpha", 0.0) or getattr(cfg, "cutmix_alpha", 0.0)
         else None,
         seed=getattr(cfg, "seed", 0),
+        ema=build_ema(model, cfg) if getattr(cfg, "model_ema", False) else None,
+        ema_source=model,
+        ema_steps=getattr(cfg, "model_ema_steps", 32),
+        ema_warmup_epochs=cfg.warmup_epochs,
     )
+
+
+def build_ema(model: nn.Module, cfg: argparse.Namespace) -> torch.optim.swa_utils.AveragedModel:
+    """torch's AveragedModel with the EMA averaging function over parameters and buffers. As in torchvision's
+    references the decay per update is adjusted for updating every ``model_ema_steps`` steps: 1 - decay is scaled
+    by (global batch x steps / epochs), capped at 1."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    alpha = min(1.0, (1.0 - cfg.model_ema_decay) * cfg.batch_size * cfg.model_ema_steps / cfg.epochs)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(1.0 - alpha), use_buffers=True)
+
+
+def update_ema(optim: Optimisation, epoch: int, step: int) -> None:
+    """After step ``step`` (0-based in ``epoch``): every ``ema_steps`` steps fold the model into the EMA."""
+    if optim.ema is None or step % optim.ema_steps:
+        return
+    optim.ema.update_parameters(optim.ema_source)
+    if epoch < optim.ema_warmup_epochs:
+        optim.ema.n_averaged.fill_(0)  # during warm-up the average restarts: it copies the weights
 
 
 def batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Callable:
@@ -237,6 +264,8 @@ def train_one_epoch(
                     # soft (mixed) targets: train top-1/top-5 count the class with the largest share as the label
                     meter.update(loss, logits, targets if targets.ndim == 1 else targets.argmax(1))
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+                if optim.ema is not None:
+                    update_ema(optim, epoch, step)
             step += 1
             images_seen += local
             at_print = step % print_freq == 0 or step == total_steps
