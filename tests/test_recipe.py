@@ -223,3 +223,17 @@ def test_ema_differs_from_the_model_and_follows_the_decay():
     assert torch.allclose(
         optim.ema.module[1].running_mean, decay * ema["1.running_mean"] + (1 - decay) * model[1].running_mean
     )
+
+
+@pytest.mark.parametrize(
+    "name, expect",
+    [
+        ("imagenet_resnet50_torchvision_v2", dict(opt="sgd", lr=0.5, norm_weight_decay=0.0, model_ema=True)),
+        ("imagenet_convnext_tiny", dict(opt="adamw", lr=0.001, weight_decay=0.05, auto_augment="ta_wide")),
+    ],
+)
+def test_recipe_yaml_loads(name, expect):
+    # -a override: convnext_tiny arrives with the any-architecture work of the same issue
+    c = parse_config(["--config", str(ROOT / "configs" / f"{name}.yaml"), "-a", "simple_cnn_bn"])
+    assert {k: getattr(c, k) for k in expect} == expect
+    assert (c.mixup_alpha, c.cutmix_alpha, c.random_erase, c.train_crop_size) == (0.2, 1.0, 0.1, 176)
