@@ -140,7 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             loaders.train_sampler.set_epoch(epoch, start_step)
             meter = EpochMeter(dist.device)
             meter.load_state_dict(epoch_sums if start_step else None)
-            lr = optim.optimizer.param_groups[0]["lr"]
+            # the LR of the epoch's first step, also when resumed mid-epoch (the scheduler is further on by then)
+            lr = optim.scheduler.base_lrs[0] * optim.scheduler.lr_lambdas[0](epoch * steps_per_epoch)
             result = train_one_epoch(
                 optim,
                 loaders.train,

@@ -54,11 +54,12 @@ def test_everything_on_sigterm_to_group_mid_epoch_resumes_exactly(data, tmp_path
     assert train.cli([*args(data, straight), "-j", "1", "--epochs", "2", "-p", "2"]) == 0
     out = tmp_path / "preempted"
     cmd = [sys.executable, "-u", str(ROOT / "train.py"), *args(data, out), "-j", "1", "--epochs", "2", "-p", "1"]
-    code, output, pgid = signal_at_line(cmd, "Epoch: [1][2/20]", to_group(signal.SIGTERM))
+    # in epoch 2: after the warm-up epoch (where the EMA restarts from the weights), so its state must be restored
+    code, output, pgid = signal_at_line(cmd, "Epoch: [2][2/20]", to_group(signal.SIGTERM))
     assert no_process_left(pgid)
     assert code == 143, output
     ckpt = read_checkpoint(out / "checkpoint.pth.tar")
-    assert ckpt["epoch"] == 0 and 2 <= ckpt["step"] < 20
+    assert ckpt["epoch"] == 1 and 2 <= ckpt["step"] < 20 and len(metrics(out)) == 1
     assert train.cli([*args(data, out), "-j", "1", "--epochs", "2", "--resume", "auto", "-p", "2"]) == 0
     for key in ("state_dict", "model_ema"):
         wa, wb = (read_checkpoint(d / "checkpoint.pth.tar")[key] for d in (straight, out))
