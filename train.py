@@ -140,7 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             loaders.train_sampler.set_epoch(epoch, start_step)
             meter = EpochMeter(dist.device)
             meter.load_state_dict(epoch_sums if start_step else None)
-            lr = optim.optimizer.param_groups[0]["lr"]
+            # the LR of the epoch's first step, also when resumed mid-epoch (the scheduler is further on by then)
+            lr = optim.scheduler.base_lrs[0] * optim.scheduler.lr_lambdas[0](epoch * steps_per_epoch)
             result = train_one_epoch(
                 optim,
                 loaders.train,
@@ -162,11 +163,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 model, loaders.val, optim.criterion, dist.device, optim.amp_dtype, cfg.channels_last,
                 print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main,
             )  # fmt: skip
-            is_best = val["acc1"] > best_acc1
-            best_acc1 = max(best_acc1, val["acc1"])
+            ema_val = evaluate_ema(optim, loaders.val, cfg, log)
+            top1 = ema_val["acc1"] if ema_val and cfg.best_from_ema else val["acc1"]
+            is_best = top1 > best_acc1
+            best_acc1 = max(best_acc1, top1)
             record = last_record = epoch_record(
                 cfg, epoch, lr, train, val, best_acc1, result, dist.world_size, epoch_start
             )
+            if ema_val:
+                record.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
             state = run_state(model, optim, epoch + 1, 0, best_acc1, config)
             state["epoch_record"] = record
             if dist.is_main:
@@ -179,6 +184,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info(f"done: {cfg.epochs} epochs, best val acc@1 {best_acc1:.3f}; checkpoints in {run_dir}")
     log.close()
     return 0
+
+
+def evaluate_ema(optim, loader, cfg, log: RunLogger) -> Optional[dict]:
+    """--model-ema: the EMA model's loss and top-1/top-5 on the val split (None without it)."""
+    if optim.ema is None:
+        return None
+    return evaluate(optim.ema, loader, optim.criterion, optim.device, optim.amp_dtype, cfg.channels_last, log=log.info)
 
 
 def check_run_dir(cfg, run_dir: Path) -> bool:
@@ -252,7 +264,12 @@ def log_epoch(log: RunLogger, cfg, epoch: int, train: dict, val: dict, best_acc1
     log.info(
         f"Epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc@1 {train['acc1']:.2f} | "
         f"val loss {val['loss']:.4f} acc@1 {val['acc1']:.3f} acc@5 {val['acc5']:.3f} (best {best_acc1:.3f}) | "
-        f"{record['images_per_sec']:.1f} img/s, {record['epoch_seconds']:.1f} s [all ranks]"
+        + (
+            f"ema acc@1 {record['ema_val_acc1']:.3f} acc@5 {record['ema_val_acc5']:.3f} | "
+            if "ema_val_acc1" in record
+            else ""
+        )
+        + f"{record['images_per_sec']:.1f} img/s, {record['epoch_seconds']:.1f} s [all ranks]"
     )
     if record["bad_images"]:
         log.warn(f"epoch {epoch + 1}: {record['bad_images']} bad image(s) skipped (named in the warnings above)")

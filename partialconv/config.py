@@ -27,7 +27,9 @@ from .data import (
     get_backend,
 )
 from .data.loaders import resolve_workers
+from .data.presets import AUTO_AUGMENT
 from .engine.cli import one_line
+from .engine.optim import OPTIMISERS
 from .layers import PADDINGS
 from .models import is_model, split_pd_name
 from .models._registry import unknown_model_message
@@ -85,6 +87,16 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warmup_epochs": (lambda v: v >= 0, ">= 0"),
     "label_smoothing": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "device": (_is_device, "auto, cpu, cuda or cuda:N"),
+    # modern recipe (torchvision classification-reference flags)
+    "norm_weight_decay": (lambda v: v >= 0, ">= 0 (or unset: --weight-decay)"),
+    "bias_weight_decay": (lambda v: v >= 0, ">= 0 (or unset: --weight-decay)"),
+    "clip_grad_norm": (lambda v: v > 0, "> 0 (or unset: no clipping)"),
+    "lr_warmup_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "random_erase": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "mixup_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "cutmix_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "model_ema_steps": (lambda v: v >= 1, ">= 1"),
+    "model_ema_decay": (lambda v: 0 < v < 1, "in (0, 1)"),
 }
 
 # Destinations that only make sense for one invocation: not accepted from a YAML file, not saved in config.yaml.
@@ -115,6 +127,19 @@ EXPERIMENT_KEYS = (
     "val_crop_size",
     "seed",
     "amp",
+    "opt",
+    "norm_weight_decay",
+    "bias_weight_decay",
+    "clip_grad_norm",
+    "lr_warmup_method",
+    "lr_warmup_decay",
+    "auto_augment",
+    "random_erase",
+    "mixup_alpha",
+    "cutmix_alpha",
+    "model_ema",
+    "model_ema_steps",
+    "model_ema_decay",
 )
 # Differences not worth a log line on resume (they differ by construction or are resolved into another key).
 _RESUME_QUIET = ("config", "resume", "overwrite", "amp_opt_level", "start_epoch", "evaluate")
@@ -183,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up from 0 (per iteration)")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
 
+    _add_recipe_flags(p)
+
     g = p.add_argument_group("performance")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     g.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="autocast dtype (fp16 + scaler)")
@@ -223,6 +250,61 @@ def build_parser() -> argparse.ArgumentParser:
         "--multiprocessing-distributed", action="store_true", help="not used: prints the equivalent torchrun command"
     )
     return p
+
+
+def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """Modern-recipe flags, named as in torchvision's classification references so their recipes paste in; all
+    off by default (the seed's recipe)."""
+    g = p.add_argument_group("modern recipe (torchvision reference flags; docs/training.md)")
+    g.add_argument(
+        "--auto-augment",
+        choices=AUTO_AUGMENT,
+        default=None,
+        help="train augmentation policy (torchvision.transforms.v2: TrivialAugmentWide, RandAugment, AugMix, "
+        "AutoAugment imagenet); pil backend",
+    )
+    g.add_argument(
+        "--random-erase", type=float, default=0.0, metavar="P", help="RandomErasing probability; pil backend"
+    )
+    g.add_argument("--mixup-alpha", type=float, default=0.0, metavar="A", help="MixUp alpha per batch (0: off)")
+    g.add_argument(
+        "--cutmix-alpha",
+        type=float,
+        default=0.0,
+        metavar="A",
+        help="CutMix alpha per batch (0: off); with --mixup-alpha too, one of the two per batch at random",
+    )
+    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights; evaluated every epoch")
+    g.add_argument("--model-ema-steps", type=int, default=32, help="optimiser steps between EMA updates")
+    g.add_argument(
+        "--model-ema-decay", type=float, default=0.99998, help="EMA decay (adjusted for the steps, as torchvision)"
+    )
+    g.add_argument(
+        "--best-from-ema", action="store_true", help="model_best follows the EMA's top-1 instead of the model's"
+    )
+    g.add_argument("--opt", choices=OPTIMISERS, default="sgd", help="optimiser (rmsprop: torchvision's settings)")
+    g.add_argument(
+        "--norm-weight-decay",
+        type=float,
+        default=None,
+        metavar="WD",
+        help="weight decay of normalisation layers' parameters; default: --weight-decay",
+    )
+    g.add_argument(
+        "--bias-weight-decay",
+        type=float,
+        default=None,
+        metavar="WD",
+        help="weight decay of the other layers' biases; default: --weight-decay",
+    )
+    g.add_argument("--clip-grad-norm", type=float, default=None, metavar="N", help="clip the total gradient norm to N")
+    g.add_argument(
+        "--lr-warmup-method",
+        choices=("linear", "constant"),
+        default="linear",
+        help="--warmup-epochs shape: linear from 0, or constant at --lr-warmup-decay x lr",
+    )
+    g.add_argument("--lr-warmup-decay", type=float, default=0.01, help="constant warm-up: the LR factor during warm-up")
 
 
 _SEED_DIST_FLAGS = ("--world-size", "--rank", "--dist-url", "--dist-backend")
@@ -466,6 +548,8 @@ DATA_OPTIONS: dict[str, tuple[str, str]] = {
     "on_bad_image": ("on_bad_image", "--on-bad-image"),
     "seed": ("seed", "--seed"),
     "channels_last": ("channels_last", "--channels-last"),
+    "auto_augment": ("auto_augment", "--auto-augment"),
+    "random_erase": ("random_erase", "--random-erase"),
 }
 DATA_FLAGS = {field: flag for field, (_, flag) in DATA_OPTIONS.items()}
 

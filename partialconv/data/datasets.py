@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
 
 from .backends import Backend, Splits
-from .errors import BadImageError
+from .errors import BadImageError, refuse_augmentation
 from .fast_pil import FastTrainCrop, eval_crop_uint8
 from .image_folder import check_image_folders, ignored_message, scan_image_folder
 from .imageio import open_rgb
@@ -115,18 +115,19 @@ class FastTrainFolder(ClassificationFolder):
 def _open_folders(params: DataParams, fast: bool) -> Splits:
     classes = check_image_folders(params.train_dir, params.val_dir)
     if fast:
+        refuse_augmentation(params.auto_augment, params.random_erase, "pil_fast")
         crop = FastTrainCrop(params.train_crop_size, params.train_min_scale)
         train: ClassificationFolder = FastTrainFolder(params.train_dir, crop, params.on_bad_image)
-    else:
-        train = ClassificationFolder(
-            params.train_dir, train_transform(params.train_crop_size, params.train_min_scale), params.on_bad_image
-        )
-    if fast:
         val = ClassificationFolder(
             params.val_dir, eval_crop_uint8(params.val_resize_size, params.val_crop_size), params.on_bad_image
         )
         val.collate_fn = collate_hwc_uint8  # uint8 batches, normalised by batch_to_device
     else:
+        train = ClassificationFolder(
+            params.train_dir,
+            train_transform(params.train_crop_size, params.train_min_scale, params.auto_augment, params.random_erase),
+            params.on_bad_image,
+        )
         val = ClassificationFolder(
             params.val_dir, eval_transform(params.val_resize_size, params.val_crop_size), params.on_bad_image
         )

@@ -25,6 +25,8 @@ PARAM_NAMES: dict[str, str] = {
     "on_bad_image": "on_bad_image",
     "seed": "seed",
     "channels_last": "channels_last",
+    "auto_augment": "auto-augment policy",
+    "random_erase": "random erase probability",
 }
 
 
@@ -62,3 +64,11 @@ class BadImageError(DataError):
     @classmethod
     def of(cls, path: str, error: BaseException) -> BadImageError:
         return cls(f"bad image {path}: {type(error).__name__}: {error}")
+
+
+def refuse_augmentation(auto_augment: object, random_erase: float, backend: str) -> None:
+    """For a backend whose train path has no policy augmentation: one error naming the option that asks for it."""
+    if auto_augment is None and not random_erase > 0:
+        return
+    option = Param("auto_augment", auto_augment) if auto_augment else Param("random_erase", random_erase)
+    raise DataError(option, ": ", Param("backend", backend), " has no auto-augment/random erasing (use pil)")

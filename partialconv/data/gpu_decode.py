@@ -38,7 +38,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 
 from .backends import Backend, Splits
-from .errors import BadImageError, DataError, Param
+from .errors import BadImageError, DataError, Param, refuse_augmentation
 from .image_folder import check_image_folders, ignored_message, scan_image_folder
 from .imageio import uint16_to_uint8
 from .loaders import LoaderSpec, normalize_images
@@ -318,6 +318,7 @@ def _encoded_loader(dataset: EncodedImageFolder, sampler, batch: int, workers: i
 def open_encoded_folders(params: DataParams) -> Splits:
     """The ``gpu`` backend's splits: the ImageFolder checks, then datasets of undecoded file bytes."""
     classes = check_image_folders(params.train_dir, params.val_dir)
+    refuse_augmentation(params.auto_augment, params.random_erase, "gpu")
     if params.train_min_scale != RRC_SCALE[0]:
         scale = Param("train_min_scale", params.train_min_scale)
         raise DataError(scale, ": ", Param("backend", "gpu"), f" crops with scale {RRC_SCALE}")

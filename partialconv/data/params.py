@@ -33,6 +33,8 @@ class DataParams:
     on_bad_image: str = "skip"  # an undecodable file: "skip" (dropped, counted per batch) or "error"
     seed: int = 0  # data order and per-sample augmentation
     channels_last: bool = False  # memory format of the image batches
+    auto_augment: Optional[str] = None  # a torchvision.transforms.v2 policy (presets.AUTO_AUGMENT), None: none
+    random_erase: float = 0.0  # RandomErasing probability (0: off)
 
     def __post_init__(self) -> None:
         # Paths are kept as text (messages, config files); os.PathLike callers are welcome.

@@ -6,10 +6,21 @@ normalise. Eval: resize of the shorter side to ``val_resize`` + center crop ``va
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "RRC_SCALE", "RRC_RATIO", "train_transform", "eval_transform"]
+__all__ = [
+    "AUTO_AUGMENT",
+    "auto_augment_transform",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RRC_SCALE",
+    "RRC_RATIO",
+    "train_transform",
+    "eval_transform",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,8 +36,33 @@ def _to_normalized_tensor() -> list:
     ]
 
 
-def train_transform(crop_size: int, min_scale: float = RRC_SCALE[0]) -> v2.Compose:
-    """``min_scale``: the smallest crop area as a fraction of the image (ImageNet recipe: 0.08)."""
+# --auto-augment's policies, by torchvision's reference names.
+AUTO_AUGMENT = ("ta_wide", "ra", "augmix", "imagenet")
+
+
+def auto_augment_transform(policy: str) -> v2.Transform:
+    """torchvision.transforms.v2's policy named as in its classification references (bilinear interpolation).
+    Random draws come from torch's global RNG: seeded per sample by the dataset, like the crop."""
+    interpolation = InterpolationMode.BILINEAR
+    if policy == "ta_wide":
+        return v2.TrivialAugmentWide(interpolation=interpolation)
+    if policy == "ra":
+        return v2.RandAugment(interpolation=interpolation)
+    if policy == "augmix":
+        return v2.AugMix(interpolation=interpolation)
+    if policy == "imagenet":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=interpolation)
+    raise ValueError(f"unknown auto-augment policy {policy!r}; expected one of {', '.join(AUTO_AUGMENT)}")
+
+
+def train_transform(
+    crop_size: int, min_scale: float = RRC_SCALE[0], auto_augment: Optional[str] = None, random_erase: float = 0.0
+) -> v2.Compose:
+    """``min_scale``: the smallest crop area as a fraction of the image (ImageNet recipe: 0.08). ``auto_augment``
+    (a policy of :data:`AUTO_AUGMENT`) runs on the uint8 image after the flip and ``random_erase`` (a probability)
+    on the normalised tensor, in torchvision's reference preset order."""
+    policy = [auto_augment_transform(auto_augment)] if auto_augment else []
+    erase = [v2.RandomErasing(p=random_erase)] if random_erase > 0 else []
     return v2.Compose(
         [
             v2.RandomResizedCrop(
@@ -37,7 +73,9 @@ def train_transform(crop_size: int, min_scale: float = RRC_SCALE[0]) -> v2.Compo
                 antialias=True,
             ),
             v2.RandomHorizontalFlip(),
+            *policy,
             *_to_normalized_tensor(),
+            *erase,
         ]
     )
 

@@ -202,6 +202,7 @@ def run_state(
         "best_acc1": float(best_acc1),
         "rng": gather_rng_states(),
         "config": config,
+        **({"model_ema": optim.ema.state_dict()} if optim.ema is not None else {}),
     }
 
 
@@ -257,6 +258,11 @@ def restore_run_state(
         return _restore_foreign(ckpt, optim, epoch, warn, path, steps_per_epoch)
     optim.scheduler.load_state_dict(ckpt["scheduler"])
     optim.scaler.load_state_dict(ckpt["scaler"])
+    if optim.ema is not None:
+        if "model_ema" in ckpt:
+            optim.ema.load_state_dict(ckpt["model_ema"])
+        else:
+            warn(f"{path}: no EMA state (trained without --model-ema): the EMA starts from the weights")
     rngs = ckpt.get("rng") or []
     if len(rngs) == world_size:
         set_rng_state(rngs[rank])

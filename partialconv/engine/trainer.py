@@ -23,6 +23,7 @@ from ..data.loaders import batch_to_device
 from .amp import AMP_DTYPES, autocast
 from .distributed import global_count
 from .metrics import EpochMeter
+from .optim import build_optimizer
 from .preemption import Preemption
 from .runlog import Progress
 
@@ -58,20 +59,32 @@ class Optimisation:
     amp_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
     input_shape: tuple[int, int, int] = (3, 224, 224)  # of one training image: an empty local batch gets this shape
+    clip_grad_norm: Optional[float] = None  # --clip-grad-norm: max total gradient norm (None: no clipping)
+    mix: Optional[Callable] = None  # --mixup-alpha/--cutmix-alpha: (images, targets) -> (images, soft targets)
+    seed: int = 0  # of the per-(epoch, step) MixUp/CutMix draws
+    ema: Optional[torch.optim.swa_utils.AveragedModel] = None  # --model-ema: averaged copy of the (unwrapped) model
+    ema_source: Optional[nn.Module] = None  # the unwrapped model the EMA follows
+    ema_steps: int = 32  # --model-ema-steps: optimiser steps between EMA updates
+    ema_warmup_epochs: float = 0.0  # during LR warm-up the EMA restarts from the weights (torchvision's references)
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
 
 
 def lr_factor(cfg: argparse.Namespace, steps_per_epoch: int) -> Callable[[int], float]:
-    """Multiplier of ``cfg.lr`` at a global iteration: linear warm-up, then step (/gamma every step_size epochs)
-    or cosine to 0 at ``cfg.epochs``. Stepped per iteration, so warm-up is smooth at any epoch count."""
+    """Multiplier of ``cfg.lr`` at a global iteration: warm-up, then step (/gamma every step_size epochs)
+    or cosine to 0 at ``cfg.epochs``. Stepped per iteration, so warm-up is smooth at any epoch count.
+
+    Warm-up (``--lr-warmup-method``): linear from 0 (the default, as before the flag), or constant at
+    ``cfg.lr_warmup_decay`` x lr (torchvision's ConstantLR warm-up)."""
     warmup = cfg.warmup_epochs * steps_per_epoch
     total = cfg.epochs * steps_per_epoch
+    constant = getattr(cfg, "lr_warmup_method", "linear") == "constant"
+    constant_factor = getattr(cfg, "lr_warmup_decay", 0.01)
 
     def factor(it: int) -> float:
         if it < warmup:
-            return (it + 1) / warmup
+            return constant_factor if constant else (it + 1) / warmup
         if cfg.lr_schedule == "step":
             return cfg.lr_gamma ** ((it // steps_per_epoch) // cfg.lr_step_size)
         progress = (it - warmup) / max(1.0, total - warmup)
@@ -93,9 +106,18 @@ def seek_schedule(optim: Optimisation, iteration: int) -> None:
 def build_optimisation(
     cfg: argparse.Namespace, model: nn.Module, train_model: nn.Module, device: torch.device, steps_per_epoch: int
 ) -> Optimisation:
-    """SGD with weight decay on every parameter (the seed's recipe), the per-iteration LR schedule and the
-    GradScaler (active for fp16 only)."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    """The optimiser of ``--opt`` (default SGD with weight decay on every parameter: the seed's recipe; parameter
+    groups by ``--norm-weight-decay``/``--bias-weight-decay``), the per-iteration LR schedule and the GradScaler
+    (active for fp16 only)."""
+    optimizer = build_optimizer(
+        getattr(cfg, "opt", "sgd"),
+        model,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        norm_weight_decay=getattr(cfg, "norm_weight_decay", None),
+        bias_weight_decay=getattr(cfg, "bias_weight_decay", None),
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     return Optimisation(
@@ -108,7 +130,53 @@ def build_optimisation(
         amp_dtype=AMP_DTYPES[cfg.amp],
         channels_last=cfg.channels_last,
         input_shape=(3, cfg.train_crop_size, cfg.train_crop_size),
+        clip_grad_norm=getattr(cfg, "clip_grad_norm", None),
+        mix=batch_mix(getattr(cfg, "mixup_alpha", 0.0), getattr(cfg, "cutmix_alpha", 0.0), cfg.num_classes)
+        if getattr(cfg, "mixup_alpha", 0.0) or getattr(cfg, "cutmix_alpha", 0.0)
+        else None,
+        seed=getattr(cfg, "seed", 0),
+        ema=build_ema(model, cfg) if getattr(cfg, "model_ema", False) else None,
+        ema_source=model,
+        ema_steps=getattr(cfg, "model_ema_steps", 32),
+        ema_warmup_epochs=cfg.warmup_epochs,
     )
+
+
+def build_ema(model: nn.Module, cfg: argparse.Namespace) -> torch.optim.swa_utils.AveragedModel:
+    """torch's AveragedModel with the EMA averaging function over parameters and buffers. As in torchvision's
+    references the decay per update is adjusted for updating every ``model_ema_steps`` steps: 1 - decay is scaled
+    by (global batch x steps / epochs), capped at 1."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    alpha = min(1.0, (1.0 - cfg.model_ema_decay) * cfg.batch_size * cfg.model_ema_steps / cfg.epochs)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(1.0 - alpha), use_buffers=True)
+
+
+def update_ema(optim: Optimisation, epoch: int, step: int) -> None:
+    """After step ``step`` (0-based in ``epoch``): every ``ema_steps`` steps fold the model into the EMA."""
+    if optim.ema is None or step % optim.ema_steps:
+        return
+    optim.ema.update_parameters(optim.ema_source)
+    if epoch < optim.ema_warmup_epochs:
+        optim.ema.n_averaged.fill_(0)  # during warm-up the average restarts: it copies the weights
+
+
+def batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Callable:
+    """torchvision.transforms.v2's MixUp and/or CutMix (one of the two, chosen at random per batch, as in
+    torchvision's references): ``(images, int targets) -> (mixed images, soft targets)``."""
+    from torchvision.transforms import v2
+
+    mixes = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []
+    mixes += [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else []
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
+def mix_batch(optim: Optimisation, images: torch.Tensor, targets: torch.Tensor, epoch: int, step: int):
+    """``optim.mix`` on a device batch with its random draws (choice, lambda, box) from a generator seeded by
+    (seed, epoch, step): a resumed run replays them; the caller's RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):  # the draws are CPU ones (torch.distributions, randint)
+        torch.manual_seed(hash((optim.seed, epoch, step)) & (2**63 - 1))
+        return optim.mix(images, targets)
 
 
 def train_step(
@@ -124,6 +192,9 @@ def train_step(
         loss = optim.criterion(logits, targets) if targets.numel() else logits.sum() * 0.0
     optim.optimizer.zero_grad(set_to_none=True)
     optim.scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
+    if optim.clip_grad_norm is not None:  # on the true gradients: unscaled first (the scaler's step skips unscaling)
+        optim.scaler.unscale_(optim.optimizer)
+        nn.utils.clip_grad_norm_(optim.model.parameters(), optim.clip_grad_norm)
     optim.scaler.step(optim.optimizer)
     optim.scaler.update()
     optim.scheduler.step()
@@ -186,10 +257,15 @@ def train_one_epoch(
                     images = torch.zeros((0, *optim.input_shape))
                     targets = torch.zeros((0,), dtype=torch.long)
                 images, targets = batch_to_device(images, targets, optim.device, optim.channels_last)
+                if optim.mix is not None and local:
+                    images, targets = mix_batch(optim, images, targets, epoch, step)
                 loss, logits = train_step(optim, images, targets, local * world / count)
                 if local:
-                    meter.update(loss, logits, targets)
+                    # soft (mixed) targets: train top-1/top-5 count the class with the largest share as the label
+                    meter.update(loss, logits, targets if targets.ndim == 1 else targets.argmax(1))
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+                if optim.ema is not None:
+                    update_ema(optim, epoch, step)
             step += 1
             images_seen += local
             at_print = step % print_freq == 0 or step == total_steps
