@@ -230,7 +230,6 @@ def test_ema_differs_from_the_model_and_follows_the_decay():
     "name, expect",
     [
         ("imagenet_resnet50_torchvision_v2", dict(opt="sgd", lr=0.5, norm_weight_decay=0.0, model_ema=True)),
-        ("imagenet_convnext_tiny", dict(opt="adamw", lr=0.001, weight_decay=0.05, auto_augment="ta_wide")),
     ],
 )
 def test_recipe_yaml_loads(name, expect, tmp_path):
