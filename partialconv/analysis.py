@@ -21,12 +21,12 @@ import yaml
 
 from .fileio import write_bytes_atomic
 from .layers import PADDINGS
-from .models import split_pd_name
+from .models import pytorch_official, split_pd_name
 
 __all__ = [
     "PADDING_ORDER",
     "PUBLISHED_TABLE",
-    "PYTORCH_OFFICIAL",
+    "pytorch_official",
     "RECIPE_KEYS",
     "CellSummary",
     "PairedResult",
@@ -46,28 +46,6 @@ __all__ = [
 ]
 
 PADDING_ORDER = PADDINGS  # the order of columns and bars: zero (the baseline) first
-
-# PyTorch's published ImageNet-1K accuracy (top-1, top-5; 1-crop 224 px) for the zero-padded torchvision models
-# with their IMAGENET1K_V1 weights, the reference the seed's PT_official column refers to. Source: torchvision model
-# documentation (https://pytorch.org/vision/stable/models.html, "acc@1"/"acc@5" of each *_Weights.IMAGENET1K_V1),
-# identical to the ``meta["_metrics"]["ImageNet-1K"]`` of torchvision 0.29's weight enums.
-PYTORCH_OFFICIAL: dict[str, tuple[float, float]] = {
-    "resnet18": (69.758, 89.078),
-    "resnet34": (73.314, 91.420),
-    "resnet50": (76.130, 92.862),
-    "resnet101": (77.374, 93.546),
-    "resnet152": (78.312, 94.046),
-    "resnext50_32x4d": (77.618, 93.698),
-    "wide_resnet50_2": (78.468, 94.086),
-    "vgg11": (69.020, 88.628),
-    "vgg13": (69.928, 89.246),
-    "vgg16": (71.592, 90.382),
-    "vgg19": (72.376, 90.876),
-    "vgg11_bn": (70.370, 89.810),
-    "vgg13_bn": (71.586, 90.374),
-    "vgg16_bn": (73.360, 91.516),
-    "vgg19_bn": (74.218, 91.842),
-}
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -246,7 +224,8 @@ class CellSummary:
     def official_top1(self) -> Optional[float]:
         if not self.imagenet1k:
             return None
-        return PYTORCH_OFFICIAL[self.arch][0] if self.arch in PYTORCH_OFFICIAL else None
+        official = pytorch_official(self.arch)
+        return official[0] if official else None
 
 
 @dataclass

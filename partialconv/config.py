@@ -31,7 +31,7 @@ from .data.presets import AUTO_AUGMENT
 from .engine.cli import one_line
 from .engine.optim import OPTIMISERS
 from .layers import PADDINGS
-from .models import is_model, split_pd_name
+from .models import is_model, list_models, split_pd_name
 from .models._registry import unknown_model_message
 
 if TYPE_CHECKING:
@@ -145,6 +145,24 @@ EXPERIMENT_KEYS = (
 _RESUME_QUIET = ("config", "resume", "overwrite", "amp_opt_level", "start_epoch", "evaluate")
 
 
+class _ListModels(argparse.Action):
+    """``--list-models [PATTERN]``: print the matching classifier names by source to stdout, then exit (like
+    ``--help``). A name whose ``pd`` variant also matches is printed once (the header says so)."""
+
+    def __call__(self, parser, namespace, pattern, option_string=None) -> None:
+        found = False
+        for source in ("partialconv", "torchvision", "timm"):
+            names = list_models(pattern, task="classification", source=source)
+            plain = set(names)
+            shown = [n for n in names if split_pd_name(n)[0] not in plain or not split_pd_name(n)[1]]
+            if shown:
+                found = True
+                print(f"# {source}: {len(shown)} (pd<name>: the same with partial padding)", *shown, sep="\n")
+        if not found:
+            parser.exit(1, f"train.py: no classifier name matches {pattern!r}\n")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train.py",
@@ -153,7 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("model")
-    g.add_argument("-a", "--arch", default="resnet18", help="classifier name (e.g. resnet50, pdresnet50)")
+    g.add_argument(
+        "-a",
+        "--arch",
+        default="resnet18",
+        help="classifier name: ours (resnet50, vgg16_bn), any torchvision classifier (convnext_tiny, "
+        "efficientnet_b0), timm/<name> with timm installed; a pd prefix means partial padding (pdconvnext_tiny)",
+    )
+    g.add_argument(
+        "--list-models",
+        nargs="?",
+        const="*",
+        metavar="PATTERN",
+        action=_ListModels,
+        help="print the classifier names matching a shell PATTERN (e.g. 'convnext*', 'timm/*resnet*') and exit",
+    )
     g.add_argument("--padding", choices=PADDINGS, default=None, help="padding; default: partial for pd* names")
     g.add_argument("--num-classes", type=int, default=None, help="classifier width; default: from the data")
     g.add_argument(
@@ -493,7 +525,8 @@ def run_dir_of(cfg: argparse.Namespace) -> Path:
     """``--output-dir`` if given, else the seed's ``<ckptdirprefix>checkpoint_<arch>_<prefix>/``."""
     if cfg.output_dir:
         return Path(cfg.output_dir)
-    return Path(f"{cfg.ckptdirprefix}checkpoint_{cfg.arch}_{cfg.prefix}")
+    arch = cfg.arch.replace("/", "-")  # timm/<name>: one directory, not a shared checkpoint_timm/ parent
+    return Path(f"{cfg.ckptdirprefix}checkpoint_{arch}_{cfg.prefix}")
 
 
 def config_to_yaml(cfg: argparse.Namespace) -> str:

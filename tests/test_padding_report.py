@@ -14,10 +14,10 @@ import pytest
 from scipy import stats
 
 from partialconv.analysis import (
-    PYTORCH_OFFICIAL,
     ReportError,
     collect_runs,
     load_run,
+    pytorch_official,
     run_status,
     summarize,
     welch_pvalue,
@@ -97,7 +97,7 @@ def test_summary_statistics(tmp_path):
     assert cells["partial"].diff_to_zero == pytest.approx(statistics.fmean(best_partial) - statistics.fmean(best_zero))
     assert cells["partial"].pvalue_vs_zero == pytest.approx(welch_by_hand(best_partial, best_zero))
     assert cells["zero"].diff_to_zero is None and cells["zero"].pvalue_vs_zero is None
-    assert cells["zero"].official_top1 == PYTORCH_OFFICIAL["resnet18"][0] == 69.758
+    assert cells["zero"].official_top1 == pytorch_official("resnet18")[0] == 69.758
 
 
 def test_best_top5_is_taken_at_the_best_top1_epoch(tmp_path):

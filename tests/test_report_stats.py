@@ -15,13 +15,13 @@ from scipy import stats
 
 from partialconv.analysis import (
     PUBLISHED_TABLE,
-    PYTORCH_OFFICIAL,
     collect_runs,
     paired_ttest,
     plot_paired_diffs,
     plot_top1_bars,
     plot_val_curves,
     published_table,
+    pytorch_official,
     summarize,
     write_report,
 )
@@ -289,7 +289,7 @@ def test_pytorch_official_and_published_only_for_imagenet_1k(tmp_path):
     assert toy["pytorch_official_top1"] == "" and toy["published_top1"] == "" and toy["published_diff"] == ""
     assert rows[("resnet50", "", "zero")]["pytorch_official_top1"] == ""
     real = rows[("resnet101", "", "zero")]
-    assert float(real["pytorch_official_top1"]) == PYTORCH_OFFICIAL["resnet101"][0]
+    assert float(real["pytorch_official_top1"]) == pytorch_official("resnet101")[0]
     assert float(real["published_top1"]) == float(NVIDIA[("resnet101", "zero")]["average"])
 
 

@@ -342,7 +342,7 @@ def _unknown_yaml_key(data: Path, tmp: Path) -> list[str]:
         (lambda d, t: ["-b", "0"], "-b/--batch-size must be >= 1"),
         (
             lambda d, t: ["-a", "resnet18", "--padding", "reflect", "--train-crop-size", "32"],
-            "--train-crop-size 32 is too small for resnet18 with reflect padding",
+            "--train-crop-size 32 does not fit resnet18 with reflect padding",
         ),
     ],
     ids=[

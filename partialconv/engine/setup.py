@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+from typing import Optional
 
 import numpy as np
 import torch
@@ -65,13 +66,35 @@ def broadcast_buffers(model: nn.Module) -> None:
 
 
 def check_input_size(cfg: argparse.Namespace) -> None:
-    """Fail before any training when a crop is too small for the architecture, e.g. reflect padding reaching a 1x1
-    feature map (ResNets below 64 px). The probe runs on the meta device: no memory, no compute."""
-    with torch.device("meta"):
-        probe = create_model(cfg.arch, padding=cfg.padding, num_classes=cfg.num_classes or 2)
-    for flag, size in (("--train-crop-size", cfg.train_crop_size), ("--val-crop-size", cfg.val_crop_size)):
+    """Fail before any training when a crop does not fit the architecture: too small (reflect padding reaching a 1x1
+    feature map, ResNets below 64 px, Inception below 75 px) or not the fixed size a model takes (ViT: 224 px).
+    The probe runs on the meta device (no memory, no compute); a model that cannot run there is probed on the CPU."""
+    sizes = (("--train-crop-size", cfg.train_crop_size), ("--val-crop-size", cfg.val_crop_size))
+    for device in ("meta", "cpu"):
+        with torch.device(device):
+            probe = create_model(cfg.arch, padding=cfg.padding, num_classes=cfg.num_classes or 2)
         try:
-            probe(torch.empty(2, 3, size, size, device="meta"))
-        except RuntimeError as e:
-            reason = str(e).strip().splitlines()[0]
-            raise ConfigError(f"{flag} {size} is too small for {cfg.arch} with {cfg.padding} padding ({reason})") from e
+            for flag, size in sizes:
+                reason = _forward_error(probe, size, device)
+                if reason is not None:
+                    raise ConfigError(f"{flag} {size} does not fit {cfg.arch} with {cfg.padding} padding ({reason})")
+            return
+        except NotImplementedError:  # an op without a meta kernel: probe for real
+            continue
+
+
+def _forward_error(model: nn.Module, size: int, device: str) -> Optional[str]:
+    """The first line of the error a forward of two ``size`` x ``size`` images raises, or None if it runs.
+    Shape checks surface as RuntimeError (convs, reshapes), AssertionError (``torch._assert`` in ViTs) or
+    ValueError; an error naming the meta device is the probe's own limit, raised as NotImplementedError."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 3, size, size, device=device))
+    except NotImplementedError:
+        raise
+    except (RuntimeError, AssertionError, ValueError, IndexError) as e:
+        text = str(e).strip()
+        if device == "meta" and "meta" in text.lower():
+            raise NotImplementedError(text) from e
+        return text.splitlines()[0] if text else type(e).__name__
+    return None

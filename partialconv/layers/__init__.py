@@ -1,4 +1,4 @@
 from .padding import PADDINGS, conv_factory, convert_padding
-from .partial_conv import PartialConv2d, PartialConv3d
+from .partial_conv import PartialConv1d, PartialConv2d, PartialConv3d
 
-__all__ = ["PADDINGS", "PartialConv2d", "PartialConv3d", "conv_factory", "convert_padding"]
+__all__ = ["PADDINGS", "PartialConv1d", "PartialConv2d", "PartialConv3d", "conv_factory", "convert_padding"]

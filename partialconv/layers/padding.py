@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Callable
 
 from torch import nn
 
-from .partial_conv import PartialConv2d, PartialConv3d
+from .partial_conv import PartialConv1d, PartialConv2d, PartialConv3d
 
 __all__ = ["PADDINGS", "conv_factory", "convert_padding"]
 
 PADDINGS = ("zero", "partial", "reflect", "replicate")
 
-_CONV_CLASSES = {2: (nn.Conv2d, PartialConv2d), 3: (nn.Conv3d, PartialConv3d)}
+_CONV_CLASSES = {1: (nn.Conv1d, PartialConv1d), 2: (nn.Conv2d, PartialConv2d), 3: (nn.Conv3d, PartialConv3d)}
+_PLAIN = tuple(plain for plain, _ in _CONV_CLASSES.values())
+_PARTIAL = tuple(partial for _, partial in _CONV_CLASSES.values())
 
 
 def _check(padding: str) -> None:
@@ -22,7 +25,8 @@ def _check(padding: str) -> None:
 
 
 def conv_factory(padding: str = "zero", dim: int = 2) -> Callable[..., nn.Module]:
-    """A constructor with ``nn.Conv2d``'s signature (``nn.Conv3d``'s for ``dim=3``) that pads as requested.
+    """A constructor with ``nn.Conv2d``'s signature (``nn.Conv1d``'s/``nn.Conv3d``'s for ``dim=1/3``) that pads as
+    requested.
 
     zero: ``nn.Conv2d``; partial: ``PartialConv2d``; reflect/replicate: ``nn.Conv2d(padding_mode=...)``.
     All four have identical parameters and state_dict keys, so weights move freely between them.
@@ -37,7 +41,7 @@ def conv_factory(padding: str = "zero", dim: int = 2) -> Callable[..., nn.Module
 
 
 def _padding_of(conv: nn.Module) -> str:
-    if isinstance(conv, (PartialConv2d, PartialConv3d)):
+    if isinstance(conv, _PARTIAL):
         return "partial"
     return {"zeros": "zero", "reflect": "reflect", "replicate": "replicate"}.get(conv.padding_mode, conv.padding_mode)
 
@@ -49,30 +53,56 @@ def _is_padded(conv: nn.Module) -> bool:
 
 
 def _convertible(module: nn.Module) -> bool:
-    """Plain or partial padding convs only: subclasses with their own forward (and inpainting-mode partial convs,
-    whose forward takes a mask) are left alone."""
-    if type(module) in (nn.Conv2d, nn.Conv3d):
+    """Plain or partial padding convs only: subclasses with their own forward (timm's ``Conv2dSame``, weight-
+    standardised convs, ...) and inpainting-mode partial convs, whose forward takes a mask, are left alone."""
+    if type(module) in _PLAIN:
         return True
-    if type(module) in (PartialConv2d, PartialConv3d):
+    if type(module) in _PARTIAL:
         return not module.multi_channel and not module.return_mask
     return False
 
 
+def _may_pad(module: nn.Module) -> bool:
+    """A conv we cannot convert that may pad: its padding attribute, or a kernel > 1 (``Conv2dSame`` pads in its
+    forward and keeps ``padding=0``)."""
+    return (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and not module.transposed
+        and not _convertible(module)
+        and (_is_padded(module) or any(k > 1 for k in module.kernel_size))
+    )
+
+
 def convert_padding(model: nn.Module, padding: str) -> nn.Module:
-    """Switch every padded 2D/3D convolution of ``model`` (torchvision, timm, your own) to ``padding`` in place.
+    """Switch every padded 1D/2D/3D convolution of ``model`` (torchvision, timm, your own) to ``padding`` in place.
 
     Parameters are kept (the same Parameter objects, so optimizers built before stay valid); convs without padding
-    and convs already in the requested scheme are untouched. Returns ``model``; also works when ``model`` is a conv.
+    and convs already in the requested scheme are untouched. Conv subclasses with a forward of their own are left
+    as they are and named in one warning (for any padding but zero). Returns ``model``; also works when ``model``
+    is a conv.
     """
     _check(padding)
     if _convertible(model) and _is_padded(model):
         return _converted(model, padding)
+    _convert_children(model, padding)
+    if padding != "zero":
+        skipped = [f"{name or '(model)'} ({type(m).__name__})" for name, m in model.named_modules() if _may_pad(m)]
+        if skipped:
+            shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+            warnings.warn(
+                f"convert_padding({padding!r}): {len(skipped)} conv(s) with a forward of their own keep their "
+                f"padding: {shown}",
+                stacklevel=2,
+            )
+    return model
+
+
+def _convert_children(model: nn.Module, padding: str) -> None:
     for name, child in model.named_children():
         if _convertible(child) and _is_padded(child) and _padding_of(child) != padding:
             setattr(model, name, _converted(child, padding))
         else:
-            convert_padding(child, padding)
-    return model
+            _convert_children(child, padding)
 
 
 def _converted(conv: nn.Module, padding: str) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Partial convolution (Liu et al., 2018) as drop-in subclasses of ``nn.Conv2d`` / ``nn.Conv3d``.
+"""Partial convolution (Liu et al., 2018) as drop-in subclasses of ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d``.
 
 For a mask M (1 = valid, 0 = hole) and a window of size S (k_h*k_w, or C_in/groups*k_h*k_w with ``multi_channel``):
 
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import forward_ad
 
-__all__ = ["PartialConv2d", "PartialConv3d", "padding_ratio_1d"]
+__all__ = ["PartialConv1d", "PartialConv2d", "PartialConv3d", "padding_ratio_1d"]
 
 _CACHE_SIZE = 512
 
@@ -280,11 +280,11 @@ def _autocast_off(device_type: str):
 
 
 class _PartialConvMixin:
-    """Shared forward of PartialConv2d/3d. Relies on the nn.ConvNd attributes of the concrete class."""
+    """Shared forward of PartialConv1d/2d/3d. Relies on the nn.ConvNd attributes of the concrete class."""
 
     multi_channel: bool
     return_mask: bool
-    _conv_fn: Callable[..., Tensor]  # F.conv2d or F.conv3d
+    _conv_fn: Callable[..., Tensor]  # F.conv1d, F.conv2d or F.conv3d
 
     def __init__(self, *args, multi_channel: bool = False, return_mask: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -463,6 +463,12 @@ class PartialConv2d(_PartialConvMixin, nn.Conv2d):
     """
 
     _conv_fn = staticmethod(F.conv2d)
+
+
+class PartialConv1d(_PartialConvMixin, nn.Conv1d):
+    """``nn.Conv1d`` counterpart of :class:`PartialConv2d` (same arguments and semantics, one spatial dim)."""
+
+    _conv_fn = staticmethod(F.conv1d)
 
 
 class PartialConv3d(_PartialConvMixin, nn.Conv3d):

@@ -1,4 +1,5 @@
 from . import pconv_unet, resnet, small, vgg  # noqa: F401  (registers the architectures)
+from ._external import pytorch_official
 from ._registry import TASKS, create_model, is_model, list_models, register_model, split_pd_name
 from .pconv_unet import PConvUNet
 from .resnet import ResNet
@@ -14,6 +15,7 @@ __all__ = [
     "create_model",
     "is_model",
     "list_models",
+    "pytorch_official",
     "register_model",
     "split_pd_name",
 ]

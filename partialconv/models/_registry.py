@@ -1,5 +1,9 @@
 """The model registry: ``@register_model``, ``create_model(name, **kwargs)``, ``list_models(pattern)``.
 
+Names resolve in order: our registered models (torchvision-identical ResNet/VGG, the inpainting U-Net, ...), then
+every torchvision classification model by its name, then ``timm/<name>`` when timm is installed (``_external.py``).
+The ``pd`` prefix (partial padding) works on all of them: ``pdresnet50``, ``pdconvnext_tiny``, ``pdtimm/resnet18``.
+
 Every model is tagged with its task: ``"classification"`` (image in, class logits out: what train.py trains) or
 ``"inpainting"`` (image and mask in, image out). ``task=`` on :func:`list_models`, :func:`is_model` and
 :func:`create_model` restricts a lookup to one task.
@@ -13,6 +17,8 @@ import functools
 from typing import Callable, NamedTuple, Optional
 
 from torch import nn
+
+from ._external import SOURCES, build_external, external_names, external_source
 
 __all__ = ["TASKS", "register_model", "create_model", "list_models", "is_model", "split_pd_name"]
 
@@ -61,19 +67,48 @@ def register_model(
     return register(fn) if fn is not None else register
 
 
-def list_models(pattern: str = "*", task: Optional[str] = None) -> list[str]:
-    """Registered names matching a shell-style ``pattern`` (e.g. ``"pdresnet*"``), of ``task`` if given, sorted."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern) and task in (None, _MODELS[n].task))
+def list_models(pattern: str = "*", task: Optional[str] = None, source: Optional[str] = None) -> list[str]:
+    """Model names matching a shell-style ``pattern`` (e.g. ``"pdresnet*"``), sorted: ours, torchvision's and timm's
+    (``timm/...``, when installed), each also with the ``pd`` prefix. ``task`` keeps one task's models (the external
+    ones are classifiers); ``source`` one of ``"partialconv"``, ``"torchvision"``, ``"timm"``."""
+    if source not in (None, "partialconv", *SOURCES):
+        raise ValueError(f"source must be partialconv, {', '.join(SOURCES)} or None; got {source!r}")
+    names = set()
+    if source in (None, "partialconv"):
+        names.update(n for n in _MODELS if task in (None, _MODELS[n].task))
+    for src in SOURCES:
+        if source in (None, src) and task in (None, "classification"):
+            plain = [n for n in external_names(src) if n not in _MODELS]
+            names.update(plain)
+            names.update(PD_PREFIX + n for n in plain)
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+
+
+def _external(name: str) -> Optional[tuple[str, bool]]:
+    """``(base, partial)`` when ``name`` is an external classifier, with or without the ``pd`` prefix."""
+    if name in _MODELS:
+        return None
+    if external_source(name) is not None:
+        return name, False
+    base, partial = split_pd_name(name)
+    if partial and base not in _MODELS and external_source(base) is not None:
+        return base, True
+    return None
 
 
 def is_model(name: str, task: Optional[str] = None) -> bool:
-    """Whether ``name`` is registered (for ``task``, if given)."""
-    return name in _MODELS and task in (None, _MODELS[name].task)
+    """Whether ``name`` is a model (for ``task``, if given): registered, or external (a classifier)."""
+    if name in _MODELS:
+        return task in (None, _MODELS[name].task)
+    return task in (None, "classification") and _external(name) is not None
 
 
 def unknown_model_message(name: str, task: Optional[str] = None) -> str:
     """Why ``name`` is not a model (of ``task``): unknown (with close names), or registered for another task."""
     names = list_models(task=task)
+    base, partial = split_pd_name(name)
+    if name not in _MODELS and partial and base in _MODELS:
+        return f"{name!r}: {base!r} has no partial-padding variant"
     if name in _MODELS:
         other = _MODELS[name].task
         return f"{name!r} is a model for {other}, not {task}; see list_models(task={task!r}) ({len(names)} models)"
@@ -84,14 +119,22 @@ def unknown_model_message(name: str, task: Optional[str] = None) -> str:
 
 
 def create_model(name: str, pretrained: Optional[str] = None, task: Optional[str] = None, **kwargs) -> nn.Module:
-    """Build a registered model (of ``task``, if given: another task's model is a ValueError).
+    """Build a model (of ``task``, if given: another task's model is a ValueError).
     ``padding=zero|partial|reflect|replicate`` applies to every architecture that has padded convs; ``num_classes``
-    sets the classifier width; ``pretrained`` is a local checkpoint path."""
+    sets the classifier width; ``pretrained`` is a local checkpoint path. Other keyword arguments go to the model's
+    builder (ours, ``torchvision.models.get_model`` or ``timm.create_model``)."""
     if not is_model(name, task):
         raise ValueError(unknown_model_message(name, task))
-    entry = _MODELS[name].build
-    if isinstance(entry, functools.partial) and "padding" in kwargs and kwargs["padding"] != entry.keywords["padding"]:
-        raise ValueError(f"model {name!r} is partial padding by name; got padding={kwargs['padding']!r}")
+    external = _external(name)
+    if external is not None:
+        base, partial = external
+        entry = functools.partial(build_external, base, **({"padding": "partial"} if partial else {}))
+    else:
+        entry = _MODELS[name].build
+    if isinstance(entry, functools.partial) and "padding" in entry.keywords and "padding" in kwargs:
+        if kwargs["padding"] != entry.keywords["padding"]:
+            raise ValueError(f"model {name!r} is partial padding by name; got padding={kwargs['padding']!r}")
+        kwargs.pop("padding")
     model = entry(**kwargs)
     if pretrained:
         from ..checkpoint import load_checkpoint
