@@ -1,7 +1,7 @@
 """Partial convolutions: the layer, a model zoo in four paddings, and checkpoint helpers."""
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .layers import PADDINGS, PartialConv2d, PartialConv3d, conv_factory, convert_padding
+from .layers import PADDINGS, PartialConv1d, PartialConv2d, PartialConv3d, conv_factory, convert_padding
 from .models import create_model, list_models, register_model
 
 __version__ = "0.1.0"
@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PADDINGS",
     "CheckpointError",
+    "PartialConv1d",
     "PartialConv2d",
     "PartialConv3d",
     "conv_factory",

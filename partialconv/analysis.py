@@ -8,6 +8,7 @@ epoch with at least ``epoch``, ``epochs``, ``arch``, ``padding``, ``val_acc1`` a
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -76,8 +77,29 @@ RECIPE_KEYS = (
     "data_val",
     "num_classes",
     "pretrained",
+    "opt",
+    "norm_weight_decay",
+    "bias_weight_decay",
+    "clip_grad_norm",
+    "lr_warmup_method",
+    "lr_warmup_decay",
+    "auto_augment",
+    "random_erase",
+    "mixup_alpha",
+    "cutmix_alpha",
+    "model_ema",
+    "model_ema_steps",
+    "model_ema_decay",
 )
 _REQUIRED = {"epoch": int, "epochs": int, "arch": str, "padding": str, "val_acc1": float, "val_acc5": float}
+
+
+@functools.cache
+def _flag_defaults() -> dict[str, Any]:
+    """train.py's flag defaults, by config.yaml key."""
+    from .config import build_parser  # late: the trainer's config layer is needed only for runs with a config.yaml
+
+    return {a.dest: a.default for a in build_parser()._actions}
 
 
 class ReportError(Exception):
@@ -119,7 +141,11 @@ class RunResult:
         """What must match for two runs to be the same experiment (see RECIPE_KEYS)."""
         if not self.config:
             return (("epochs", self.epochs_planned),)
-        return tuple((k, self.epochs_planned if k == "epochs" else self.config.get(k)) for k in RECIPE_KEYS)
+        # a key missing from an older run's config.yaml had train.py's default (the flag did not exist yet)
+        defaults = _flag_defaults()
+        return tuple(
+            (k, self.epochs_planned if k == "epochs" else self.config.get(k, defaults.get(k))) for k in RECIPE_KEYS
+        )
 
     @property
     def continues(self) -> Optional[str]:

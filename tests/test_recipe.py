@@ -229,18 +229,12 @@ def test_ema_differs_from_the_model_and_follows_the_decay():
 @pytest.mark.parametrize(
     "name, expect",
     [
-        ("imagenet_resnet50_torchvision_v2", dict(opt="sgd", lr=0.5, norm_weight_decay=0.0, model_ema=True)),
+        ("imagenet_resnet50_torchvision_v2", dict(arch="resnet50", opt="sgd", lr=0.5, norm_weight_decay=0.0)),
+        ("imagenet_convnext_tiny", dict(arch="convnext_tiny", opt="adamw", lr=0.001, weight_decay=0.05)),
     ],
 )
-def test_recipe_yaml_loads(name, expect, tmp_path):
-    import yaml
-
-    from partialconv.models import is_model
-
-    recipe = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
-    if not is_model(recipe["arch"], task="classification"):  # convnext_tiny: with issue 12's any-architecture part
-        recipe["arch"] = "simple_cnn_bn"
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    c = parse_config(["--config", str(tmp_path / "r.yaml"), "-a", "simple_cnn_bn"])
+def test_recipe_yaml_loads(name, expect):
+    c = parse_config(["--config", str(ROOT / "configs" / f"{name}.yaml")])
     assert {k: getattr(c, k) for k in expect} == expect
+    assert c.model_ema and c.lr_schedule == "cosine" and c.lr_warmup_method == "linear"
     assert (c.mixup_alpha, c.cutmix_alpha, c.random_erase, c.train_crop_size) == (0.2, 1.0, 0.1, 176)

@@ -266,16 +266,18 @@ def test_recipes_are_not_pooled_and_duplicates_and_continuations_are_not_counted
 
 
 def test_other_recipe_keys_split_groups_too(tmp_path):
-    write_run(tmp_path, "a", "resnet18", "zero", 1, [50.0], config={"lr": 0.1})
+    write_run(tmp_path, "a", "resnet18", "zero", 1, [50.0], config={"lr": 0.1})  # no train_crop_size: the default, 224
     write_run(tmp_path, "b", "resnet18", "zero", 2, [52.0], config={"lr": 0.2})
-    write_run(tmp_path, "c", "resnet18", "zero", 3, [51.0], config={"lr": 0.1, "train_crop_size": 128})
+    write_run(
+        tmp_path, "c", "resnet18", "zero", 3, [51.0], config={"lr": 0.1, "train_crop_size": 128}
+    )  # missing keys: the default (224)
     write_run(tmp_path, "d", "resnet18", "zero", 4, [53.0], config={"lr": 0.1, "workers": 8})  # speed only
     notes: list[str] = []
     cells = summarize(collect_runs(tmp_path)[0], notes)
     assert sorted((c.recipe, c.n) for c in cells) == [
         ("lr=0.1, train_crop_size=128", 1),
-        ("lr=0.1, train_crop_size=None", 2),
-        ("lr=0.2, train_crop_size=None", 1),
+        ("lr=0.1, train_crop_size=224", 2),
+        ("lr=0.2, train_crop_size=224", 1),
     ]
     assert len(notes) == 1 and all(str(tmp_path / n) in notes[0] for n in "abcd")
 

@@ -71,15 +71,15 @@ def check_input_size(cfg: argparse.Namespace) -> None:
     The probe runs on the meta device (no memory, no compute); a model that cannot run there is probed on the CPU."""
     sizes = (("--train-crop-size", cfg.train_crop_size), ("--val-crop-size", cfg.val_crop_size))
     for device in ("meta", "cpu"):
-        with torch.device(device):
-            probe = create_model(cfg.arch, padding=cfg.padding, num_classes=cfg.num_classes or 2)
         try:
+            with torch.device(device):  # some builders compute on tensors (RegNet's widths): not on meta
+                probe = create_model(cfg.arch, padding=cfg.padding, num_classes=cfg.num_classes or 2)
             for flag, size in sizes:
                 reason = _forward_error(probe, size, device)
                 if reason is not None:
                     raise ConfigError(f"{flag} {size} does not fit {cfg.arch} with {cfg.padding} padding ({reason})")
             return
-        except NotImplementedError:  # an op without a meta kernel: probe for real
+        except NotImplementedError:  # a builder or an op that cannot run on meta: probe for real
             continue
 
 
