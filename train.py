@@ -30,9 +30,8 @@ from partialconv.config import (
 from partialconv.data import DataError
 from partialconv.engine.checkpointing import (
     LAST,
-    PREVIOUS,
     carry_best,
-    existing_run_files,
+    check_fresh_start,
     find_resume_checkpoint,
     finished,
     load_resume_weights,
@@ -69,7 +68,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_backends(cfg, dist.device)
     seed_everything(cfg.seed)
     run_dir = run_dir_of(cfg)
-    replace = not cfg.evaluate and check_run_dir(cfg, run_dir)  # every rank, before rank 0 may write anything
+    # every rank, before rank 0 may write anything
+    replace = not cfg.evaluate and check_fresh_start(run_dir, cfg.resume, cfg.overwrite, "--prefix or --output-dir")
     if dist.is_main:
         resolve_data_dirs(cfg)  # the demo dataset, made once by rank 0
     barrier()
@@ -191,30 +191,6 @@ def evaluate_ema(optim, loader, cfg, log: RunLogger) -> Optional[dict]:
     if optim.ema is None:
         return None
     return evaluate(optim.ema, loader, optim.criterion, optim.device, optim.amp_dtype, cfg.channels_last, log=log.info)
-
-
-def check_run_dir(cfg, run_dir: Path) -> bool:
-    """A fresh start (no --resume, or --resume auto finding no checkpoint) in a directory that holds a run's
-    checkpoints or metrics is refused unless --overwrite; returns whether that run is to be moved aside."""
-    found = existing_run_files(run_dir)
-    if not found:
-        return False
-    if cfg.resume and cfg.resume != "auto":
-        if Path(cfg.resume).resolve().parent == run_dir.resolve():
-            return False  # e.g. rolling back to one of this run's snapshots: asked for by name
-        raise ConfigError(
-            f"--resume {cfg.resume}: {run_dir} holds another run ({', '.join(found)}) that resuming there would "
-            "replace; give another --output-dir (or --prefix)"
-        )
-    if cfg.resume == "auto" and any(name in found for name in (LAST, PREVIOUS)):
-        return False  # resumed (or refused by name if unreadable) by find_resume_checkpoint
-    if not cfg.overwrite:
-        why = "holds a run" if not cfg.resume else "holds a run but no checkpoint to resume"
-        raise ConfigError(
-            f"{run_dir} {why} ({', '.join(found)}); continue it with --resume auto, start another with a new "
-            "--prefix or --output-dir, or start over with --overwrite (the old files are moved aside)"
-        )
-    return True
 
 
 def epoch_record(

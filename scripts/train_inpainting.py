@@ -31,7 +31,13 @@ from partialconv.data.masks import IrregularMaskGenerator, MaskFolder
 from partialconv.data.worker_signals import ignore_stop_signals
 from partialconv.engine import distributed as dist
 from partialconv.engine.amp import AMP_DTYPES, autocast
-from partialconv.engine.checkpointing import LAST, find_resume_checkpoint, save_run_checkpoint
+from partialconv.engine.checkpointing import (
+    LAST,
+    check_fresh_start,
+    find_resume_checkpoint,
+    move_run_aside,
+    save_run_checkpoint,
+)
 from partialconv.engine.cli import run_cli
 from partialconv.engine.image_grid import image_grid
 from partialconv.engine.image_metrics import l1_percent, psnr, ssim
@@ -86,6 +92,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "the checkpoint.prev.pth.tar kept beside it; neither: a fresh start)",
     )
     p.add_argument("--output-dir", default="runs/inpainting", help="run directory (default runs/inpainting)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --output-dir that holds a run (refused otherwise): its files are moved to "
+        "OUTPUT_DIR/replaced-<time>/, nothing is deleted",
+    )
     p.add_argument(
         "--vgg-weights",
         default=str(default_vgg_weights_path()),
@@ -256,15 +268,16 @@ def main(argv=None) -> int:
     device = info.device
     args.workers = resolve_workers(args.workers, info.is_main)
     out_dir = Path(args.output_dir)
+    replace = check_fresh_start(out_dir, args.resume, args.overwrite)  # every rank, before anything is written
     log = RunLogger(out_dir, info.is_main, timestamps=False)
     try:
-        return _train(args, info, device, out_dir, log)
+        return _train(args, info, device, out_dir, log, replace)
     finally:
         log.close()
         dist.cleanup()
 
 
-def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: RunLogger) -> int:
+def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: RunLogger, replace: bool) -> int:
     torch.manual_seed(args.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -291,6 +304,8 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
         log.info(f"run already finished ({start}/{args.iters} iterations)")
         return 0
     train_loader, val_loader = build_data(args, info, start)  # before anything is written: data errors end clean
+    if replace and info.is_main:  # the checks passed: the old run makes room just before the first write
+        log.info(f"--overwrite: the previous run in {out_dir} was moved to {move_run_aside(out_dir)}")
     if unchecked_vgg:  # a warning goes to log.txt too: only once the checks have passed
         log.warn(
             f"--vgg-weights {args.vgg_weights}: not named like torchvision's {VGG16_FILE}, so not checked; using it "

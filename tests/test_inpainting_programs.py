@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +285,19 @@ def test_embedded_demo_photos(tmp_path):
     assert (root / "coffee.png").is_file() and (root / "chelsea.png").stat().st_mtime_ns == stamp
     masked, mask, image = InpaintingDataset(root, 32, train=True)[len(DEMO_PHOTOS) + 1]
     assert image.shape == (3, 32, 32) and torch.equal(masked, image * mask)
+
+
+def test_fresh_start_over_a_run_is_refused_unless_overwrite(runs, photos, vgg_file, tmp_path, capsys):
+    out = tmp_path / "again"
+    shutil.copytree(runs / "straight", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    train = load_script("train_inpainting")
+    assert train.cli(_train_argv(photos, vgg_file, out, 2)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out} holds a run (checkpoint" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing touched
+    assert train.cli(_train_argv(photos, vgg_file, out, 2, "--overwrite")) == 0
+    (aside,) = out.glob("replaced-*")
+    assert (aside / "checkpoint.pth.tar").read_bytes() == before["checkpoint.pth.tar"]
+    assert (aside / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
+    assert [json.loads(s)["iteration"] for s in (out / "metrics.jsonl").read_text().splitlines()] == [2]

@@ -165,6 +165,37 @@ def existing_run_files(run_dir: Path) -> list[str]:
     return sorted({p.name for pattern in RESULT_FILES for p in Path(run_dir).glob(pattern)})
 
 
+def check_fresh_start(
+    run_dir: Path, resume: Optional[str], overwrite: bool, new_dir_flags: str = "--output-dir"
+) -> bool:
+    """The rule of both trainers for a run directory: a fresh start (no ``--resume``, or ``--resume auto`` finding no
+    checkpoint) where a run's checkpoints or metrics already are is refused (ConfigError, one line) unless
+    ``--overwrite``; returns whether that run is to be moved aside (:func:`move_run_aside`) before the first write.
+    Run it on every rank before anything is written. ``new_dir_flags``: the program's flags that choose another
+    directory, for the message."""
+    from ..config import ConfigError  # late: the config layer imports the engine's optimiser table
+
+    found = existing_run_files(run_dir)
+    if not found:
+        return False
+    if resume and resume != "auto":
+        if Path(resume).resolve().parent == Path(run_dir).resolve():
+            return False  # e.g. rolling back to one of this run's snapshots: asked for by name
+        raise ConfigError(
+            f"--resume {resume}: {run_dir} holds another run ({', '.join(found)}) that resuming there would "
+            f"replace; give another {new_dir_flags}"
+        )
+    if resume == "auto" and any(name in found for name in (LAST, PREVIOUS)):
+        return False  # resumed (or refused by name if unreadable) by find_resume_checkpoint
+    if not overwrite:
+        why = "holds a run" if not resume else "holds a run but no checkpoint to resume"
+        raise ConfigError(
+            f"{run_dir} {why} ({', '.join(found)}); continue it with --resume auto, start another with a new "
+            f"{new_dir_flags}, or start over with --overwrite (the old files are moved aside)"
+        )
+    return True
+
+
 def move_run_aside(run_dir: Path) -> Path:
     """Move every file a run writes (checkpoints, metrics, log, config, tb/) from ``run_dir`` into a new
     ``run_dir/replaced-<UTC time>/``, which is returned; other files (e.g. padding_benchmark's run.log) stay."""
