@@ -202,6 +202,28 @@ def test_mixup_cutmix_targets_are_soft_and_seeded_per_step():
     again = mix_batch(optim, images, targets, 0, 2)
     assert torch.equal(again[0], draws[2][0]) and torch.equal(again[1], draws[2][1])  # replayed on resume
     assert build_optimisation(cfg(num_classes=3), model, model, torch.device("cpu"), 4).mix is None
+    # every rank draws its own, and rank 0 its pre-rank draws (older runs resume exactly)
+    assert torch.equal(mix_batch(optim, images, targets, 0, 2, rank=0)[1], draws[2][1])
+    other = [mix_batch(optim, images, targets, 0, step, rank=1) for step in range(4)]
+    assert not all(torch.equal(o[1], d[1]) for o, d in zip(other, draws))
+
+
+def test_train_one_epoch_mixes_with_the_ranks_own_draws(monkeypatch):
+    import partialconv.engine.trainer as trainer
+    from partialconv.engine.metrics import EpochMeter
+
+    model = small_model()
+    optim = build_optimisation(cfg(mixup_alpha=0.2, num_classes=3, seed=1), model, model, torch.device("cpu"), 2)
+    ranks = []
+    real = trainer.mix_batch
+    monkeypatch.setattr(trainer, "mix_batch", lambda *a: ranks.append(a[-1]) or real(*a))
+    # rank 1 of 2 (no collective is reached: the loader drops no images, so the good-image count is not summed)
+    monkeypatch.setattr(trainer.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(trainer.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(trainer.dist, "get_rank", lambda: 1)
+    loader = [(torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8), torch.tensor([0, 2]), 0)] * 2
+    trainer.train_one_epoch(optim, loader, 0, EpochMeter(torch.device("cpu")), drops_bad_images=False, log=str)
+    assert ranks == [1, 1]
 
 
 def test_ema_differs_from_the_model_and_follows_the_decay():

@@ -171,11 +171,14 @@ def batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Call
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
-def mix_batch(optim: Optimisation, images: torch.Tensor, targets: torch.Tensor, epoch: int, step: int):
+def mix_batch(optim: Optimisation, images: torch.Tensor, targets: torch.Tensor, epoch: int, step: int, rank: int = 0):
     """``optim.mix`` on a device batch with its random draws (choice, lambda, box) from a generator seeded by
-    (seed, epoch, step): a resumed run replays them; the caller's RNG is untouched."""
+    (seed, epoch, step, rank): a resumed run replays them; the caller's RNG is untouched. Each rank draws its own
+    (as each GPU of torchvision's reference does), so a global batch mixes with world-size draws, not one."""
+    # rank 0 keeps the seed of runs started before ranks drew apart, so that they still resume exactly
+    key = (optim.seed, epoch, step) if rank == 0 else (optim.seed, epoch, step, rank)
     with torch.random.fork_rng(devices=[]):  # the draws are CPU ones (torch.distributions, randint)
-        torch.manual_seed(hash((optim.seed, epoch, step)) & (2**63 - 1))
+        torch.manual_seed(hash(key) & (2**63 - 1))
         return optim.mix(images, targets)
 
 
@@ -237,6 +240,7 @@ def train_one_epoch(
     """
     optim.model.train()
     world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
     total_steps = total_steps if total_steps is not None else start_step + len(loader)
     first_bad = torch.full((), -1, dtype=torch.long, device=optim.device)
     progress = Progress(total_steps, f"epoch {epoch + 1}", show_progress, initial=start_step)
@@ -258,7 +262,7 @@ def train_one_epoch(
                     targets = torch.zeros((0,), dtype=torch.long)
                 images, targets = batch_to_device(images, targets, optim.device, optim.channels_last)
                 if optim.mix is not None and local:
-                    images, targets = mix_batch(optim, images, targets, epoch, step)
+                    images, targets = mix_batch(optim, images, targets, epoch, step, rank)
                 loss, logits = train_step(optim, images, targets, local * world / count)
                 if local:
                     # soft (mixed) targets: train top-1/top-5 count the class with the largest share as the label
