@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite: part 0 runs the CUDA test set (`pytest -m cuda`, tests/test_cuda.py); parts 1-7 are the issue-5
-# GPU measurements (one H200, bf16, channels_last, 224 px), each writing its own dated results under
-# benchmarks/results/. Run all parts, or some: `bash benchmarks/h200_suite.sh 0 2 3`. A failing part 0 does not
+# GPU measurements, part 8 the modern families of issue 12 (one H200, bf16, channels_last, 224 px), each writing
+# its own dated results under benchmarks/results/. Run all parts, or some: `bash benchmarks/h200_suite.sh 0 2 3`. A failing part 0 does not
 # stop the measurements; the script then exits with status 1 at the end. Each part is sized to
 # stay under 10 minutes on an H200 (an estimate: compilation included, not yet timed), so each can be one call of a
 # time-limited job. Real-data parts use 16384 generated JPEGs (64 steps per pass at batch 256), so the pause at
@@ -23,12 +23,14 @@ part() {
     5) $B --data loader-only --data-backend pil -j 8 "$J" --malloc default glibc pillow $G ;;  # data path alone
     6) $B --archs pdresnet50 --find-max-batch --windows 1 --steps 5 --warmup 3 ;;  # largest batch + eager rate
     7) $B --archs vgg16_bn pdvgg16_bn --compile ;;                                # compiled VGG
-    *) echo "unknown part $1 (0-7)" >&2; exit 2 ;;
+    8) $B --archs convnext_tiny pdconvnext_tiny efficientnet_b0 pdefficientnet_b0 \
+          regnet_y_400mf pdregnet_y_400mf mobilenet_v3_large pdmobilenet_v3_large ;; # modern families, eager
+    *) echo "unknown part $1 (0-8)" >&2; exit 2 ;;
   esac
 }
 
 TESTS_FAILED=0
-for p in "${@:-0 1 2 3 4 5 6 7}"; do
+for p in "${@:-0 1 2 3 4 5 6 7 8}"; do
   for q in $p; do
     echo "== part $q"
     part "$q"
