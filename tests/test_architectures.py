@@ -81,6 +81,19 @@ def test_pd_prefix_on_torchvision_and_timm_names():
     assert list_models("*", task="inpainting", source="timm") == []
 
 
+def test_timm_name_without_timm_installed_says_so(monkeypatch, tmp_path, capsys):
+    from partialconv.models import _external
+
+    monkeypatch.setattr(_external, "_timm", lambda: None)
+    assert not is_model("timm/resnet18") and "timm/resnet18" not in list_models("timm/*")
+    assert train.cli(["-a", "pdtimm/resnet18", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "train.py: error: -a/--arch: 'pdtimm/resnet18': timm is not installed (pip install -e '.[timm]' "
+        "in this checkout, or pip install timm)"
+    ]
+
+
 def test_timm_conv_with_its_own_padding_forward_is_named_in_a_warning():
     with pytest.warns(UserWarning, match=r"keep their padding: conv_stem \(Conv2dSame\)"):
         model = create_model("timm/tf_efficientnet_b0", padding="partial", num_classes=3)

@@ -15,7 +15,15 @@ from torch import nn
 
 from ..layers import convert_padding
 
-__all__ = ["TIMM_PREFIX", "SOURCES", "external_names", "external_source", "build_external", "pytorch_official"]
+__all__ = [
+    "TIMM_PREFIX",
+    "SOURCES",
+    "timm_available",
+    "external_names",
+    "external_source",
+    "build_external",
+    "pytorch_official",
+]
 
 TIMM_PREFIX = "timm/"
 SOURCES = ("torchvision", "timm")
@@ -37,6 +45,10 @@ def _timm():
     except ImportError:
         return None
     return timm
+
+
+def timm_available() -> bool:
+    return _timm() is not None
 
 
 def external_names(source: str) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple, Optional
 
 from torch import nn
 
-from ._external import SOURCES, build_external, external_names, external_source
+from ._external import SOURCES, TIMM_PREFIX, build_external, external_names, external_source, timm_available
 
 __all__ = ["TASKS", "register_model", "create_model", "list_models", "is_model", "split_pd_name"]
 
@@ -107,6 +107,8 @@ def unknown_model_message(name: str, task: Optional[str] = None) -> str:
     """Why ``name`` is not a model (of ``task``): unknown (with close names), or registered for another task."""
     names = list_models(task=task)
     base, partial = split_pd_name(name)
+    if base.startswith(TIMM_PREFIX) and not timm_available():
+        return f"{name!r}: timm is not installed (pip install -e '.[timm]' in this checkout, or pip install timm)"
     if name not in _MODELS and partial and base in _MODELS:
         return f"{name!r}: {base!r} has no partial-padding variant"
     if name in _MODELS:
