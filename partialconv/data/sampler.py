@@ -68,19 +68,23 @@ class SeededSampler(Sampler):
         if not self.shuffle:
             return [(i, 0) for i in range(self.rank, self.size, self.world)]
         g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        perm = torch.randperm(self.size, generator=g)
+        # The global sequence is each image of the permutation ``repeats`` times in a row, cut to the epoch's
+        # whole global batches (repeats thin the images instead of lengthening the epoch, so the schedule's steps
+        # stay); global batch k is then the same set of (index, repeat) pairs for any world size.
         total = self.steps_per_epoch() * self.local_batch * self.world
-        # Repeats thin the permutation rather than lengthen the epoch: the same global sequence for any world
-        # size (so global batch k is the same set of (index, repeat) pairs), and the schedule's steps unchanged.
-        perm = torch.randperm(self.size, generator=g)[: -(-total // self.repeats)].tolist()
-        order = [(i, r) for i in perm for r in range(self.repeats)][:total]
-        return order[self.rank :: self.world]
+        positions = torch.arange(self.rank, max(total, self.rank), self.world)  # (arange refuses end < start)
+        return list(zip(perm[positions // self.repeats].tolist(), (positions % self.repeats).tolist()))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         keys = self._keys()[self.start_step * self.local_batch :]
         return iter((i, sample_seed(self.seed, self.epoch, i, r)) for i, r in keys)
 
     def __len__(self) -> int:
-        return max(0, len(self._keys()) - self.start_step * self.local_batch)
+        per_epoch = (
+            self.steps_per_epoch() * self.local_batch if self.shuffle else len(range(self.rank, self.size, self.world))
+        )
+        return max(0, per_epoch - self.start_step * self.local_batch)
 
 
 def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
