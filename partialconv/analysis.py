@@ -90,6 +90,8 @@ RECIPE_KEYS = (
     "model_ema",
     "model_ema_steps",
     "model_ema_decay",
+    "ra_sampler",
+    "ra_reps",
 )
 _REQUIRED = {"epoch": int, "epochs": int, "arch": str, "padding": str, "val_acc1": float, "val_acc5": float}
 

@@ -97,6 +97,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "cutmix_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
     "model_ema_steps": (lambda v: v >= 1, ">= 1"),
     "model_ema_decay": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "ra_reps": (lambda v: v >= 1, ">= 1"),
 }
 
 # Destinations that only make sense for one invocation: not accepted from a YAML file, not saved in config.yaml.
@@ -140,6 +141,8 @@ EXPERIMENT_KEYS = (
     "model_ema",
     "model_ema_steps",
     "model_ema_decay",
+    "ra_sampler",
+    "ra_reps",
 )
 # Differences not worth a log line on resume (they differ by construction or are resolved into another key).
 _RESUME_QUIET = ("config", "resume", "overwrite", "amp_opt_level", "start_epoch", "evaluate")
@@ -241,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
 
     _add_recipe_flags(p)
+    _add_ra_flags(p)
 
     g = p.add_argument_group("performance")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
@@ -337,6 +341,19 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
         help="--warmup-epochs shape: linear from 0, or constant at --lr-warmup-decay x lr",
     )
     g.add_argument("--lr-warmup-decay", type=float, default=0.01, help="constant warm-up: the LR factor during warm-up")
+
+
+def _add_ra_flags(p: argparse.ArgumentParser) -> None:
+    """Repeated augmentation, with torchvision's reference flag names and default repeat count."""
+    g = p.add_argument_group("repeated augmentation (torchvision reference flags; docs/training.md)")
+    g.add_argument(
+        "--ra-sampler",
+        action="store_true",
+        help="repeated augmentation (train only): each image of the shuffled order comes --ra-reps times in a row, "
+        "the copies on different ranks (when there are at least that many) with different augmentation; an epoch "
+        "keeps its number of steps, so it sees about 1/--ra-reps of the images",
+    )
+    g.add_argument("--ra-reps", type=int, default=3, metavar="N", help="--ra-sampler: copies of each image")
 
 
 _SEED_DIST_FLAGS = ("--world-size", "--rank", "--dist-url", "--dist-backend")
@@ -583,6 +600,8 @@ DATA_OPTIONS: dict[str, tuple[str, str]] = {
     "channels_last": ("channels_last", "--channels-last"),
     "auto_augment": ("auto_augment", "--auto-augment"),
     "random_erase": ("random_erase", "--random-erase"),
+    "ra_sampler": ("ra_sampler", "--ra-sampler"),
+    "ra_reps": ("ra_reps", "--ra-reps"),
 }
 DATA_FLAGS = {field: flag for field, (_, flag) in DATA_OPTIONS.items()}
 

@@ -1,7 +1,7 @@
 """The ``pil`` backend: ImageFolder datasets decoded with PIL in the DataLoader workers, RGB conversion, a bad-image
 policy, per-sample seeded augmentation (torchvision transforms v2, :mod:`partialconv.data.presets`).
 
-Augmentation randomness is a function of (seed, epoch, sample index) only: the sampler
+Augmentation randomness is a function of (seed, epoch, sample index, copy under --ra-sampler) only: the sampler
 (:class:`partialconv.data.sampler.SeededSampler`) hands each index together with its own seed, so a run gives the
 same batches whatever the number of workers or ranks, and a resumed run (even mid-epoch) sees exactly the images the
 uninterrupted run would have seen.

@@ -27,6 +27,8 @@ PARAM_NAMES: dict[str, str] = {
     "channels_last": "channels_last",
     "auto_augment": "auto-augment policy",
     "random_erase": "random erase probability",
+    "ra_sampler": "repeated augmentation",
+    "ra_reps": "repeated augmentation copies",
 }
 
 

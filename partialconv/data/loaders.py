@@ -99,14 +99,21 @@ def resolve_workers(requested: int | None, is_main: bool = True, flag: str = "-j
 def seeded_samplers(
     num_train: int, num_val: int, params: DataParams, dist: DistInfo, local_batch: int
 ) -> tuple[SeededSampler, SeededSampler]:
-    """The train sampler (shuffled per epoch, split over ranks in whole local batches) and the exact val sampler, for
-    every backend; a train set smaller than one global batch is refused."""
+    """The train sampler (shuffled per epoch, split over ranks in whole local batches, repeated augmentation under
+    ``params.ra_sampler``) and the exact val sampler, for every backend; a train set smaller than one global batch
+    is refused."""
     if num_train < params.batch_size:
         raise DataError(
             Param("train_dir", params.train_dir), f": {num_train} images, fewer than one batch of {params.batch_size}"
         )
     train_sampler = SeededSampler(
-        num_train, dist.rank, dist.world_size, shuffle=True, seed=params.seed, local_batch=local_batch
+        num_train,
+        dist.rank,
+        dist.world_size,
+        shuffle=True,
+        seed=params.seed,
+        local_batch=local_batch,
+        repeats=params.train_repeats,
     )
     return train_sampler, SeededSampler(num_val, dist.rank, dist.world_size, shuffle=False, seed=params.seed)
 

@@ -35,6 +35,8 @@ class DataParams:
     channels_last: bool = False  # memory format of the image batches
     auto_augment: Optional[str] = None  # a torchvision.transforms.v2 policy (presets.AUTO_AUGMENT), None: none
     random_erase: float = 0.0  # RandomErasing probability (0: off)
+    ra_sampler: bool = False  # repeated augmentation of the train order (SeededSampler's repeats)
+    ra_reps: int = 3  # copies of each image under ra_sampler
 
     def __post_init__(self) -> None:
         # Paths are kept as text (messages, config files); os.PathLike callers are welcome.
@@ -46,6 +48,13 @@ class DataParams:
             raise DataError(Param("workers", self.workers), " must be >= 0")
         if self.on_bad_image not in ("skip", "error"):
             raise DataError(Param("on_bad_image", self.on_bad_image), " must be skip or error")
+        if self.ra_reps < 1:
+            raise DataError(Param("ra_reps", self.ra_reps), " must be >= 1")
+
+    @property
+    def train_repeats(self) -> int:
+        """The train sampler's copies of each image per draw (1: no repeated augmentation)."""
+        return self.ra_reps if self.ra_sampler else 1
 
     @property
     def memory_format(self) -> torch.memory_format:
