@@ -95,12 +95,19 @@ def test_timm_name_without_timm_installed_says_so(monkeypatch, tmp_path, capsys)
 
 
 def test_timm_conv_with_its_own_padding_forward_is_named_in_a_warning():
-    with pytest.warns(UserWarning, match=r"keep their padding: conv_stem \(Conv2dSame\)"):
+    with pytest.warns(UserWarning, match=r"keep their zero padding .*: conv_stem \(Conv2dSame\)"):
         model = create_model("timm/tf_efficientnet_b0", padding="partial", num_classes=3)
     assert any(isinstance(m, PartialConv2d) for m in model.modules())  # the plain convs are converted
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         create_model("timm/tf_efficientnet_b0", num_classes=3)  # zero padding: nothing to report
+
+
+def test_explicit_zero_padding_layers_are_named_too():
+    model = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 4, 3, stride=2), nn.Conv2d(4, 4, 3, padding=1))
+    with pytest.warns(UserWarning, match=r"1 module\(s\) keep their zero padding .*: 0 \(ZeroPad2d\)$"):
+        convert_padding(model, "partial")
+    assert type(model[1]) is nn.Conv2d and isinstance(model[2], PartialConv2d)
 
 
 def test_conv1d_conv3d_and_same_padding_convert():

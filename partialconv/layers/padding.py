@@ -62,9 +62,12 @@ def _convertible(module: nn.Module) -> bool:
     return False
 
 
-def _may_pad(module: nn.Module) -> bool:
-    """A conv we cannot convert that may pad: its padding attribute, or a kernel > 1 (``Conv2dSame`` pads in its
-    forward and keeps ``padding=0``)."""
+def _left_padding(module: nn.Module) -> bool:
+    """Zero padding that stays: a conv we cannot convert that may pad (its padding attribute, or a kernel > 1:
+    ``Conv2dSame`` pads in its forward and keeps ``padding=0``), or an explicit zero-padding layer in front of a conv
+    (``nn.ZeroPad2d``, as TF-style asymmetric "same" padding is often written)."""
+    if isinstance(module, nn.modules.padding._ConstantPadNd) and module.value == 0:
+        return True
     return (
         isinstance(module, nn.modules.conv._ConvNd)
         and not module.transposed
@@ -77,21 +80,21 @@ def convert_padding(model: nn.Module, padding: str) -> nn.Module:
     """Switch every padded 1D/2D/3D convolution of ``model`` (torchvision, timm, your own) to ``padding`` in place.
 
     Parameters are kept (the same Parameter objects, so optimizers built before stay valid); convs without padding
-    and convs already in the requested scheme are untouched. Conv subclasses with a forward of their own are left
-    as they are and named in one warning (for any padding but zero). Returns ``model``; also works when ``model``
-    is a conv.
+    and convs already in the requested scheme are untouched. Conv subclasses with a forward of their own and explicit
+    zero-padding layers (``nn.ZeroPad2d``) are left as they are and named in one warning (for any padding but zero).
+    Returns ``model``; also works when ``model`` is a conv.
     """
     _check(padding)
     if _convertible(model) and _is_padded(model):
         return _converted(model, padding)
     _convert_children(model, padding)
     if padding != "zero":
-        skipped = [f"{name or '(model)'} ({type(m).__name__})" for name, m in model.named_modules() if _may_pad(m)]
+        skipped = [f"{name or '(model)'} ({type(m).__name__})" for name, m in model.named_modules() if _left_padding(m)]
         if skipped:
             shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
             warnings.warn(
-                f"convert_padding({padding!r}): {len(skipped)} conv(s) with a forward of their own keep their "
-                f"padding: {shown}",
+                f"convert_padding({padding!r}): {len(skipped)} module(s) keep their zero padding (convs with a forward "
+                f"of their own, zero-padding layers): {shown}",
                 stacklevel=2,
             )
     return model
