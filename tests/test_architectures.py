@@ -110,6 +110,11 @@ def test_explicit_zero_padding_layers_are_named_too():
     assert type(model[1]) is nn.Conv2d and isinstance(model[2], PartialConv2d)
 
 
+def test_a_model_without_padded_convs_says_the_padding_changes_nothing():
+    with pytest.warns(UserWarning, match="the model has no padded convolution to convert"):
+        create_model("pdswin_t", num_classes=3)
+
+
 def test_conv1d_conv3d_and_same_padding_convert():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv1d(2, 3, 5, padding=2), nn.Conv1d(3, 3, 4, padding="same"), nn.Conv1d(3, 1, 1))

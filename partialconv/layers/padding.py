@@ -97,6 +97,9 @@ def convert_padding(model: nn.Module, padding: str) -> nn.Module:
                 f"of their own, zero-padding layers): {shown}",
                 stacklevel=2,
             )
+        if not any(_convertible(m) and _is_padded(m) for m in model.modules()):
+            # ViTs, Swin: patch embeddings without padding; a padding comparison of such a model compares nothing
+            warnings.warn(f"convert_padding({padding!r}): the model has no padded convolution to convert", stacklevel=2)
     return model
 
 
