@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
 from partialconv.data.sampler import SeededSampler, sample_seed
@@ -150,3 +151,20 @@ def test_torchrun_resumes_a_one_process_mid_epoch_checkpoint_exactly(tmp_path, m
     ma, mb = (json.loads((d / "metrics.jsonl").read_text()) for d in (straight, resumed))
     assert mb["train_loss"] == pytest.approx(ma["train_loss"], rel=1e-5)
     assert (mb["train_acc1"], mb["val_acc1"], mb["val_acc5"]) == (ma["train_acc1"], ma["val_acc1"], ma["val_acc5"])
+
+
+def test_seeded_draws_are_manual_seeds_draws_and_leave_the_callers_stream():
+    from partialconv.data.sampler import seeded_draws
+
+    torch.manual_seed(7)
+    expected_next = torch.rand(2)
+    torch.manual_seed(7)
+    with seeded_draws(123):
+        inside = torch.rand(3), torch.randint(0, 100, (4,))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        reference = torch.rand(3), torch.randint(0, 100, (4,))
+    assert all(torch.equal(a, b) for a, b in zip(inside, reference))
+    assert torch.equal(torch.rand(2), expected_next)  # the caller's stream continues as if nothing happened
+    with seeded_draws(None):
+        assert not torch.equal(torch.rand(2), expected_next)  # unseeded: the caller's own stream

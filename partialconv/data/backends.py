@@ -4,7 +4,7 @@ A backend is two functions (plus an optional format check):
 
 - ``open_splits(params) -> Splits``: check ``params.train_dir``/``params.val_dir`` and return the two map-style
   datasets and the class names. A dataset follows the sample protocol: ``dataset[(index, seed)]`` is
-  ``(image, target)`` with the augmentation drawn from ``seed`` (``torch.random.fork_rng`` + ``manual_seed``), or
+  ``(image, target)`` with the augmentation drawn from ``seed`` (``sampler.seeded_draws``), or
   ``None`` for a sample that cannot be read under ``params.on_bad_image == "skip"`` (raise
   :class:`~partialconv.data.errors.BadImageError` under ``"error"``);
 - ``make_loader(dataset, sampler, spec)`` -> an iterable of ``(images, targets, bad_count)`` batches with ``len()``

@@ -44,7 +44,7 @@ from .imageio import uint16_to_uint8
 from .loaders import LoaderSpec, normalize_images
 from .params import DataParams
 from .presets import RRC_RATIO, RRC_SCALE
-from .sampler import SeededSampler
+from .sampler import SeededSampler, seeded_draws
 from .worker_signals import ignore_stop_signals
 
 __all__ = [
@@ -107,12 +107,8 @@ class EncodedImageFolder(Dataset):
             return _bad(path, e, self.on_bad_image)
         params = NO_PARAMS
         if self.train:
-            if seed is None:
+            with seeded_draws(seed):
                 params = sample_train_params(height, width)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    params = sample_train_params(height, width)
         return torch.frombuffer(bytearray(data), dtype=torch.uint8), params, target, path
 
 

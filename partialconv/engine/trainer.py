@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.loaders import batch_to_device
+from ..data.sampler import seeded_draws
 from .amp import AMP_DTYPES, autocast
 from .distributed import global_count
 from .metrics import EpochMeter
@@ -177,8 +178,7 @@ def mix_batch(optim: Optimisation, images: torch.Tensor, targets: torch.Tensor, 
     (as each GPU of torchvision's reference does), so a global batch mixes with world-size draws, not one."""
     # rank 0 keeps the seed of runs started before ranks drew apart, so that they still resume exactly
     key = (optim.seed, epoch, step) if rank == 0 else (optim.seed, epoch, step, rank)
-    with torch.random.fork_rng(devices=[]):  # the draws are CPU ones (torch.distributions, randint)
-        torch.manual_seed(hash(key) & (2**63 - 1))
+    with seeded_draws(hash(key) & (2**63 - 1)):  # the draws are CPU ones (torch.distributions, randint)
         return optim.mix(images, targets)
 
 
