@@ -5,7 +5,7 @@ and padding_benchmark.py's --no-report."""
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 import itertools
 import re
 import subprocess
@@ -30,10 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"scripts.{name}")  # scripts/ is a package: python -m scripts.<name>
 
 
 @pytest.fixture(scope="module")

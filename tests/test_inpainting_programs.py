@@ -1,7 +1,7 @@
 """End to end: overfitting one photo, train/resume round trip, fine-tuning, inpaint.py and eval_inpainting.py."""
 
 import csv
-import importlib.util
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -23,10 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"scripts.{name}")  # scripts/ is a package: python -m scripts.<name>
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py

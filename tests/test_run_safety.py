@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -197,10 +197,7 @@ def test_real_full_tmpfs(data, straight, tmp_path):
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"scripts.{name}")  # scripts/ is a package: python -m scripts.<name>
 
 
 @pytest.fixture(scope="module")
