@@ -30,7 +30,7 @@ from partialconv.data.loaders import resolve_workers
 from partialconv.data.masks import IrregularMaskGenerator, MaskFolder
 from partialconv.data.worker_signals import ignore_stop_signals
 from partialconv.engine import distributed as dist
-from partialconv.engine.amp import AMP_DTYPES, autocast
+from partialconv.engine.amp import AMP_DTYPES
 from partialconv.engine.checkpointing import (
     LAST,
     check_fresh_start,
@@ -40,9 +40,7 @@ from partialconv.engine.checkpointing import (
 )
 from partialconv.engine.cli import run_cli
 from partialconv.engine.image_grid import image_grid
-from partialconv.engine.image_metrics import l1_percent, psnr, ssim
-from partialconv.engine.inpainting import train_step
-from partialconv.engine.inpainting_inference import compose
+from partialconv.engine.inpainting import evaluate, train_step
 from partialconv.engine.preemption import Preemption
 from partialconv.engine.runlog import RunLogger
 from partialconv.fileio import WriteError, write_text_atomic
@@ -183,33 +181,6 @@ def build_data(args, info: dist.DistInfo, start_step: int):
     train_loader = DataLoader(train, batch_size=args.batch_size, sampler=sampler, drop_last=True, **common)
     val_loader = DataLoader(val, batch_size=args.batch_size, shuffle=False, **common)
     return train_loader, val_loader
-
-
-@torch.no_grad()
-def evaluate(model, loader, device, amp: str):
-    """Mean L1 (%), PSNR and SSIM of the composite over the validation set (summed over ranks), plus one batch."""
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
-    shown = None
-    for masked, mask, target in loader:
-        masked, mask, target = (t.to(device, non_blocking=True) for t in (masked, mask, target))
-        with autocast(device, amp):
-            output, _ = model(masked, mask)
-        comp = compose(masked, mask, output.float()).clamp(0, 1)
-        sums += torch.stack(
-            [
-                l1_percent(comp, target).sum(),
-                psnr(comp, target).clamp(max=100).sum(),
-                ssim(comp, target).sum(),
-                torch.tensor(float(len(target)), device=device),
-            ]
-        ).double()
-        if shown is None:
-            shown = (masked, mask, output, target)
-    dist.all_reduce_sum(sums)
-    model.train()
-    n = max(sums[3].item(), 1.0)
-    return {"val_l1": sums[0].item() / n, "val_psnr": sums[1].item() / n, "val_ssim": sums[2].item() / n}, shown
 
 
 def save_state(
