@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     info = dist.init_distributed(args.device)
     device = info.device
-    args.workers = resolve_workers(args.workers, info.is_main)
+    args.workers = resolve_workers(args.workers, info.is_main, "-j/--workers")
     out_dir = Path(args.output_dir)
     replace = check_fresh_start(out_dir, args.resume, args.overwrite)  # every rank, before anything is written
     log = RunLogger(out_dir, info.is_main, timestamps=False)

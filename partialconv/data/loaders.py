@@ -76,11 +76,11 @@ def cpus_per_local_rank() -> int:
     return max(1, cpus // local)
 
 
-def resolve_workers(requested: int | None, is_main: bool = True, flag: str = "-j/--workers") -> int:
+def resolve_workers(requested: int | None, is_main: bool = True, flag: str = "workers") -> int:
     """DataLoader workers per process: ``requested`` capped at the CPUs each local rank has (more workers than CPUs
     only add context switches and memory; rank 0 warns once, before torch would warn per loader), or by default
-    those CPUs less one for the training process itself. ``flag`` is how the warning names the parameter (the
-    default is scripts/train_inpainting.py's flag; build_loaders passes its own name)."""
+    those CPUs less one for the training process itself. ``flag`` is how the warning names the parameter: each
+    program passes its own flag."""
     cpus = cpus_per_local_rank()
     if requested is None:
         return max(0, cpus - 1)
