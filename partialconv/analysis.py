@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from .config import RECIPE_FLAGS, build_parser
 from .fileio import write_bytes_atomic
 from .layers import PADDINGS
 from .models import pytorch_official, split_pd_name
@@ -58,49 +59,13 @@ PUBLISHED_TABLE = Path(__file__).resolve().parent / "analysis_data" / "nvidia_pa
 # config.yaml keys that make two runs different experiments (train.py's resolved flags). Runs that differ in any of
 # them are never averaged together. Performance flags (workers, amp, channels_last, compile) are left out: they change
 # speed, not the recipe. Runs without a config.yaml (made outside train.py) only split on metrics.jsonl's ``epochs``.
-RECIPE_KEYS = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "lr_schedule",
-    "lr_step_size",
-    "lr_gamma",
-    "warmup_epochs",
-    "label_smoothing",
-    "train_crop_size",
-    "train_min_scale",
-    "val_resize_size",
-    "val_crop_size",
-    "data_train",
-    "data_val",
-    "num_classes",
-    "pretrained",
-    "opt",
-    "norm_weight_decay",
-    "bias_weight_decay",
-    "clip_grad_norm",
-    "lr_warmup_method",
-    "lr_warmup_decay",
-    "auto_augment",
-    "random_erase",
-    "mixup_alpha",
-    "cutmix_alpha",
-    "model_ema",
-    "model_ema_steps",
-    "model_ema_decay",
-    "ra_sampler",
-    "ra_reps",
-)
+RECIPE_KEYS = ("epochs", *RECIPE_FLAGS, "data_train", "data_val", "num_classes", "pretrained")
 _REQUIRED = {"epoch": int, "epochs": int, "arch": str, "padding": str, "val_acc1": float, "val_acc5": float}
 
 
 @functools.cache
 def _flag_defaults() -> dict[str, Any]:
     """train.py's flag defaults, by config.yaml key."""
-    from .config import build_parser  # late: the trainer's config layer is needed only for runs with a config.yaml
-
     return {a.dest: a.default for a in build_parser()._actions}
 
 

@@ -103,31 +103,23 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # Destinations that only make sense for one invocation: not accepted from a YAML file, not saved in config.yaml.
 CLI_ONLY = ("help", "config", "overwrite")
 
-# What a resumed run must share with the checkpoint's run: the model, the data and the recipe (a changed batch
-# size or schedule would train the rest of the run at another learning rate, or skip images mid-epoch). ``epochs``
-# is in it only for the cosine schedule, whose curve depends on the total; the step schedule's does not.
-EXPERIMENT_KEYS = (
-    "arch",
-    "padding",
-    "num_classes",
-    "data_train",
-    "data_val",
-    "data_backend",
+# The training recipe: the flags that change what is learned (batch, optimiser, schedule, crops, augmentation, EMA,
+# repeated augmentation). The one list behind EXPERIMENT_KEYS (resume) and partialconv.analysis.RECIPE_KEYS (which
+# runs the padding report pools).
+RECIPE_FLAGS = (
     "batch_size",
     "lr",
+    "momentum",
+    "weight_decay",
     "lr_schedule",
     "lr_step_size",
     "lr_gamma",
     "warmup_epochs",
-    "momentum",
-    "weight_decay",
     "label_smoothing",
     "train_crop_size",
     "train_min_scale",
     "val_resize_size",
     "val_crop_size",
-    "seed",
-    "amp",
     "opt",
     "norm_weight_decay",
     "bias_weight_decay",
@@ -143,6 +135,20 @@ EXPERIMENT_KEYS = (
     "model_ema_decay",
     "ra_sampler",
     "ra_reps",
+)
+# What a resumed run must share with the checkpoint's run: the model, the data and the recipe (a changed batch
+# size or schedule would train the rest of the run at another learning rate, or skip images mid-epoch). ``epochs``
+# is in it only for the cosine schedule, whose curve depends on the total; the step schedule's does not.
+EXPERIMENT_KEYS = (
+    "arch",
+    "padding",
+    "num_classes",
+    "data_train",
+    "data_val",
+    "data_backend",
+    *RECIPE_FLAGS,
+    "seed",
+    "amp",
 )
 # Differences not worth a log line on resume (they differ by construction or are resolved into another key).
 _RESUME_QUIET = ("config", "resume", "overwrite", "amp_opt_level", "start_epoch", "evaluate")
