@@ -31,6 +31,7 @@ RECIPE = [
     "--norm-weight-decay", "0", "--bias-weight-decay", "0", "--clip-grad-norm", "1.0", "--warmup-epochs", "1",
     "--lr-warmup-method", "constant", "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0", "--label-smoothing", "0.1",
     "--model-ema", "--model-ema-steps", "2", "--model-ema-decay", "0.9", "--lr-schedule", "cosine", "--no-tensorboard",
+    "--ra-sampler", "--ra-reps", "2",
 ]  # fmt: skip
 
 
