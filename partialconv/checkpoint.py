@@ -106,11 +106,36 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
+    if _is_safetensors(path):
+        return _read_safetensors(path, map_location)
     try:
         with _safe_globals():
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated/corrupt/unsafe files
         raise CheckpointError(f"checkpoint {path}: cannot be read ({_load_error_reason(e)})") from e
+
+
+def _is_safetensors(path: Path) -> bool:
+    """The safetensors layout (timm's and Hugging Face's weight files): an 8-byte little-endian header length, then
+    a JSON header. A torch.save file starts with a zip or pickle signature instead."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100 << 20
+
+
+def _read_safetensors(path: Path, map_location: Any) -> dict[str, torch.Tensor]:
+    """A safetensors file as a plain state dict (tensors only by construction: nothing is unpickled)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise CheckpointError(
+            f"checkpoint {path}: a safetensors file; reading it needs the safetensors package (pip install safetensors)"
+        ) from e
+    device = map_location if isinstance(map_location, str) else "cpu"
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
+        raise CheckpointError(f"checkpoint {path}: cannot be read as safetensors ({_load_error_reason(e)})") from e
 
 
 def strip_wrapper_segments(key: str) -> str:

@@ -246,3 +246,20 @@ def test_padding_benchmark_takes_torchvision_and_timm_names(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--archs", "pdconvnext_tiny", *data])
     assert "use convnext_tiny (the padding comes from --paddings)" in capsys.readouterr().err
+
+
+def test_pretrained_safetensors_file_as_timm_and_hugging_face_ship_them(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    source = create_model("timm/test_resnet", num_classes=4)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    model = create_model("pdtimm/test_resnet", pretrained=str(tmp_path / "model.safetensors"), num_classes=4)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items())
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes((tmp_path / "model.safetensors").read_bytes()[:200])
+    argv = ["-a", "pdtimm/test_resnet", "--pretrained", str(broken), "--output-dir", str(tmp_path / "run")]
+    argv += ["--device", "cpu", "--epochs", "1"]
+    assert train.cli(argv) == 1  # train.py's exit status for an unusable file (2: a bad flag value)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{broken}: cannot be read as safetensors" in err[0], err
