@@ -263,3 +263,20 @@ def test_pretrained_safetensors_file_as_timm_and_hugging_face_ship_them(tmp_path
     assert train.cli(argv) == 1  # train.py's exit status for an unusable file (2: a bad flag value)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{broken}: cannot be read as safetensors" in err[0], err
+
+
+def test_torchvision_model_with_stochastic_depth_resumes_exactly(data, tmp_path):
+    """EfficientNet's stochastic depth draws from torch's RNG in every forward: a run stopped after epoch 1 and
+    resumed must end with the same weights as the straight run (RNG state, BN buffers and optimiser restored)."""
+
+    def argv(out, epochs, *extra):
+        flags = ["-a", "pdefficientnet_b0", "--data_train", str(data / "train"), "--data_val", str(data / "val")]
+        flags += ["--device", "cpu", "-b", "4", "--lr", "0.01", "--train-crop-size", "32", "--val-resize-size", "32"]
+        flags += ["--val-crop-size", "32", "--no-tensorboard", "-j", "0", "--deterministic", "--seed", "3"]
+        return [*flags, "--epochs", str(epochs), "--output-dir", str(out), *extra]
+
+    assert train.cli(argv(tmp_path / "straight", 2)) == 0
+    assert train.cli(argv(tmp_path / "split", 1)) == 0
+    assert train.cli(argv(tmp_path / "split", 2, "--resume", "auto")) == 0
+    a, b = (read_checkpoint(tmp_path / d / "checkpoint.pth.tar")["state_dict"] for d in ("straight", "split"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
