@@ -17,7 +17,7 @@ from torch import nn
 
 import train
 from partialconv import PartialConv1d, PartialConv2d, PartialConv3d, convert_padding, create_model, list_models
-from partialconv.analysis import collect_runs, summarize
+from partialconv.analysis import collect_runs, summarize, write_report
 from partialconv.checkpoint import read_checkpoint
 from partialconv.config import ConfigError, compare_resumed_config, parse_config
 from partialconv.data.demo import make_demo_dataset
@@ -233,6 +233,10 @@ def test_pytorch_official_column_from_torchvision_metadata(tmp_path):
     assert cells[("convnext_tiny", "partial")].official_top1 == 82.52
     assert cells[("convnext_tiny", "zero")].official_top1 == 82.52
     assert cells[("timm/resnet18", "zero")].official_top1 is None
+    files = write_report(tmp_path)  # tables and figures with a timm name (a "/" in it) among the archs
+    rows = files.csv.read_text().splitlines()
+    assert any(r.startswith("timm/resnet18,") for r in rows) and any(r.startswith("convnext_tiny,") for r in rows)
+    assert all(f.stat().st_size > 0 for f in files.figures)
 
 
 def test_padding_benchmark_takes_torchvision_and_timm_names(tmp_path, capsys):
