@@ -44,6 +44,11 @@ def _timm():
         import timm
     except ImportError:
         return None
+    except Exception as e:  # installed but broken (e.g. built for another torch): our own models must still work
+        warnings.warn(
+            f"timm is installed but cannot be imported ({type(e).__name__}: {e}); timm/<name> is off", stacklevel=2
+        )
+        return None
     return timm
 
 
