@@ -5,6 +5,7 @@ short CPU training of one model per family through train.py, and the report's Py
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -284,3 +285,19 @@ def test_torchvision_model_with_stochastic_depth_resumes_exactly(data, tmp_path)
     assert train.cli(argv(tmp_path / "split", 2, "--resume", "auto")) == 0
     a, b = (read_checkpoint(tmp_path / d / "checkpoint.pth.tar")["state_dict"] for d in ("straight", "split"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_broken_timm_install_leaves_the_other_models_working(tmp_path):
+    fake = tmp_path / "timm"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('built for another torch')\n")
+    code = (
+        "from partialconv.models import create_model, is_model, list_models\n"
+        "create_model('pdresnet18', num_classes=2); create_model('convnext_tiny', num_classes=2)\n"
+        "print(is_model('timm/resnet18'), len(list_models('timm/*')))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "0"]
+    assert "timm is installed but cannot be imported (RuntimeError: built for another torch)" in done.stderr
