@@ -111,6 +111,12 @@ def test_explicit_zero_padding_layers_are_named_too():
     assert type(model[1]) is nn.Conv2d and isinstance(model[2], PartialConv2d)
 
 
+def test_inpainting_mode_partial_convs_are_not_reported_as_zero_padded():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert_padding(create_model("pconv_unet", layer_size=3), "partial")  # masked partial convs: nothing to say
+
+
 def test_a_model_without_padded_convs_says_the_padding_changes_nothing():
     with pytest.warns(UserWarning, match="the model has no padded convolution to convert"):
         create_model("pdswin_t", num_classes=3)

@@ -72,6 +72,7 @@ def _left_padding(module: nn.Module) -> bool:
         isinstance(module, nn.modules.conv._ConvNd)
         and not module.transposed
         and not _convertible(module)
+        and not isinstance(module, _PARTIAL)  # inpainting-mode partial convs: masked, not zero-padded
         and (_is_padded(module) or any(k > 1 for k in module.kernel_size))
     )
 
@@ -97,7 +98,7 @@ def convert_padding(model: nn.Module, padding: str) -> nn.Module:
                 f"of their own, zero-padding layers): {shown}",
                 stacklevel=2,
             )
-        if not any(_convertible(m) and _is_padded(m) for m in model.modules()):
+        if not any((_convertible(m) and _is_padded(m)) or isinstance(m, _PARTIAL) for m in model.modules()):
             # ViTs, Swin: patch embeddings without padding; a padding comparison of such a model compares nothing
             warnings.warn(f"convert_padding({padding!r}): the model has no padded convolution to convert", stacklevel=2)
     return model
