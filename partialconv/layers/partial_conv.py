@@ -285,13 +285,18 @@ class _MaskedConv(torch.autograd.Function):
         grouped = raw.view(raw.shape[0], ratio.shape[1], -1, *raw.shape[2:]).mul_(ratio)
         if bias is not None:
             grouped.addcmul_(bias.view(1, ratio.shape[1], -1, *([1] * nd)), update)
-        ctx.save_for_backward(xm, mask, weight, ratio, update)
+        # x itself too (a reference, no copy): a double backward must differentiate the product again (see below).
+        ctx.save_for_backward(x, xm, mask, weight, ratio, update)
         ctx.params, ctx.has_bias, ctx.x_dtype = params, bias is not None, x.dtype
         return raw
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        xm, mask, weight, ratio, update = ctx.saved_tensors
+        x, xm, mask, weight, ratio, update = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph: the saved product is a constant to autograd, so the weight gradient would lose its
+            # dependence on x; recompute it as a tracked op.
+            xm = (x * mask).to(weight.dtype)
         stride, padding, dilation, groups = ctx.params
         nd = weight.dim() - 2
         need_x, _, need_w, need_b = ctx.needs_input_grad[:4]
