@@ -282,9 +282,20 @@ class _MaskedConv(torch.autograd.Function):
         # The product in the input's dtype, then the cast autocast would apply to the conv's input.
         xm = (x * mask).to(weight.dtype)
         raw = torch.convolution(xm, weight, None, stride, padding, dilation, False, [0] * nd, groups)
-        grouped = raw.view(raw.shape[0], ratio.shape[1], -1, *raw.shape[2:]).mul_(ratio)
-        if bias is not None:
-            grouped.addcmul_(bias.view(1, ratio.shape[1], -1, *([1] * nd)), update)
+        grouped = raw.view(raw.shape[0], ratio.shape[1], -1, *raw.shape[2:])
+        bias_view = bias.view(1, ratio.shape[1], -1, *([1] * nd)) if bias is not None else None
+        # Without hole windows (most layers past the first), update is all ones: out = b + raw * ratio in one pass,
+        # written over raw. Checked on CPU only, where reading the flag costs no device sync, and never while
+        # compiling (the compiler fuses the two ops below anyway, and a data-dependent branch would break the graph).
+        ctx.no_holes = (
+            bias is not None and raw.device.type == "cpu" and not torch.compiler.is_compiling() and bool(update.all())
+        )
+        if ctx.no_holes:
+            torch.addcmul(bias_view, grouped, ratio, out=grouped)
+        else:
+            grouped.mul_(ratio)
+            if bias is not None:
+                grouped.addcmul_(bias_view, update)
         # x itself too (a reference, no copy): a double backward must differentiate the product again (see below).
         ctx.save_for_backward(x, xm, mask, weight, ratio, update)
         ctx.params, ctx.has_bias, ctx.x_dtype = params, bias is not None, x.dtype
@@ -312,7 +323,9 @@ class _MaskedConv(torch.autograd.Function):
                 grad_xm = grad_xm.to(ctx.x_dtype)
                 # In place on the fresh conv gradient unless a double backward differentiates through it.
                 grad_x = grad_xm.mul_(mask) if not torch.is_grad_enabled() else grad_xm * mask
-        if need_b:
+        if need_b and ctx.no_holes:
+            grad_bias = grad.sum([0, *range(2, grad.dim())])
+        elif need_b:
             # sum over batch and positions of grad * update: a batched matrix-vector product, no full-size product.
             flat = grouped.reshape(grad.shape[0], g, grouped.shape[2], -1)
             upd = update.reshape(update.shape[0], g, -1, 1).to(flat.dtype)
