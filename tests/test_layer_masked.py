@@ -1,6 +1,5 @@
-"""Inpainting mode (forward with a mask) beyond the hypothesis reference test of test_layers.py: depthwise, 3D and
-bias-free cases with a batch-1 (broadcast) mask against the window-by-window float64 reference, second derivatives,
-incoming gradients left intact, channels_last input, bf16 autocast on CPU, and vmap."""
+"""Inpainting mode (forward with a mask), next to test_layer_masked_fused.py: depthwise, 3D and bias-free cases with a
+batch-1 (broadcast) mask against the window-by-window float64 reference, and the 1D layer."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import pytest
 import torch
 from test_layers import reference_partial_conv
 
-from partialconv import PartialConv2d, PartialConv3d
+from partialconv import PartialConv1d, PartialConv2d, PartialConv3d
 
 CASES = [
     dict(cls=PartialConv2d, c_in=4, c_out=6, groups=2, multi_channel=True, bias=True, stride=1),
@@ -52,55 +51,16 @@ def test_fused_matches_the_float64_reference(case, mask_batch):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
 
 
-def test_gradcheck_and_double_backward_in_inpainting_mode():
-    layer, x, mask = make(CASES[0], size=5)
-    w = layer.weight.detach().clone().requires_grad_()
-    b = layer.bias.detach().clone().requires_grad_()
-
-    def fn(x, w, b):
-        return torch.func.functional_call(layer, {"weight": w, "bias": b}, (x, mask))[0]
-
-    assert torch.autograd.gradcheck(fn, (x, w, b))
-    assert torch.autograd.gradgradcheck(fn, (x, w, b))
-
-
-def test_incoming_gradient_is_left_intact_and_channels_last_works():
-    layer, x, mask = make(CASES[0])
-    seen = []
-    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
-    out, _ = layer(x_cl, mask)
-    out.register_hook(lambda g: seen.append((g, g.clone())))
-    (out * 3 + out.pow(2)).sum().backward()
-    grad, snapshot = seen[0]
-    assert torch.equal(grad, snapshot)
-    ref_out, _ = layer(x.detach(), mask)
-    torch.testing.assert_close(out, ref_out)
-
-
-def test_bf16_autocast_on_cpu_is_close_to_fp32_and_keeps_fp32_parameter_grads():
-    layer, x, mask = make(CASES[0])
-    layer = layer.float()
-    x32 = x.detach().float().requires_grad_()
-    out32, _ = layer(x32, mask.float())
-    out32.sum().backward()
-    grad32 = layer.weight.grad.clone()
-    layer.weight.grad = None
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out16, _ = layer(x32, mask.float())
-    assert out16.dtype == torch.bfloat16
-    out16.float().sum().backward()
-    assert layer.weight.grad.dtype == torch.float32
-    torch.testing.assert_close(out16.float(), out32, rtol=0.05, atol=0.05)
-    torch.testing.assert_close(layer.weight.grad, grad32, rtol=0.05, atol=0.5)
-
-
-def test_vmap_gives_the_batched_values():
-    layer, x, mask = make(CASES[1])
-    x = x.detach()
-    fused, _ = layer(x, mask)
-
-    def one(sample, sample_mask):
-        return layer(sample.unsqueeze(0), sample_mask.unsqueeze(0))[0].squeeze(0)
-
-    mapped = torch.func.vmap(one)(x, mask)
-    torch.testing.assert_close(mapped, fused)
+def test_conv1d_inpainting_mode_is_the_2d_layer_on_one_row():
+    torch.manual_seed(0)
+    one = PartialConv1d(3, 4, 5, padding=2, multi_channel=True).double()
+    two = PartialConv2d(3, 4, (1, 5), padding=(0, 2), multi_channel=True).double()
+    two.weight.data, two.bias.data = one.weight.data[:, :, None], one.bias.data
+    x = torch.randn(2, 3, 13, dtype=torch.float64, requires_grad=True)
+    mask = (torch.rand(2, 3, 13) > 0.4).double()
+    out1, out2 = one(x, mask), two(x[:, :, None], mask[:, :, None])[:, :, 0]
+    torch.testing.assert_close(out1, out2)
+    g1 = torch.autograd.grad(out1.sum(), (x, one.weight))
+    g2 = torch.autograd.grad(out2.sum(), (x, two.weight))
+    torch.testing.assert_close(g1[0], g2[0])
+    torch.testing.assert_close(g1[1], g2[1][:, :, 0])

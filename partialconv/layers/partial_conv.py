@@ -255,6 +255,89 @@ class _BorderRescaledConv(torch.autograd.Function):
         return grad_x, grad_w, grad_bias, None, None
 
 
+class _MaskedConv(torch.autograd.Function):
+    """conv(x * m, W) * ratio + b * update, inpainting mode's output, with one autograd node.
+
+    As separate ops, the ratio multiply and the bias add are full-size passes forward, each with its own full-size
+    pass (and temporary) backward. Here forward scales the conv output in place and adds ``b * update`` in place;
+    backward makes one scaled copy of the gradient for the conv backward (input and weight gradients in one call),
+    masks the input gradient in place, and takes the bias gradient as a matrix product of the gradient with the
+    update mask (no full-size temporary). ``ratio``/``update`` have shape (B or 1, groups, 1, *out_spatial) in the
+    conv's dtype; the mask is not differentiated.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,
+        mask: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        ratio: Tensor,
+        update: Tensor,
+        params: tuple,
+    ) -> Tensor:
+        stride, padding, dilation, groups = params
+        nd = weight.dim() - 2
+        # The product in the input's dtype, then the cast autocast would apply to the conv's input.
+        xm = (x * mask).to(weight.dtype)
+        raw = torch.convolution(xm, weight, None, stride, padding, dilation, False, [0] * nd, groups)
+        grouped = raw.view(raw.shape[0], ratio.shape[1], -1, *raw.shape[2:])
+        bias_view = bias.view(1, ratio.shape[1], -1, *([1] * nd)) if bias is not None else None
+        # Without hole windows (most layers past the first), update is all ones: out = b + raw * ratio in one pass,
+        # written over raw. Checked on CPU only, where reading the flag costs no device sync, and never while
+        # compiling (the compiler fuses the two ops below anyway, and a data-dependent branch would break the graph).
+        ctx.no_holes = (
+            bias is not None and raw.device.type == "cpu" and not torch.compiler.is_compiling() and bool(update.all())
+        )
+        if ctx.no_holes:
+            torch.addcmul(bias_view, grouped, ratio, out=grouped)
+        else:
+            grouped.mul_(ratio)
+            if bias is not None:
+                grouped.addcmul_(bias_view, update)
+        # x itself too (a reference, no copy): a double backward must differentiate the product again (see below).
+        ctx.save_for_backward(x, xm, mask, weight, ratio, update)
+        ctx.params, ctx.has_bias, ctx.x_dtype = params, bias is not None, x.dtype
+        return raw
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, xm, mask, weight, ratio, update = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph: the saved product is a constant to autograd, so the weight gradient would lose its
+            # dependence on x; recompute it as a tracked op.
+            xm = (x * mask).to(weight.dtype)
+        stride, padding, dilation, groups = ctx.params
+        nd = weight.dim() - 2
+        need_x, _, need_w, need_b = ctx.needs_input_grad[:4]
+        g = ratio.shape[1]
+        grouped = grad.reshape(grad.shape[0], g, -1, *grad.shape[2:])
+        grad_x = grad_w = grad_bias = None
+        if need_x or need_w:
+            scaled = (grouped * ratio).reshape(grad.shape)
+            grad_xm, grad_w, _ = torch.ops.aten.convolution_backward(
+                scaled, xm, weight, None, stride, padding, dilation, False, [0] * nd, groups, [need_x, need_w, False]
+            )
+            if need_x:
+                grad_xm = grad_xm.to(ctx.x_dtype)
+                # In place on the fresh conv gradient unless a double backward differentiates through it.
+                grad_x = grad_xm.mul_(mask) if not torch.is_grad_enabled() else grad_xm * mask
+        if need_b and ctx.no_holes:
+            grad_bias = grad.sum([0, *range(2, grad.dim())])
+        elif need_b and grad.dtype in (torch.float16, torch.bfloat16):
+            # sum over batch and positions of grad * update with fp32 accumulation, as autograd's sum does; a
+            # half-precision matmul may reduce in half precision (allow_fp16_reduced_precision_reduction)
+            dims = [0, *range(3, grouped.dim())]
+            grad_bias = (grouped * update).sum(dims, dtype=torch.float32).reshape(-1).to(grad.dtype)
+        elif need_b:
+            # sum over batch and positions of grad * update: a batched matrix-vector product, no full-size product.
+            flat = grouped.reshape(grad.shape[0], g, grouped.shape[2], -1)
+            upd = update.reshape(update.shape[0], g, -1, 1).to(flat.dtype)
+            grad_bias = torch.matmul(flat, upd).sum(0).reshape(-1)
+        return grad_x, None, grad_w, grad_bias, None, None, None
+
+
 def _autocast_available(device_type: str) -> bool:
     # Devices without autocast (meta, used for shape probes) must not reach the autocast queries, which raise.
     return device_type in ("cpu", "cuda", "xpu", "mps", "hpu", "xla")
@@ -417,12 +500,37 @@ class _PartialConvMixin:
             ratio = torch.where(valid, window / count.clamp_min(1.0), torch.zeros_like(count))
             update = valid.float()
 
+        ratio_b = ratio.unsqueeze(2)
+        update_b = update.unsqueeze(2)
+        autocast_dtype = _autocast_dtype(input)
+        conv_dtype = autocast_dtype or input.dtype
+        pads = self._pads()
+        symmetric = all(lo == hi for lo, hi in pads)
+        if not _transforms_active() and symmetric and window <= torch.finfo(conv_dtype).max:
+            # One autograd node (see _MaskedConv). torch.func transforms and forward AD, asymmetric 'same' padding
+            # (even kernels; aten's convolution takes one pad per dim) and window sizes beyond the conv dtype's
+            # range take the plain ops below.
+            weight, bias = self.weight, self.bias
+            if autocast_dtype is not None:
+                weight = weight.to(autocast_dtype)
+                bias = bias.to(autocast_dtype) if bias is not None else None
+            params = (tuple(self.stride), tuple(lo for lo, _ in pads), tuple(self.dilation), self.groups)
+            with _autocast_off(input.device.type):
+                out = _MaskedConv.apply(
+                    input,
+                    mask.to(input.dtype),
+                    weight,
+                    bias,
+                    ratio_b.to(conv_dtype),
+                    update_b.to(conv_dtype),
+                    params,
+                )
+            return out, self._update_mask(out, mask_in, update_b, groups)
+
         raw = self._conv_forward(input * mask.to(input.dtype), self.weight, None)
         b, c_out = raw.shape[0], raw.shape[1]
         out_spatial = raw.shape[2:]
         grouped = raw.view(b, groups, c_out // groups, *out_spatial)
-        ratio_b = ratio.unsqueeze(2)
-        update_b = update.unsqueeze(2)
         if window > torch.finfo(raw.dtype).max:
             out = (grouped.to(exact) * ratio_b).to(raw.dtype)
         else:
@@ -436,7 +544,11 @@ class _PartialConvMixin:
             else:
                 out = out.addcmul(bias, update_b.to(raw.dtype))
         out = out.view_as(raw)
+        return out, self._update_mask(out, mask_in, update_b, groups)
 
+    def _update_mask(self, out: Tensor, mask_in: Tensor, update_b: Tensor, groups: int) -> Tensor:
+        """The returned update mask from the (B or 1, groups, 1, *out_spatial) update, shaped as the docs say."""
+        c_out, out_spatial = out.shape[1], out.shape[2:]
         mask_dtype = mask_in.dtype if mask_in.is_floating_point() else out.dtype
         update_b = update_b.to(mask_dtype)
         if not self.multi_channel:
@@ -449,7 +561,7 @@ class _PartialConvMixin:
             )
         if update_mask.shape[0] != out.shape[0]:
             update_mask = update_mask.expand(out.shape[0], *update_mask.shape[1:])
-        return out, update_mask
+        return update_mask
 
 
 class PartialConv2d(_PartialConvMixin, nn.Conv2d):
