@@ -3,22 +3,13 @@ for every layer option, one graph node, and the paths it must leave to plain ops
 
 import pytest
 import torch
+from test_layer_compat import _random_layer
 from test_layers import case_of, check_against_reference, reference_partial_conv
 from torch.func import functional_call, grad, vmap
 
 from partialconv import PartialConv2d, PartialConv3d
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _layer(cls=PartialConv2d, *args, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    layer = cls(*args, **kwargs).double()
-    with torch.no_grad():
-        layer.weight.normal_()
-        if layer.bias is not None:
-            layer.bias.normal_()
-    return layer
 
 
 def _reference(layer, x, mask, weight=None, bias=None):
@@ -56,7 +47,7 @@ def test_fused_path_matches_float64_reference(case):
 
 def test_one_graph_node_between_output_and_leaves():
     """No intermediate autograd nodes (mask product, ratio multiply, bias add) with their own saved tensors."""
-    layer = _layer(PartialConv2d, 3, 4, 3, padding=1, multi_channel=True)
+    layer = _random_layer(PartialConv2d, 3, 4, 3, padding=1, multi_channel=True)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     out = layer(x, (torch.rand(2, 3, 8, 8) > 0.3).double())
     leaves = [fn for fn, _ in out.grad_fn.next_functions if fn is not None]
@@ -65,7 +56,7 @@ def test_one_graph_node_between_output_and_leaves():
 
 
 def test_gradcheck_and_double_backward_in_inpainting_mode():
-    layer = _layer(PartialConv2d, 2, 3, 3, stride=2, padding=1, multi_channel=True)
+    layer = _random_layer(PartialConv2d, 2, 3, 3, stride=2, padding=1, multi_channel=True)
     x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     mask = (torch.rand(1, 2, 5, 6, generator=torch.Generator().manual_seed(1)) > 0.4).double()
     w = layer.weight.detach().clone().requires_grad_()
@@ -82,7 +73,7 @@ def test_gradcheck_and_double_backward_in_inpainting_mode():
 def test_input_without_grad_channels_last_and_broadcast_upstream_gradient():
     """A first layer (input needs no gradient), channels_last tensors and an expanded (stride-0) upstream
     gradient from .sum().backward(); the upstream gradient another consumer sees is left intact."""
-    layer = _layer(PartialConv2d, 4, 6, 3, padding=1, multi_channel=True, groups=2)
+    layer = _random_layer(PartialConv2d, 4, 6, 3, padding=1, multi_channel=True, groups=2)
     x = torch.randn(2, 4, 7, 9, dtype=torch.float64).to(memory_format=torch.channels_last)
     mask = (torch.rand(2, 4, 7, 9) > 0.3).double().to(memory_format=torch.channels_last)
     out = layer(x, mask)
@@ -139,7 +130,7 @@ def test_cpu_bf16_autocast_output_and_grads(multi_channel):
 
 def test_vmap_takes_the_plain_path_with_the_same_values():
     """Under vmap the layer uses plain ops (the Function has no batching rule); values equal the fused path's."""
-    layer = _layer(PartialConv3d, 2, 3, 3, padding=1, multi_channel=True)
+    layer = _random_layer(PartialConv3d, 2, 3, 3, padding=1, multi_channel=True)
     x = torch.randn(3, 2, 4, 5, 5, dtype=torch.float64)
     mask = (torch.rand(3, 2, 4, 5, 5) > 0.4).double()
     params = {name: p.detach() for name, p in layer.named_parameters()}
@@ -155,7 +146,7 @@ def test_vmap_takes_the_plain_path_with_the_same_values():
 
 
 def test_unbatched_input_and_mask():
-    layer = _layer(PartialConv2d, 3, 4, 3, padding=1, return_mask=True)
+    layer = _random_layer(PartialConv2d, 3, 4, 3, padding=1, return_mask=True)
     x = torch.randn(3, 7, 7, dtype=torch.float64, requires_grad=True)
     mask = (torch.rand(1, 7, 7) > 0.4).double()
     out, upd = layer(x, mask)
