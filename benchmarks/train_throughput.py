@@ -402,10 +402,31 @@ class LoaderConfig:
     stream: BatchStream = field(repr=False)
     rates: list[float] = field(default_factory=list)
     pipeline: str = ""  # the backend name, or "torchvision" for the reference
+    # CPU seconds spent in the timed windows by the main process and by this loader's workers, and images timed
+    cpu_main: float = 0.0
+    cpu_workers: Optional[float] = 0.0  # None where the workers' times cannot be read (no /proc)
+    images: int = 0
 
     @property
     def label(self) -> str:
         return f"{self.pipeline} -j {self.workers}" + ("" if self.malloc == "default" else f" {self.malloc}")
+
+
+def _process_cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU seconds of a live process, from /proc (Linux); None elsewhere or once it has exited."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def _workers_cpu_seconds(stream: BatchStream) -> Optional[float]:
+    """CPU seconds of the worker processes of ``stream``'s live DataLoader iterator; None if they cannot be read
+    (no /proc, or a loader, like the gpu backend's, whose iterator is not torch's multi-process one)."""
+    times = [_process_cpu_seconds(w.pid) for w in getattr(stream.it, "_workers", [])]
+    return sum(times) if times and None not in times else None
 
 
 def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -> list[dict]:
@@ -413,7 +434,9 @@ def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -
 
     The allocator setting is applied in each worker process by its ``worker_init_fn``. Each window first drains
     the batches a loader prefetched while it was idle (``2 * workers + 1``, untimed), so only steady-state
-    production is timed.
+    production is timed. Next to img/s, each config's CPU time per image in the timed windows is split into the
+    main process (collate handover, normalisation on a CPU device) and its workers: on a machine with as many
+    cores as workers, their sum bounds the throughput.
     """
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     configs = []
@@ -434,11 +457,19 @@ def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -
             for _ in range(2 * cfg.workers + 1):
                 cfg.stream.next()
             synchronize(device)
+            workers_before, main_before = _workers_cpu_seconds(cfg.stream), time.process_time()
             start = time.perf_counter()
             for _ in range(args.steps):
                 cfg.stream.next()
             synchronize(device)
             cfg.rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
+            workers_after = _workers_cpu_seconds(cfg.stream)
+            cfg.cpu_main += time.process_time() - main_before
+            if cfg.cpu_workers is not None and workers_before is not None and workers_after is not None:
+                cfg.cpu_workers += workers_after - workers_before
+            else:
+                cfg.cpu_workers = None
+            cfg.images += args.steps * args.batch_size
         rates = ", ".join(f"{c.label} {c.rates[-1]:.1f}" for c in configs)
         print(f"window {window + 1}/{args.windows}: img/s {rates}", flush=True)
     reference = {c.workers: c for c in configs if c.pipeline == "torchvision"}
@@ -457,6 +488,9 @@ def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -
                 # median over windows of this config's img/s / the reference's in the same window
                 "vs_torchvision": statistics.median(ratios) if ratios else None,
                 "vs_torchvision_range": [min(ratios), max(ratios)] if ratios else None,
+                # CPU milliseconds per image in the timed windows (process CPU clocks tick at 10 ms: use long runs)
+                "cpu_ms_per_image_main": 1000 * c.cpu_main / c.images,
+                "cpu_ms_per_image_workers": None if c.cpu_workers is None else 1000 * c.cpu_workers / c.images,
             }  # fmt: skip
         )
     return rows
@@ -525,8 +559,9 @@ def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader
             )
     if loader_rows:
         lines += [
-            "| pipeline | workers | allocator | img/s (median) | min-max | vs torchvision (median, range) |",
-            "|---|---|---|---|---|---|",
+            "| pipeline | workers | allocator | img/s (median) | min-max | vs torchvision (median, range) "
+            "| CPU ms/img: main + workers |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in loader_rows:
             env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "default"
@@ -535,9 +570,11 @@ def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader
                 if r["vs_torchvision"] is not None
                 else ""
             )
+            main_ms, workers_ms = r["cpu_ms_per_image_main"], r["cpu_ms_per_image_workers"]
+            cpu = f"{main_ms:.2f} + n/a" if workers_ms is None else f"{main_ms:.2f} + {workers_ms:.2f}"
             lines.append(
                 f"| {r['pipeline']} | {r['workers']} | {env} | {r['img_per_s']:.1f} | "
-                f"{min(r['rates']):.1f}-{max(r['rates']):.1f} | {ratio} |"
+                f"{min(r['rates']):.1f}-{max(r['rates']):.1f} | {ratio} | {cpu} |"
             )
     for key, value in extra.items():
         lines.append(f"- {key}: {value}")

@@ -4,7 +4,9 @@ folder generator."""
 from __future__ import annotations
 
 import json
+import os
 import platform
+import time
 
 import pytest
 import torch
@@ -80,6 +82,34 @@ def test_loader_only_interleaves_worker_allocator_settings(jpegs, tmp_path) -> N
     assert rows == [("pil", 1, "default"), ("pil", 1, "pillow"), ("torchvision", 1, "default")]
     assert all(len(r["rates"]) == 2 and r["img_per_s"] > 0 for r in payload["loader"])
     assert "PILLOW_BLOCKS_MAX=32" in next(tmp_path.glob("*_loader-only.md")).read_text()
+    assert all(r["cpu_ms_per_image_main"] >= 0 and r["cpu_ms_per_image_workers"] >= 0 for r in payload["loader"])
+
+
+class _BurnCPU(torch.utils.data.Dataset):
+    """Each item costs its worker about 0.15 s of CPU."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        end = time.process_time() + 0.15
+        while time.process_time() < end:
+            pass
+        return index
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="reads /proc")
+def test_loader_cpu_accounting_reads_the_workers_not_the_main_process() -> None:
+    loader = torch.utils.data.DataLoader(
+        _BurnCPU(), batch_size=1, num_workers=1, prefetch_factor=1, persistent_workers=True
+    )
+    stream = tt.BatchStream(loader, torch.device("cpu"), torch.contiguous_format)
+    before, main_before = tt._workers_cpu_seconds(stream), time.process_time()
+    assert list(stream.it) == [torch.tensor([i]) for i in range(4)]
+    worker_seconds = tt._workers_cpu_seconds(stream) - before
+    assert 0.45 <= worker_seconds <= 1.5, worker_seconds  # 4 items x 0.15 s, less what ran before `before`
+    assert time.process_time() - main_before < 0.3  # the main process only waited
+    assert tt._workers_cpu_seconds(tt.BatchStream([1, 2], torch.device("cpu"), torch.contiguous_format)) is None
 
 
 class _BlocksMax(torch.utils.data.Dataset):
