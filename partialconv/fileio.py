@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Union
 
-__all__ = ["WriteError", "append_line", "atomic_write", "write_text_atomic", "write_bytes_atomic"]
+__all__ = ["WriteError", "append_line", "append_record", "atomic_write", "write_text_atomic", "write_bytes_atomic"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -77,11 +77,20 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
 
 
 def append_line(path: PathLike, line: str) -> None:
-    """Append ``line`` (newline added) with one ``write`` on an ``O_APPEND`` descriptor, whole or not at all: a
-    short write (the disk filled up mid-line) is truncated away and raised as :class:`WriteError`, so readers never
-    see half a record."""
-    data = (line.rstrip("\n") + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+    """Append ``line`` (newline added) whole or not at all (:func:`append_record`)."""
+    append_record(path, (line.rstrip("\n") + "\n").encode(), "a line", "the lines before it are kept")
+
+
+def append_record(
+    path: PathLike, data: bytes, what: str = "a record", kept: str = "the records before it are kept"
+) -> None:
+    """Append ``data`` with one ``write`` on an ``O_APPEND`` descriptor, whole or not at all: a short write (the
+    disk filled up mid-record) is truncated away and raised as :class:`WriteError` ("``path``: cannot append
+    ``what``: <reason> (``kept``)"), so readers never see half a record."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+    except OSError as e:  # e.g. no inode left for a new file
+        raise WriteError(f"{path}: cannot append {what}: {_reason(e)} ({kept})") from e
     try:
         size = os.fstat(fd).st_size
         try:
@@ -91,7 +100,7 @@ def append_line(path: PathLike, line: str) -> None:
         if written != len(data):
             reason = reason or f"no space left on device (wrote {written} of {len(data)} bytes)"
             os.ftruncate(fd, size)  # take the torn part back
-            raise WriteError(f"{path}: cannot append a line: {reason} (the lines before it are kept)")
+            raise WriteError(f"{path}: cannot append {what}: {reason} ({kept})")
     finally:
         os.close(fd)
 

@@ -128,7 +128,13 @@ def test_train_resume_round_trip_is_exact(runs):
     assert [r["iteration"] for r in lines] == [2, 4] and all(0 < r["val_ssim"] <= 1 for r in lines)
     log = (runs / "split" / "log.txt").read_text()
     assert "resumed from" in log and "iter 3/4 valid" in log
-    assert list((runs / "split" / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(runs / "split" / "tb"))
+    events.Reload()  # both processes' event files: the first run's iteration 2, the resumed run's 4
+    assert [e.step for e in events.Scalars("val/ssim")] == [2, 4]
+    image = events.Images("val/input_mask_output_composite_gt")[-1]
+    assert image.step == 4 and image.width > image.height >= 32  # a grid of 32 px crops
     config = yaml.safe_load((runs / "split" / "config.yaml").read_text())
     assert (config["iters"], config["image_size"], config["layer_size"], config["resume"]) == (4, 32, 3, "auto")
 

@@ -142,6 +142,77 @@ def test_metrics_line_on_full_disk_fails_loudly_and_resume_records_it(data, stra
     assert untimed(metrics(out)) == untimed(metrics(straight))
 
 
+def tensorboard_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the event files under ``tb_dir`` (TensorBoard's reader, which also checks the records' CRCs)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tb_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_event_on_full_disk_is_one_line_and_earlier_events_stay(data, tmp_path, monkeypatch, capsys):
+    """os.write of epoch 2's TensorBoard event returns a short count: one error line naming the event file, and the
+    file keeps whole records only (TensorBoard reads epoch 1's scalars)."""
+    real_write = os.write
+    events = []
+
+    def short_write(fd, b):
+        if "tfevents" in os.readlink(f"/proc/self/fd/{fd}"):
+            events.append(len(b))
+            if len(events) == 3:  # the file's header record, epoch 1's scalars, epoch 2's scalars
+                return real_write(fd, b[: len(b) // 2])
+        return real_write(fd, b)
+
+    out = tmp_path / "run"
+    flags = [f for f in args(data, out, "--epochs", "2") if f != "--no-tensorboard"]
+    monkeypatch.setattr(os, "write", short_write)
+    assert train.cli(flags) == 1
+    monkeypatch.setattr(os, "write", real_write)
+    lines = error_lines(capsys.readouterr().err)
+    (event_file,) = (out / "tb").iterdir()
+    assert len(lines) == 1 and str(event_file) in lines[0] and "no space left" in lines[0], lines
+    scalars = tensorboard_scalars(out / "tb")
+    assert scalars["val_acc1"] == [(1, pytest.approx(metrics(out)[0]["val_acc1"]))]
+    assert [m["epoch"] for m in metrics(out)] == [1, 2] and read_checkpoint(out / "checkpoint.pth.tar")["epoch"] == 2
+
+
+def test_real_full_tmpfs_under_tensorboard(data, straight, tmp_path):
+    """tb/ on its own real 16 KiB tmpfs, filled before the run: one error line naming the event file (TensorBoard's
+    own writer printed its background thread's traceback and a bare OSError), epoch 1's checkpoint and metrics line
+    kept; with space again, --resume auto finishes the run as a straight one."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) to mount a tmpfs")
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"], check=False)
+    if probe.returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    out = tmp_path / "run"
+    (out / "tb").mkdir(parents=True)
+    cmd = " ".join(f for f in args(data, out, "--epochs", "2") if f != "--no-tensorboard")
+    py = sys.executable
+    script = f"""
+        mount -t tmpfs -o size=16k tmpfs {out / "tb"} || exit 99
+        {py} -c '{FILL}' {out / "tb"}/filler 0
+        {py} train.py {cmd} >/dev/null 2>{tmp_path}/full.err; echo $? > {tmp_path}/full.rc
+        cp {out}/metrics.jsonl {tmp_path}/metrics_after_full.jsonl
+        rm {out / "tb"}/filler
+        {py} train.py {cmd} --resume auto >/dev/null 2>{tmp_path}/again.err; echo $? > {tmp_path}/again.rc
+        cp -r {out / "tb"} {tmp_path}/tb_kept
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done
+    full_err = (tmp_path / "full.err").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() == "1", full_err
+    lines = error_lines(full_err)
+    assert len(lines) == 1 and "/tb/events.out.tfevents." in lines[0] and "no space left" in lines[0], lines
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics_after_full.jsonl").read_text().splitlines()] == [1]
+    assert read_checkpoint(out / "checkpoint.pth.tar")["epoch"] == 2
+    assert (tmp_path / "again.rc").read_text().strip() == "0", (tmp_path / "again.err").read_text()
+    assert untimed(metrics(out)) == untimed(metrics(straight))
+    assert [step for step, _ in tensorboard_scalars(tmp_path / "tb_kept")["val_acc1"]] == [2]
+
+
 FILL = """
 import os, sys
 path, keep = sys.argv[1], int(sys.argv[2])

@@ -5,15 +5,74 @@ Only rank 0 writes; every method is a no-op elsewhere, so callers need no rank c
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from partialconv.fileio import append_line, write_text_atomic
+from partialconv.fileio import append_line, append_record, write_text_atomic
 
-__all__ = ["RunLogger", "Progress"]
+__all__ = ["EventFile", "RunLogger", "Progress"]
+
+
+class EventFile:
+    """A TensorBoard event file written in the caller's thread, one whole record per event.
+
+    TensorBoard's own ``SummaryWriter`` writes from a background thread: a full disk there prints that thread's
+    traceback and surfaces later as a bare ``OSError`` with no file name, and events still queued are lost when the
+    process is stopped. Here the summaries are TensorBoard's and torch's (``torch.utils.tensorboard.summary``), the
+    framing is TensorBoard's ``RecordWriter``, and each event is appended by :func:`~partialconv.fileio.append_record`:
+    whole or not at all, a failure is one :class:`~partialconv.fileio.WriteError` line naming the file.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event  # slow imports; only when TensorBoard is asked for
+
+        directory.mkdir(parents=True, exist_ok=True)
+        # TensorBoard's file naming (it reads every file with "tfevents" in its name, in name order)
+        self.path = directory / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.0"
+        self._append(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from torch.utils.tensorboard.summary import scalar
+
+        self._add(scalar(tag, float(value)), step)
+
+    def add_scalars(self, values: dict[str, float], step: int) -> None:
+        """Several scalars at one step, in one event (one write)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from torch.utils.tensorboard.summary import scalar
+
+        if values:
+            self._add(Summary(value=[v for tag, x in values.items() for v in scalar(tag, float(x)).value]), step)
+
+    def add_image(self, tag: str, image: Any, step: int, dataformats: str = "CHW") -> None:
+        """``image``: a float tensor/array in [0, 1] (or uint8) laid out as ``dataformats``, as ``SummaryWriter``."""
+        from torch.utils.tensorboard.summary import image as image_summary
+
+        self._add(image_summary(tag, image, dataformats=dataformats), step)
+
+    def flush(self) -> None:
+        """Nothing to do: every event is on disk when its ``add_*`` returns (kept for ``SummaryWriter`` callers)."""
+
+    def close(self) -> None:
+        """As :meth:`flush`."""
+
+    def _add(self, summary: Any, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self._append(Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def _append(self, event: Any) -> None:
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        framed = io.BytesIO()
+        RecordWriter(framed).write(event.SerializeToString())
+        append_record(self.path, framed.getvalue(), "a TensorBoard event", "the events before it are kept")
 
 
 class RunLogger:
@@ -37,11 +96,9 @@ class RunLogger:
 
     @property
     def tb(self) -> Optional[Any]:
-        """The TensorBoard ``SummaryWriter`` (made, with ``tb/``, on first use); None when not writing one."""
+        """The TensorBoard :class:`EventFile` (made, with ``tb/``, on first use); None when not writing one."""
         if self.enabled and self.tensorboard and self.run_dir is not None and self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter  # slow import; only when asked for
-
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            self._tb = EventFile(self.run_dir / "tb")
         return self._tb
 
     def info(self, msg: str) -> None:
@@ -93,10 +150,9 @@ class RunLogger:
         """An epoch's ``metrics.jsonl`` line, and its numbers as TensorBoard scalars at that epoch."""
         self.metrics(record)
         if self.tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("epoch", "epochs", "seed", "time"):
-                    self._tb.add_scalar(key, value, record["epoch"])
-            self._tb.flush()
+            skip = ("epoch", "epochs", "seed", "time")
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in skip}
+            self.tb.add_scalars(numbers, record["epoch"])
 
     def close(self) -> None:
         if self._tb is not None:
