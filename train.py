@@ -45,7 +45,13 @@ from partialconv.engine.distributed import barrier, cleanup, init_distributed
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
 from partialconv.engine.runlog import RunLogger
-from partialconv.engine.setup import check_input_size, configure_backends, prepare_model, seed_everything
+from partialconv.engine.setup import (
+    check_input_size,
+    configure_backends,
+    override_batchnorm,
+    prepare_model,
+    seed_everything,
+)
 from partialconv.engine.trainer import (
     AMP_DTYPES,
     NonFiniteLossError,
@@ -86,6 +92,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg.arch, pretrained=cfg.pretrained, task="classification", padding=cfg.padding, num_classes=cfg.num_classes
     )
     log = RunLogger(None if cfg.evaluate else run_dir, dist.is_main, cfg.tensorboard and not cfg.evaluate)
+    bn_flags = [f for f, v in (("--bn-momentum", cfg.bn_momentum), ("--bn-eps", cfg.bn_eps)) if v is not None]
+    if override_batchnorm(model, cfg.bn_momentum, cfg.bn_eps) == 0 and bn_flags:
+        log.warn(f"{' and '.join(bn_flags)}: {cfg.arch} has no BatchNorm layer; ignored")
     if cfg.evaluate:
         return evaluate_only(cfg, model, loaders, dist, run_dir, log)
     ckpt, ckpt_path = find_resume_checkpoint(cfg.resume, run_dir, log.warn)

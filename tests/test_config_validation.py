@@ -54,6 +54,8 @@ def one_error_line(capsys) -> str:
         ("workers: true", "key 'workers': expected an integer; got True"),
         ("channels_last: 1", "key 'channels_last': expected true or false; got 1"),
         ("overwrite: true", "key 'overwrite': a command-line flag only (--overwrite)"),
+        ("bn_momentum: 0", "key 'bn_momentum': must be in (0, 1] (or unset: the model's own); got 0"),
+        ("bn-eps: -1e-5", "key 'bn-eps': must be > 0 (or unset: the model's own); got -1e-05"),
     ],
 )
 def test_bad_yaml_value_is_one_line_naming_file_and_key(data, tmp_path, capsys, yaml_text, message):
@@ -95,6 +97,8 @@ def test_checkpoint_config_gets_the_same_checks():
     with pytest.raises(ValueError, match=r"^ckpt.pth: config: key 'batch_size': invalid int value: 'eight'$"):
         check_values({"batch_size": "eight"}, where="ckpt.pth: config")
     assert check_values({"batch_size": 8, "start_epoch": None}) == {"batch_size": 8, "start_epoch": None}
+    with pytest.raises(ValueError, match=r"^ckpt.pth: config: key 'bn_momentum': must be in \(0, 1\]"):
+        check_values({"bn_momentum": 2.0}, where="ckpt.pth: config")
 
 
 @pytest.mark.parametrize(
@@ -109,6 +113,8 @@ def test_checkpoint_config_gets_the_same_checks():
         (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N; got tpu"),
         (["--device", "cuda"], "--device cuda: CUDA is not available here"),
         (["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1]; got 1.5"),
+        (["--bn-momentum", "1.5"], "--bn-momentum must be in (0, 1] (or unset: the model's own); got 1.5"),
+        (["--bn-eps", "0"], "--bn-eps must be > 0 (or unset: the model's own); got 0"),
     ],
 )
 def test_bad_flag_value_is_one_line(data, tmp_path, capsys, monkeypatch, flags, message):

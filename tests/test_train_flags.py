@@ -191,3 +191,36 @@ def test_save_every_snapshots_hold_that_epochs_weights(data, tmp_path):
     for k, v in weights(out).items():
         assert torch.equal(snap2["state_dict"][k], v), k
     assert not torch.equal(snap1["state_dict"]["fc.weight"], snap2["state_dict"]["fc.weight"])
+
+
+def test_bn_momentum_and_eps_reach_every_batchnorm(data, tmp_path, capsys):
+    """--bn-momentum/--bn-eps set every BatchNorm of the built model (torchvision's and timm's BatchNormAct2d
+    included); in train.py they change the running statistics, not the trained weights; a resumed run must keep
+    them; a model without BatchNorm says the flags are ignored."""
+    from partialconv.engine.setup import override_batchnorm
+
+    for arch in ("mobilenet_v3_small", "timm/test_efficientnet"):
+        if arch.startswith("timm/"):
+            pytest.importorskip("timm")
+        model = create_model(arch, num_classes=10)
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if arch == "mobilenet_v3_small":
+            assert {m.momentum for m in norms} == {0.01}  # torchvision's, for long ImageNet runs
+        assert override_batchnorm(model, 0.2, 1e-4) == len(norms) > 0
+        assert {(m.momentum, m.eps) for m in norms} == {(0.2, 1e-4)}
+    runs = {}
+    for name, extra in (("default", []), ("m1", ["--bn-momentum", "1.0"])):
+        out = tmp_path / name
+        assert train.cli(argv(data, out, "-a", "simple_cnn_bn", "--epochs", "1", *extra)) == 0
+        runs[name] = read_checkpoint(out / "checkpoint.pth.tar")["state_dict"]
+    default, m1 = runs["default"], runs["m1"]
+    stats = [k for k in default if k.endswith("running_mean")]
+    assert stats and all(not torch.equal(default[k], m1[k]) for k in stats)
+    weights = [k for k in default if k.endswith("weight")]
+    assert all(torch.equal(default[k], m1[k]) for k in weights)  # train-mode BatchNorm uses the batch statistics
+    capsys.readouterr()
+    resumed = argv(data, tmp_path / "m1", "-a", "simple_cnn_bn", "--epochs", "2", "--resume", "auto")
+    assert train.cli(resumed) == 2
+    assert "bn_momentum=1.0; this run has bn_momentum=None" in capsys.readouterr().err
+    assert train.cli(argv(data, tmp_path / "nobn", "--epochs", "1", "--bn-eps", "1e-3")) == 0
+    assert "warning: --bn-eps: simple_cnn has no BatchNorm layer; ignored" in capsys.readouterr().err

@@ -40,6 +40,18 @@ def configure_backends(cfg: argparse.Namespace, device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def override_batchnorm(model: nn.Module, momentum: Optional[float] = None, eps: Optional[float] = None) -> int:
+    """Set ``momentum`` and/or ``eps`` (None: leave as built) on every BatchNorm layer of ``model`` (torch's
+    1d/2d/3d and SyncBatchNorm, and subclasses such as timm's BatchNormAct2d); returns how many there are."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        if momentum is not None:
+            layer.momentum = momentum
+        if eps is not None:
+            layer.eps = eps
+    return len(layers)
+
+
 def prepare_model(model: nn.Module, cfg: argparse.Namespace, dist: DistInfo) -> tuple[nn.Module, nn.Module]:
     """Returns ``(model, train_model)``: the plain module (saved, evaluated, optimised) on the device, and what the
     training step calls (compiled and/or DDP-wrapped around the same parameters)."""
