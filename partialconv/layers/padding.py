@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
 import warnings
-from typing import Callable
+from collections.abc import Sequence
+from typing import Callable, Optional
 
-from torch import nn
+from torch import Tensor, nn
 
-from .partial_conv import PartialConv1d, PartialConv2d, PartialConv3d
+from .partial_conv import PartialConv1d, PartialConv2d, PartialConv3d, rescale_to_partial, resolve_pads
 
 __all__ = ["PADDINGS", "conv_factory", "convert_padding"]
 
@@ -40,8 +42,79 @@ def conv_factory(padding: str = "zero", dim: int = 2) -> Callable[..., nn.Module
     return functools.partial(conv, padding_mode=padding)
 
 
+# timm's conv subclasses whose forward was read to pad as (TF "same" padding computed from the input size, when
+# dynamic) + their static ``padding``, with zeros, then convolve: partial padding reaches them as a rescaling of their
+# output (_PartialPaddingHook). Their other differences (weight standardisation) are in the weight, which the
+# rescaling does not touch. Known by module and name, so timm is never imported here.
+_TIMM_DYNAMIC_SAME = ("Conv2dSame", "Conv2dSameExport")
+_TIMM_SAME_PAD_FLAG = ("StdConv2dSame", "ScaledStdConv2dSame")  # dynamic when their ``same_pad`` is True
+_TIMM_STATIC = ("StdConv2d", "ScaledStdConv2d")
+
+
+def _subclass_rule(module: nn.Module) -> Optional[bool]:
+    """For a timm conv subclass whose padding rule is known: whether it pads TF-"same" dynamically (else only its
+    static ``padding``); None for any other module."""
+    cls = type(module)
+    if not cls.__module__.startswith("timm.") or not isinstance(module, nn.Conv2d):
+        return None
+    if cls.__name__ in _TIMM_DYNAMIC_SAME:
+        return True
+    if cls.__name__ in _TIMM_SAME_PAD_FLAG:
+        return bool(getattr(module, "same_pad", False))
+    if cls.__name__ in _TIMM_STATIC:
+        return False
+    return None
+
+
+def _tf_same_pads(spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]):
+    """TensorFlow's "SAME" padding of an input of ``spatial`` size: total = max((ceil(n / s) - 1) * s + (k - 1) * d
+    + 1 - n, 0), the odd pixel after."""
+    pads = []
+    for n, k, s, d in zip(spatial, kernel, stride, dilation):
+        total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
+class _PartialPaddingHook:
+    """A forward hook turning a known conv subclass's zero-padded output into partial padding's (the module, its
+    parameters and state_dict keys stay as they are)."""
+
+    def __init__(self, dynamic_same: bool) -> None:
+        self.dynamic_same = dynamic_same
+
+    def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        nd = len(module.kernel_size)
+        spatial = tuple(args[0].shape[-nd:])
+        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
+        pads = resolve_pads(module.padding, kernel, dilation)
+        if self.dynamic_same:
+            pads = tuple(
+                (lo + a, hi + b) for (lo, hi), (a, b) in zip(pads, _tf_same_pads(spatial, kernel, stride, dilation))
+            )
+        if not any(lo or hi for lo, hi in pads):
+            return output
+        return rescale_to_partial(output, module.bias, spatial, kernel, stride, pads, dilation)
+
+
+def _partial_hooks(module: nn.Module) -> list[int]:
+    return [key for key, hook in module._forward_hooks.items() if isinstance(hook, _PartialPaddingHook)]
+
+
+def _set_subclass_padding(module: nn.Module, padding: str) -> bool:
+    """Partial (a hook) or zero (no hook) padding on a known timm conv subclass; False for other paddings, which
+    such a forward cannot take."""
+    for key in _partial_hooks(module):
+        del module._forward_hooks[key]
+    dynamic_same = bool(_subclass_rule(module))
+    may_pad = any(k > 1 for k in module.kernel_size) if dynamic_same else _is_padded(module)
+    if padding == "partial" and may_pad:
+        module.register_forward_hook(_PartialPaddingHook(dynamic_same))
+    return padding in ("zero", "partial") and may_pad
+
+
 def _padding_of(conv: nn.Module) -> str:
-    if isinstance(conv, _PARTIAL):
+    if isinstance(conv, _PARTIAL) or _partial_hooks(conv):
         return "partial"
     return {"zeros": "zero", "reflect": "reflect", "replicate": "replicate"}.get(conv.padding_mode, conv.padding_mode)
 
@@ -81,16 +154,24 @@ def convert_padding(model: nn.Module, padding: str) -> nn.Module:
     """Switch every padded 1D/2D/3D convolution of ``model`` (torchvision, timm, your own) to ``padding`` in place.
 
     Parameters are kept (the same Parameter objects, so optimizers built before stay valid); convs without padding
-    and convs already in the requested scheme are untouched. Conv subclasses with a forward of their own and explicit
-    zero-padding layers (``nn.ZeroPad2d``) are left as they are and named in one warning (for any padding but zero).
-    Returns ``model``; also works when ``model`` is a conv.
+    and convs already in the requested scheme are untouched. timm's TF-"same" and weight-standardised conv subclasses
+    (``Conv2dSame``, ``StdConv2d``, ``ScaledStdConv2d`` and their ``*Same`` variants) get partial padding as a
+    forward hook that rescales their output (their class, parameters and keys stay). Other conv subclasses with a
+    forward of their own, those timm convs for reflect/replicate, and explicit zero-padding layers (``nn.ZeroPad2d``)
+    are left as they are and named in one warning (for any padding but zero). Returns ``model``; also works when
+    ``model`` is a conv.
     """
     _check(padding)
     if _convertible(model) and _is_padded(model):
         return _converted(model, padding)
+    converted = [m for m in model.modules() if _subclass_rule(m) is not None and _set_subclass_padding(m, padding)]
     _convert_children(model, padding)
     if padding != "zero":
-        skipped = [f"{name or '(model)'} ({type(m).__name__})" for name, m in model.named_modules() if _left_padding(m)]
+        skipped = [
+            f"{name or '(model)'} ({type(m).__name__})"
+            for name, m in model.named_modules()
+            if _left_padding(m) and not _partial_hooks(m)
+        ]
         if skipped:
             shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
             warnings.warn(
@@ -98,7 +179,9 @@ def convert_padding(model: nn.Module, padding: str) -> nn.Module:
                 f"of their own, zero-padding layers): {shown}",
                 stacklevel=2,
             )
-        if not any((_convertible(m) and _is_padded(m)) or isinstance(m, _PARTIAL) for m in model.modules()):
+        if not converted and not any(
+            (_convertible(m) and _is_padded(m)) or isinstance(m, _PARTIAL) for m in model.modules()
+        ):
             # ViTs, Swin: patch embeddings without padding; a padding comparison of such a model compares nothing
             warnings.warn(f"convert_padding({padding!r}): the model has no padded convolution to convert", stacklevel=2)
     return model

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import forward_ad
 
-__all__ = ["PartialConv1d", "PartialConv2d", "PartialConv3d", "padding_ratio_1d"]
+__all__ = ["PartialConv1d", "PartialConv2d", "PartialConv3d", "padding_ratio_1d", "rescale_to_partial", "resolve_pads"]
 
 _CACHE_SIZE = 512
 
@@ -61,6 +61,45 @@ def padding_ratio_1d(
         counts.append(count)
         ratios.append(kernel / count if count else 0.0)
     return counts, ratios
+
+
+def resolve_pads(
+    padding: Union[str, Sequence[int]], kernel_size: Sequence[int], dilation: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
+    """(before, after) zero padding per spatial dimension of a conv's ``padding`` attribute, resolving 'same'
+    (the extra pixel of an even kernel after, as nn.ConvNd does) and 'valid'."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return tuple((0, 0) for _ in kernel_size)
+        pads = []
+        for k, d in zip(kernel_size, dilation):
+            total = d * (k - 1)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    return tuple((p, p) for p in padding)
+
+
+def rescale_to_partial(
+    output: Tensor,
+    bias: Optional[Tensor],
+    spatial: Sequence[int],
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+) -> Tensor:
+    """The output of a zero-padded conv (with ``bias`` added) turned into partial padding's: the bias-free part
+    scaled by kernel window / valid taps at each position, ``pads`` being the zero padding the conv applied to an
+    input of ``spatial`` size. For convs whose forward is not ours (timm's TF-"same" and weight-standardised
+    convs); :class:`PartialConv2d` itself rescales only its border rows and columns."""
+    nd = len(kernel_size)
+    geometry = (tuple(kernel_size), tuple(stride), tuple(tuple(p) for p in pads), tuple(dilation))
+    plan = _border_plan(tuple(spatial), geometry, output.device, output.dtype, dense=True)
+    # raw * r + b * u == out * r + b * (u - r), as in the dense path of PartialConv2d.
+    out = output * plan.dense_ratio
+    if bias is not None:
+        out = out + bias.to(out.dtype).view(-1, *([1] * nd)) * (plan.update_mask - plan.dense_ratio)
+    return out
 
 
 class _Plan(NamedTuple):
@@ -380,16 +419,7 @@ class _PartialConvMixin:
         self.return_mask = return_mask
 
     def _pads(self) -> tuple[tuple[int, int], ...]:
-        """(before, after) padding per spatial dimension, resolving 'same'/'valid' like nn.ConvNd does."""
-        if isinstance(self.padding, str):
-            if self.padding == "valid":
-                return tuple((0, 0) for _ in self.kernel_size)
-            pads = []
-            for k, d in zip(self.kernel_size, self.dilation):
-                total = d * (k - 1)
-                pads.append((total // 2, total - total // 2))
-            return tuple(pads)
-        return tuple((p, p) for p in self.padding)
+        return resolve_pads(self.padding, self.kernel_size, self.dilation)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor], groups: Optional[int] = None):
         return self._conv_fn(input, weight, bias, self.stride, self.padding, self.dilation, groups or self.groups)
