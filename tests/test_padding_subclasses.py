@@ -113,3 +113,48 @@ def test_other_conv_subclasses_are_still_named():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         convert_padding(nn.Sequential(StdConv2d(3, 4, 1, padding=0)), "zero")  # 1x1: nothing to do, nothing said
+
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")]),
+]
+
+
+def tf_style_block() -> nn.Module:
+    return nn.Sequential(
+        Conv2dSame(3, 8, 3, stride=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        StdConv2dSame(8, 8, 3, stride=1),
+        ScaledStdConv2d(8, 4, 3, stride=2),
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hooked_convs_under_channels_last_autocast_and_compile(device):
+    """The hook in the other execution modes: channels_last and autocast stay close to fp32, a compiled forward
+    and backward equal eager's (the GPU suite runs the cuda case)."""
+    torch.manual_seed(0)
+    model = convert_padding(tf_style_block(), "partial").to(device).eval()
+    x = torch.randn(2, 3, 17, 22, device=device)
+    with torch.no_grad():
+        reference = model(x)
+        cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(cl, reference, rtol=1e-4, atol=1e-4)
+        dtype = torch.float16 if device == "cuda" else torch.bfloat16
+        with torch.autocast(device, dtype=dtype):
+            low = model(x)
+        assert low.dtype == dtype and torch.isfinite(low).all()
+        torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.05)
+    model = model.to(memory_format=torch.contiguous_format).train()
+    compiled = torch.compile(model)
+    results = []
+    for forward in (model, compiled):  # train mode: BatchNorm uses the batch statistics in both
+        xi = x.clone().requires_grad_(True)
+        out = forward(xi)
+        results.append((out.detach(), torch.autograd.grad(out.square().sum(), xi)[0]))
+    (eager_out, eager_grad), (compiled_out, compiled_grad) = results
+    torch.testing.assert_close(compiled_out, eager_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-4)
