@@ -3,6 +3,7 @@
 import csv
 import importlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -304,3 +305,22 @@ def test_fresh_start_over_a_run_is_refused_unless_overwrite(runs, photos, vgg_fi
     assert (aside / "checkpoint.pth.tar").read_bytes() == before["checkpoint.pth.tar"]
     assert (aside / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
     assert [json.loads(s)["iteration"] for s in (out / "metrics.jsonl").read_text().splitlines()] == [2]
+
+
+def test_train_inpainting_tensorboard_event_on_full_disk_is_one_line(photos, vgg_file, tmp_path, monkeypatch, capsys):
+    """As train.py's (tests/test_run_safety.py): the second TensorBoard event's write comes back short."""
+    real_write, events = os.write, []
+
+    def short_write(fd, b):
+        if "tfevents" in os.readlink(f"/proc/self/fd/{fd}"):
+            events.append(len(b))
+            if len(events) == 3:  # the file's header, iteration 1's scalars, then this one
+                return real_write(fd, b[:10])
+        return real_write(fd, b)
+
+    argv = [a for a in _train_argv(photos, vgg_file, tmp_path / "run", 2) if a != "--no-tensorboard"]
+    monkeypatch.setattr(os, "write", short_write)
+    assert load_script("train_inpainting").cli(argv) == 2
+    monkeypatch.setattr(os, "write", real_write)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(err) == 1 and "/tb/events.out.tfevents." in err[0] and "no space left on device" in err[0], err
