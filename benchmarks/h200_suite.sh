@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite: part 0 runs the CUDA test set (`pytest -m cuda`, tests/test_cuda.py); parts 1-7 are the issue-5
-# GPU measurements, part 8 the modern families of issue 12 (one H200, bf16, channels_last, 224 px), each writing
+# GPU measurements, part 8 the modern families of issue 12, part 9 issue 14's data path at 1, 2 and 16 workers (one
+# H200, bf16, channels_last, 224 px), each writing
 # its own dated results under benchmarks/results/. Run all parts, or some: `bash benchmarks/h200_suite.sh 0 2 3`. A failing part 0 does not
 # stop the measurements; the script then exits with status 1 at the end. Each part is sized to
 # stay under 10 minutes on an H200 (an estimate: compilation included, not yet timed), so each can be one call of a
@@ -25,12 +26,14 @@ part() {
     7) $B --archs vgg16_bn pdvgg16_bn --compile ;;                                # compiled VGG
     8) $B --archs convnext_tiny pdconvnext_tiny efficientnet_b0 pdefficientnet_b0 \
           regnet_y_400mf pdregnet_y_400mf mobilenet_v3_large pdmobilenet_v3_large ;; # modern families, eager
-    *) echo "unknown part $1 (0-8)" >&2; exit 2 ;;
+    9) $B --data loader-only --data-backend pil_fast -j 1 2 "$J" -b 64 --steps 16 --windows 5 $G ;;  # issue 14:
+       # pil_fast vs the torchvision reference at 1, 2 and 16 workers, with CPU ms per image per process
+    *) echo "unknown part $1 (0-9)" >&2; exit 2 ;;
   esac
 }
 
 TESTS_FAILED=0
-for p in "${@:-0 1 2 3 4 5 6 7 8}"; do
+for p in "${@:-0 1 2 3 4 5 6 7 8 9}"; do
   for q in $p; do
     echo "== part $q"
     part "$q"

@@ -158,6 +158,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where results go")
     p.add_argument("--no-save", action="store_true", help="print the table only, write no files")
     args = p.parse_args(argv)
+    # a repeated value (the GPU suite's -j 1 2 $(nproc) on a 2-core machine) would measure one setting twice and pair
+    # each with the other's reference
+    args.workers = list(dict.fromkeys(args.workers))
     for arch in args.archs:
         if not is_model(arch, task="classification"):
             p.error(f"--archs: {unknown_model_message(arch, task='classification')}")

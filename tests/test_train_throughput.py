@@ -176,6 +176,11 @@ def test_find_max_batch_doubles_then_bisects(monkeypatch, limit: int, start: int
     assert len(tried) <= 16
 
 
+def test_repeated_worker_counts_are_measured_once() -> None:
+    """The GPU suite passes -j 1 2 $(nproc, at most 16): on a 2-core machine that repeats 2."""
+    assert tt.parse_args(["--data", "loader-only", "-j", "1", "2", "2"]).workers == [1, 2]
+
+
 def test_out_of_memory_errors_are_recognised() -> None:
     assert tt._is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert tt._is_oom(RuntimeError("CUDA error: out of memory"))
