@@ -177,15 +177,29 @@ def test_tensorboard_event_on_full_disk_is_one_line_and_earlier_events_stay(data
     assert [m["epoch"] for m in metrics(out)] == [1, 2] and read_checkpoint(out / "checkpoint.pth.tar")["epoch"] == 2
 
 
-def test_real_full_tmpfs_under_tensorboard(data, straight, tmp_path):
-    """tb/ on its own real 16 KiB tmpfs, filled before the run: one error line naming the event file (TensorBoard's
-    own writer printed its background thread's traceback and a bare OSError), epoch 1's checkpoint and metrics line
-    kept; with space again, --resume auto finishes the run as a straight one."""
+def run_in_mount_namespace(tmp_path: Path, script: str) -> None:
+    """Run ``script`` (sh) as root in a private mount namespace, where it may mount tmpfs file systems; skip the test
+    where that is not possible. The script must exit 0 (its train.py runs record their own exit codes)."""
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("needs root and unshare(1) to mount a tmpfs")
     probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"], check=False)
     if probe.returncode != 0:
         pytest.skip("mounting a tmpfs is not permitted here")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done
+
+
+def exit_code_and_error_lines(tmp_path: Path, name: str) -> tuple[str, list[str]]:
+    """The exit code a script's train.py run wrote to ``<name>.rc`` and the non-blank lines of its ``<name>.err``."""
+    err = (tmp_path / f"{name}.err").read_text()
+    return (tmp_path / f"{name}.rc").read_text().strip(), error_lines(err)
+
+
+def test_real_full_tmpfs_under_tensorboard(data, straight, tmp_path):
+    """tb/ on its own real 16 KiB tmpfs, filled before the run: one error line naming the event file (TensorBoard's
+    own writer printed its background thread's traceback and a bare OSError), epoch 1's checkpoint and metrics line
+    kept; with space again, --resume auto finishes the run as a straight one."""
     out = tmp_path / "run"
     (out / "tb").mkdir(parents=True)
     cmd = " ".join(f for f in args(data, out, "--epochs", "2") if f != "--no-tensorboard")
@@ -199,16 +213,14 @@ def test_real_full_tmpfs_under_tensorboard(data, straight, tmp_path):
         {py} train.py {cmd} --resume auto >/dev/null 2>{tmp_path}/again.err; echo $? > {tmp_path}/again.rc
         cp -r {out / "tb"} {tmp_path}/tb_kept
     """
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, env=env, timeout=600, check=False)
-    assert done.returncode == 0, done
-    full_err = (tmp_path / "full.err").read_text()
-    assert (tmp_path / "full.rc").read_text().strip() == "1", full_err
-    lines = error_lines(full_err)
-    assert len(lines) == 1 and "/tb/events.out.tfevents." in lines[0] and "no space left" in lines[0], lines
+    run_in_mount_namespace(tmp_path, script)
+    code, lines = exit_code_and_error_lines(tmp_path, "full")
+    assert code == "1" and len(lines) == 1, lines
+    assert "/tb/events.out.tfevents." in lines[0] and "no space left" in lines[0], lines
     assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics_after_full.jsonl").read_text().splitlines()] == [1]
     assert read_checkpoint(out / "checkpoint.pth.tar")["epoch"] == 2
-    assert (tmp_path / "again.rc").read_text().strip() == "0", (tmp_path / "again.err").read_text()
+    code, lines = exit_code_and_error_lines(tmp_path, "again")
+    assert code == "0", lines
     assert untimed(metrics(out)) == untimed(metrics(straight))
     assert [step for step, _ in tensorboard_scalars(tmp_path / "tb_kept")["val_acc1"]] == [2]
 
@@ -229,11 +241,6 @@ with open(path, "wb", buffering=0) as f:
 def test_real_full_tmpfs(data, straight, tmp_path):
     """A real 4 MiB tmpfs in a private mount namespace (needs root; skipped otherwise), filled to 16 KiB free after
     epoch 1: log and metrics lines still fit, epoch 2's checkpoint does not."""
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare(1) to mount a tmpfs")
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"], check=False)
-    if probe.returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
     mnt, keep = tmp_path / "mnt", tmp_path / "keep"
     mnt.mkdir()
     cmd = " ".join(args(data, mnt / "run", "--epochs", "2"))
@@ -248,16 +255,14 @@ def test_real_full_tmpfs(data, straight, tmp_path):
         {py} train.py {cmd} --resume auto >/dev/null 2>{tmp_path}/again.err; echo $? > {tmp_path}/again.rc
         cp -r {mnt}/run {keep}
     """
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, env=env, timeout=600, check=False)
-    assert done.returncode == 0, done
-    full_err = (tmp_path / "full.err").read_text()
-    assert (tmp_path / "full.rc").read_text().strip() == "1", full_err
-    lines = error_lines(full_err)
-    assert len(lines) == 1 and "checkpoint.pth.tar" in lines[0] and "no space left" in lines[0], lines
+    run_in_mount_namespace(tmp_path, script)
+    code, lines = exit_code_and_error_lines(tmp_path, "full")
+    assert code == "1" and len(lines) == 1, lines
+    assert "checkpoint.pth.tar" in lines[0] and "no space left" in lines[0], lines
     assert read_checkpoint(tmp_path / "after_full" / "checkpoint.pth.tar")["epoch"] == 1
     assert [m["epoch"] for m in metrics(tmp_path / "after_full")] == [1]
-    assert (tmp_path / "again.rc").read_text().strip() == "0", (tmp_path / "again.err").read_text()
+    code, lines = exit_code_and_error_lines(tmp_path, "again")
+    assert code == "0", lines
     ignore = {"epochs"}  # the first run planned one epoch
     assert [{k: v for k, v in r.items() if k not in ignore} for r in untimed(metrics(keep))] == [
         {k: v for k, v in r.items() if k not in ignore} for r in untimed(metrics(straight))

@@ -38,9 +38,7 @@ class EventFile:
         self._append(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
-        from torch.utils.tensorboard.summary import scalar
-
-        self._add(scalar(tag, float(value)), step)
+        self.add_scalars({tag: value}, step)
 
     def add_scalars(self, values: dict[str, float], step: int) -> None:
         """Several scalars at one step, in one event (one write)."""
@@ -56,11 +54,8 @@ class EventFile:
 
         self._add(image_summary(tag, image, dataformats=dataformats), step)
 
-    def flush(self) -> None:
-        """Nothing to do: every event is on disk when its ``add_*`` returns (kept for ``SummaryWriter`` callers)."""
-
     def close(self) -> None:
-        """As :meth:`flush`."""
+        """Nothing to do: every event is on disk when its ``add_*`` returns."""
 
     def _add(self, summary: Any, step: int) -> None:
         from tensorboard.compat.proto.event_pb2 import Event

@@ -101,12 +101,12 @@ def _partial_hooks(module: nn.Module) -> list[int]:
     return [key for key, hook in module._forward_hooks.items() if isinstance(hook, _PartialPaddingHook)]
 
 
-def _set_subclass_padding(module: nn.Module, padding: str) -> bool:
-    """Partial (a hook) or zero (no hook) padding on a known timm conv subclass; False for other paddings, which
-    such a forward cannot take."""
+def _set_subclass_padding(module: nn.Module, padding: str, dynamic_same: bool) -> bool:
+    """Partial (a hook) or zero (no hook) padding on a known timm conv subclass (``dynamic_same``: its
+    :func:`_subclass_rule`); False for other paddings, which such a forward cannot take, and for convs that never
+    pad."""
     for key in _partial_hooks(module):
         del module._forward_hooks[key]
-    dynamic_same = bool(_subclass_rule(module))
     may_pad = any(k > 1 for k in module.kernel_size) if dynamic_same else _is_padded(module)
     if padding == "partial" and may_pad:
         module.register_forward_hook(_PartialPaddingHook(dynamic_same))
@@ -164,7 +164,11 @@ def convert_padding(model: nn.Module, padding: str) -> nn.Module:
     _check(padding)
     if _convertible(model) and _is_padded(model):
         return _converted(model, padding)
-    converted = [m for m in model.modules() if _subclass_rule(m) is not None and _set_subclass_padding(m, padding)]
+    hooked = 0  # timm conv subclasses now in the requested padding
+    for module in model.modules():
+        rule = _subclass_rule(module)
+        if rule is not None:
+            hooked += _set_subclass_padding(module, padding, rule)
     _convert_children(model, padding)
     if padding != "zero":
         skipped = [
@@ -179,7 +183,7 @@ def convert_padding(model: nn.Module, padding: str) -> nn.Module:
                 f"of their own, zero-padding layers): {shown}",
                 stacklevel=2,
             )
-        if not converted and not any(
+        if not hooked and not any(
             (_convertible(m) and _is_padded(m)) or isinstance(m, _PARTIAL) for m in model.modules()
         ):
             # ViTs, Swin: patch embeddings without padding; a padding comparison of such a model compares nothing
