@@ -70,7 +70,7 @@ EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, 
 @data_errors_as_flags()  # the data layer's errors, also those of DataLoader workers, in flag names
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = parse_config(argv, demo_config=DEMO_CONFIG)
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, cfg.dist_timeout)
     configure_backends(cfg, dist.device)
     seed_everything(cfg.seed)
     run_dir = run_dir_of(cfg)
@@ -283,7 +283,8 @@ def preempted_exit(preemption: Preemption, log: RunLogger, run_dir: Path, epoch:
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """``main`` with expected failures as one ``error:`` line and exit code 1 (2 for bad flags/config)."""
-    return run_cli(main, argv, "train.py", [(ConfigError, 2), (EXPECTED_ERRORS, 1)], cleanup=cleanup)
+    errors = [(ConfigError, 2), (EXPECTED_ERRORS, 1)]
+    return run_cli(main, argv, "train.py", errors, cleanup=cleanup, timeout_flag="--dist-timeout")
 
 
 if __name__ == "__main__":

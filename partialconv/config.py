@@ -29,6 +29,7 @@ from .data import (
 from .data.loaders import resolve_workers
 from .data.presets import AUTO_AUGMENT
 from .engine.cli import one_line
+from .engine.distributed import DEFAULT_TIMEOUT_MINUTES
 from .engine.optim import OPTIMISERS
 from .layers import PADDINGS
 from .models import is_model, list_models, split_pd_name
@@ -100,6 +101,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model_ema_steps": (lambda v: v >= 1, ">= 1"),
     "model_ema_decay": (lambda v: 0 < v < 1, "in (0, 1)"),
     "ra_reps": (lambda v: v >= 1, ">= 1"),
+    "dist_timeout": (lambda v: 0 < v <= 10080, "in (0, 10080] (minutes: at most a week)"),
 }
 
 # Destinations that only make sense for one invocation: not accepted from a YAML file, not saved in config.yaml.
@@ -155,7 +157,7 @@ EXPERIMENT_KEYS = (
     "amp",
 )
 # Differences not worth a log line on resume (they differ by construction or are resolved into another key).
-_RESUME_QUIET = ("config", "resume", "overwrite", "amp_opt_level", "start_epoch", "evaluate")
+_RESUME_QUIET = ("config", "resume", "overwrite", "amp_opt_level", "start_epoch", "evaluate", "dist_timeout")
 
 
 class _ListModels(argparse.Action):
@@ -291,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-every", type=int, default=0, help="also keep checkpoint_epoch<N>.pth.tar every N epochs")
     g.add_argument(
         "--tensorboard", action=argparse.BooleanOptionalAction, default=True, help="TensorBoard event files in tb/"
+    )
+    g.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_MINUTES,
+        metavar="MINUTES",
+        help="under torchrun: how long a collective waits for the other ranks; a rank that hung or died turns "
+        "into one error line naming the waiting rank and a non-zero exit (torchrun then stops or restarts the group)",
     )
 
     # NVIDIA main.py's launch flags, accepted so a seed command line gets a one-line answer instead of argparse's.
