@@ -95,7 +95,11 @@ class Launched:
         return self.logs[i].read_text(errors="replace")
 
     def outputs(self) -> str:
-        return "".join(f"--- launch {i}\n{self.output(i)[-4000:]}" for i in range(len(self.logs)))
+        """Every launch's output without the progress lines (for assertions and failure messages)."""
+        return "".join(
+            f"--- launch {i}\n" + "".join(line for line in self.output(i).splitlines(True) if ": [" not in line[:12])
+            for i in range(len(self.logs))
+        )
 
     def wait_for(self, pattern: str, timeout: float) -> float:
         """Poll the outputs until one has a line matching ``pattern``; the time it was seen."""
