@@ -46,7 +46,7 @@ from partialconv.engine.checkpointing import (
     save_run_checkpoint,
 )
 from partialconv.engine.cli import run_cli
-from partialconv.engine.distributed import barrier, cleanup, init_distributed
+from partialconv.engine.distributed import barrier, cleanup, init_distributed, shared_store_restart_warning
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
 from partialconv.engine.run_lock import RunDirBusy, RunDirLock
@@ -125,6 +125,9 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
         return evaluate_only(cfg, model, loaders, dist, run_dir, log)
     if restart_note:
         log.info(restart_note)
+    store_warning = shared_store_restart_warning()
+    if store_warning:
+        log.warn(store_warning)
     ckpt, ckpt_path = find_resume_checkpoint(cfg.resume, run_dir, log.warn)
     if ckpt is not None:  # an unfit file is refused before it could pass for a finished run
         load_resume_weights(ckpt, model, ckpt_path, cfg.arch)

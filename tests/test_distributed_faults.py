@@ -26,6 +26,7 @@ from partialconv.checkpoint import read_checkpoint
 from partialconv.config import loaders_from_config, parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.engine.distributed import DistInfo
+from partialconv.engine.run_lock import LOCK_NAME
 from partialconv.engine.trainer import evaluate
 from partialconv.models import create_model
 
@@ -189,7 +190,10 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 def no_temp_files(run_dir: Path) -> list[Path]:
-    return [p for p in run_dir.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    """Temp files (``.name.*.tmp``) and other hidden files in the run directory, but for its lock file."""
+    return [
+        p for p in run_dir.rglob("*") if p.name != LOCK_NAME and (p.name.startswith(".") or p.name.endswith(".tmp"))
+    ]
 
 
 # --------------------------------------------------------------------------------------- a rank that hangs or dies
@@ -324,5 +328,35 @@ def test_one_node_preempted_stops_both_at_one_step_and_the_resume_equals_a_strai
         assert f"resumed from {out / 'checkpoint.pth.tar'}: epoch 1, step {ckpt['step']}" in resumed.outputs()
     finally:
         resumed.close()
+    assert_same_run(straight, out)
+    assert not no_temp_files(out), no_temp_files(out)
+
+
+def test_two_nodes_under_max_restarts_recover_from_a_killed_rank_by_themselves(data, straight, tmp_path, launched):
+    """Both agents with --max-restarts 3 and a checkpoint every 5 steps, no --resume: the rank on one node is
+    SIGKILLed once mid-epoch. The group restarts on both nodes (on the other node torchrun restarts the healthy rank
+    without counting a restart: its TORCHELASTIC_RESTART_COUNT stays 0), continues from the newest checkpoint and
+    ends with the straight run's weights, optimiser state and metrics, every epoch once in metrics.jsonl.
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: with torch's shared rendezvous store the restarted group can hang in its
+    setup (pytorch/pytorch#135712), which train.py warns about."""
+    out = tmp_path / "run"
+    os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"  # read by the agents started below
+    try:
+        start_two_nodes(
+            launched, args(data, out, "--epochs", "2", "--checkpoint-every-steps", "5"), "--max-restarts", "3"
+        )
+    finally:
+        del os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"]
+    launched.wait_for(r"^Epoch: \[1\]\[8/20\]", timeout=120)
+    ranks = launched.rank_pids()
+    assert set(ranks) == {0, 1} and ranks[0][0] != ranks[1][0], ranks
+    os.kill(ranks[1][1], signal.SIGKILL)
+    codes = launched.wait(timeout=180)
+    output = launched.outputs()
+    assert codes == [0, 0], output
+    assert re.search(r"^elastic restart .*: continuing from the newest checkpoint", output, re.M), output
+    resumed = re.search(r"^resumed from .*: epoch 1, step (\d+)", output, re.M)
+    assert resumed and 5 <= int(resumed.group(1)) < STEPS, output  # a periodic checkpoint of epoch 1
+    assert output.count("done: 2 epochs") == 1 and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in output, output
     assert_same_run(straight, out)
     assert not no_temp_files(out), no_temp_files(out)
