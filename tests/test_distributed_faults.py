@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import pytest
 import torch
@@ -68,10 +68,12 @@ def node_cmd(port: int, node: int, argv: Sequence[str], *torchrun_flags: str) ->
     return [*TORCHRUN, *nodes, *rdzv, *torchrun_flags, str(ROOT / "train.py"), *argv]
 
 
-def start_two_nodes(runs: Launched, argv: Sequence[str], *torchrun_flags: str) -> None:
+def start_two_nodes(
+    runs: Launched, argv: Sequence[str], *torchrun_flags: str, env: Optional[dict[str, str]] = None
+) -> None:
     port = free_port()
     for node in (0, 1):
-        runs.start(node_cmd(port, node, argv, *torchrun_flags))
+        runs.start(node_cmd(port, node, argv, *torchrun_flags), env)
 
 
 class Launched:
@@ -81,11 +83,12 @@ class Launched:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir, self.procs, self.logs = log_dir, [], []
 
-    def start(self, cmd: list[str]) -> subprocess.Popen:
+    def start(self, cmd: list[str], env: Optional[dict[str, str]] = None) -> subprocess.Popen:
         log = self.log_dir / f"launch{len(self.logs)}.log"
         with open(log, "w") as f:
             proc = subprocess.Popen(
-                cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=f, stderr=subprocess.STDOUT,
+                cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, stdout=f,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
         self.procs.append(proc)
@@ -340,13 +343,8 @@ def test_two_nodes_under_max_restarts_recover_from_a_killed_rank_by_themselves(d
     TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: with torch's shared rendezvous store the restarted group can hang in its
     setup (pytorch/pytorch#135712), which train.py warns about."""
     out = tmp_path / "run"
-    os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"  # read by the agents started below
-    try:
-        start_two_nodes(
-            launched, args(data, out, "--epochs", "2", "--checkpoint-every-steps", "5"), "--max-restarts", "3"
-        )
-    finally:
-        del os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"]
+    argv = args(data, out, "--epochs", "2", "--checkpoint-every-steps", "5")
+    start_two_nodes(launched, argv, "--max-restarts", "3", env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
     launched.wait_for(r"^Epoch: \[1\]\[8/20\]", timeout=120)
     ranks = launched.rank_pids()
     assert set(ranks) == {0, 1} and ranks[0][0] != ranks[1][0], ranks
