@@ -25,7 +25,8 @@ from signalling import child_with_env, kill_tree
 from partialconv.checkpoint import read_checkpoint
 from partialconv.config import loaders_from_config, parse_config
 from partialconv.data.demo import make_demo_dataset
-from partialconv.engine.distributed import DistInfo
+from partialconv.engine.checkpointing import LAST, elastic_restart_resume
+from partialconv.engine.distributed import DistInfo, shared_store_restart_warning
 from partialconv.engine.run_lock import LOCK_NAME
 from partialconv.engine.trainer import evaluate
 from partialconv.models import create_model
@@ -358,3 +359,33 @@ def test_two_nodes_under_max_restarts_recover_from_a_killed_rank_by_themselves(d
     assert output.count("done: 2 epochs") == 1 and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in output, output
     assert_same_run(straight, out)
     assert not no_temp_files(out), no_temp_files(out)
+
+
+def test_a_restart_for_another_nodes_failure_continues_this_jobs_checkpoint(tmp_path, monkeypatch):
+    """torchrun restarts a healthy node's workers for another node's failure with TORCHELASTIC_RESTART_COUNT
+    unchanged (0 on the first failure): under --max-restarts they continue the job's newest checkpoint all the same;
+    a previous run's checkpoint (older than the agent) is left to the command line's flags, as is any checkpoint
+    without --max-restarts."""
+    ckpt = tmp_path / LAST
+    ckpt.write_bytes(b"written by this job")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    resume, overwrite, note = elastic_restart_resume(tmp_path, None, True)
+    assert (resume, overwrite) == ("auto", False) and "another node's workers failed" in note
+    os.utime(ckpt, (1e9, 1e9))  # 2001: before this process's parent started
+    assert elastic_restart_resume(tmp_path, None, True) == (None, True, None)
+    os.utime(ckpt)
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")
+    assert elastic_restart_resume(tmp_path, None, False) == (None, False, None)
+
+
+def test_restarts_over_nodes_through_the_shared_rendezvous_store_are_warned_about(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")  # what torchrun sets unless the store is disabled
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in shared_store_restart_warning()
+    for name, value in [("TORCHELASTIC_USE_AGENT_STORE", "False"), ("GROUP_WORLD_SIZE", "1"),
+                        ("TORCHELASTIC_MAX_RESTARTS", "0")]:  # fmt: skip
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            assert shared_store_restart_warning() is None, name
