@@ -357,6 +357,8 @@ def test_two_nodes_under_max_restarts_recover_from_a_killed_rank_by_themselves(d
     resumed = re.search(r"^resumed from .*: epoch 1, step (\d+)", output, re.M)
     assert resumed and 5 <= int(resumed.group(1)) < STEPS, output  # a periodic checkpoint of epoch 1
     assert output.count("done: 2 epochs") == 1 and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in output, output
+    # no rank refused to start ("holds a run") for want of a restart count: the one line is the failed rank's peer
+    assert [line for line in error_lines(output) if "another rank failed" not in line] == [], output
     assert_same_run(straight, out)
     assert not no_temp_files(out), no_temp_files(out)
 
