@@ -342,14 +342,15 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="WD",
-        help="weight decay of normalisation layers' parameters; default: --weight-decay",
+        help="weight decay of normalisation layers' parameters (their biases take --bias-weight-decay when it is "
+        "set, as in torchvision); default: --weight-decay",
     )
     g.add_argument(
         "--bias-weight-decay",
         type=float,
         default=None,
         metavar="WD",
-        help="weight decay of the other layers' biases; default: --weight-decay",
+        help="weight decay of every parameter named bias, norm layers' included; default: --weight-decay",
     )
     g.add_argument("--clip-grad-norm", type=float, default=None, metavar="N", help="clip the total gradient norm to N")
     g.add_argument(

@@ -30,9 +30,12 @@ def parameter_groups(
     norm_weight_decay: Optional[float] = None,
     bias_weight_decay: Optional[float] = None,
 ) -> list[dict[str, Any]]:
-    """Trainable parameters in groups by weight decay: a norm layer's parameters get ``norm_weight_decay``, other
-    parameters named ``bias`` get ``bias_weight_decay`` (a norm layer's bias counts as a norm parameter, as in
-    torchvision), the rest ``weight_decay``. ``None`` means "like the rest". Empty groups are left out."""
+    """Trainable parameters in groups by weight decay: parameters named ``bias`` get ``bias_weight_decay``, the
+    other parameters of a norm layer ``norm_weight_decay``, the rest ``weight_decay``. ``None`` means "like the rest".
+    Empty groups are left out; the groups come in torchvision's order (other, norm, bias).
+
+    torchvision's ``set_weight_decay`` checks its custom keys (``bias`` for ``--bias-weight-decay``) before the
+    norm-layer type, so with both flags a norm layer's bias (``bn1.bias``) takes the bias decay, not the norm one."""
     groups: dict[str, list[nn.Parameter]] = {"other": [], "norm": [], "bias": []}
     seen: set[int] = set()
     for module in model.modules():
@@ -40,10 +43,10 @@ def parameter_groups(
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))  # a shared parameter goes in one group only
-            if norm_weight_decay is not None and isinstance(module, NORM_LAYERS):
-                groups["norm"].append(p)
-            elif bias_weight_decay is not None and name == "bias":
+            if bias_weight_decay is not None and name == "bias":
                 groups["bias"].append(p)
+            elif norm_weight_decay is not None and isinstance(module, NORM_LAYERS):
+                groups["norm"].append(p)
             else:
                 groups["other"].append(p)
     decay = {"other": weight_decay, "norm": norm_weight_decay, "bias": bias_weight_decay}
