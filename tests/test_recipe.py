@@ -116,8 +116,10 @@ def test_clip_grad_norm_caps_the_gradient():
 def test_constant_warmup_then_schedule():
     f = lr_factor(cfg(warmup_epochs=1, lr_warmup_method="constant", lr_warmup_decay=0.01), 4)
     assert [f(i) for i in range(5)] == [0.01, 0.01, 0.01, 0.01, 1.0]
-    linear = lr_factor(cfg(warmup_epochs=1), 4)
+    linear = lr_factor(cfg(warmup_epochs=1, lr_warmup_decay=0.0), 4)
     assert [linear(i) for i in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    from_start_factor = lr_factor(cfg(warmup_epochs=1, lr_warmup_decay=0.2), 4)
+    assert [from_start_factor(i) for i in range(5)] == pytest.approx([0.4, 0.6, 0.8, 1.0, 1.0])
 
 
 @pytest.mark.parametrize("policy", AUTO_AUGMENT)

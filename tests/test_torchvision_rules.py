@@ -82,3 +82,116 @@ def test_optimizer_carries_the_groups():
     by_id = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     assert by_id[id(model.encoder.ln.bias)] == 0.01 and by_id[id(model.encoder.ln.weight)] == 0.0
     assert by_id[id(model.heads.head.weight)] == 0.05 and by_id[id(model.heads.head.bias)] == 0.01
+
+
+# --- the LR schedule -------------------------------------------------------------------------------------------------
+
+
+def reference_lrs(lr, epochs, steps, warmup, sched, method="linear", decay=0.01, step_size=30, gamma=0.1, lr_min=0.0):
+    """The LR of every step of a run under torchvision's reference scheduler, built as its train.py builds it (main
+    scheduler first, then the warm-up one, SequentialLR at the warm-up epoch) and stepped after each epoch."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    sch = torch.optim.lr_scheduler
+    if sched == "steplr":
+        main = sch.StepLR(opt, step_size=step_size, gamma=gamma)
+    else:
+        main = sch.CosineAnnealingLR(opt, T_max=epochs - warmup, eta_min=lr_min)
+    if warmup > 0:
+        if method == "linear":
+            first = sch.LinearLR(opt, start_factor=decay, total_iters=warmup)
+        else:
+            first = sch.ConstantLR(opt, factor=decay, total_iters=warmup)
+        main = sch.SequentialLR(opt, schedulers=[first, main], milestones=[warmup])
+    out = []
+    for _ in range(epochs):
+        out += [opt.param_groups[0]["lr"]] * steps
+        opt.step()
+        main.step()
+    return out
+
+
+def our_lrs(argv: list[str], steps: int) -> list[float]:
+    """The LR of every step of a run with train.py's flags ``argv``: the config parsed as train.py parses it, the
+    optimiser and scheduler built as train.py builds them, one scheduler step per training step."""
+    from partialconv.config import parse_config
+    from partialconv.engine.trainer import build_optimisation
+
+    cfg = parse_config(["-a", "simple_cnn", "--lr-step-size", "30", *argv])
+    model = nn.Linear(2, 2)
+    optim = build_optimisation(cfg, model, model, torch.device("cpu"), steps_per_epoch=steps)
+    out = []
+    for _ in range(cfg.epochs * steps):
+        out.append(optim.optimizer.param_groups[0]["lr"])
+        optim.optimizer.step()
+        optim.scheduler.step()
+    return out
+
+
+REFERENCE_RUNS = [
+    # (reference flags as (schedule, method, decay, warmup, step_size, gamma, lr_min), epochs)
+    (("steplr", "linear", 0.01, 2, 3, 0.1, 0.0), 10),
+    (("steplr", "linear", 0.2, 5, 30, 0.1, 0.0), 70),  # the issue's case: decays at 35 and 65
+    (("steplr", "constant", 0.1, 3, 4, 0.5, 0.0), 12),
+    (("steplr", "linear", 0.01, 0, 2, 0.5, 0.0), 7),
+    (("cosineannealinglr", "linear", 0.01, 2, 30, 0.1, 0.0), 9),
+    (("cosineannealinglr", "constant", 0.3, 1, 30, 0.1, 0.01), 6),
+    (("cosineannealinglr", "linear", 0.033, 3, 30, 0.1, 0.002), 8),
+    (("cosineannealinglr", "linear", 0.01, 0, 30, 0.1, 0.0), 5),
+]
+
+
+def reference_argv(sched, method, decay, warmup, step_size, gamma, lr_min, epochs):
+    """torchvision's flag names, as its recipes spell them."""
+    return [
+        "--lr", "0.5", "--epochs", str(epochs), "--lr-scheduler", sched, "--lr-warmup-method", method,
+        "--lr-warmup-decay", str(decay), "--lr-warmup-epochs", str(warmup), "--lr-step-size", str(step_size),
+        "--lr-gamma", str(gamma), "--lr-min", str(lr_min),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("flags, epochs", REFERENCE_RUNS)
+def test_per_epoch_updates_give_the_reference_lr_at_every_step(flags, epochs):
+    steps = 3
+    expected = reference_lrs(0.5, epochs, steps, flags[3], flags[0], *flags[1:3], *flags[4:])
+    got = our_lrs([*reference_argv(*flags, epochs), "--lr-update", "epoch"], steps)
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("flags, epochs", [r for r in REFERENCE_RUNS if r[0][0] == "steplr"])
+def test_per_iteration_step_schedule_decays_at_the_reference_epochs(flags, epochs):
+    """The default per-iteration updates: the warm-up is a smooth ramp, after it the step schedule is the
+    reference's to the step (decays at warm-up + k x step size)."""
+    steps, warmup = 3, flags[3]
+    expected = reference_lrs(0.5, epochs, steps, warmup, flags[0], *flags[1:3], *flags[4:])
+    got = our_lrs(reference_argv(*flags, epochs), steps)
+    assert got[warmup * steps :] == pytest.approx(expected[warmup * steps :], rel=1e-9)
+
+
+@pytest.mark.parametrize("flags, epochs", [r for r in REFERENCE_RUNS if r[0][0] != "steplr"])
+def test_per_iteration_cosine_meets_the_reference_at_each_epoch_start(flags, epochs):
+    steps, warmup = 4, flags[3]
+    expected = reference_lrs(0.5, epochs, steps, warmup, flags[0], *flags[1:3], *flags[4:])
+    got = our_lrs(reference_argv(*flags, epochs), steps)
+    starts = range(warmup * steps, epochs * steps, steps)
+    assert [got[i] for i in starts] == pytest.approx([expected[i] for i in starts], rel=1e-9)
+    inner = [got[i] for i in range(warmup * steps, epochs * steps)]
+    assert inner == sorted(inner, reverse=True) and inner[-1] > 0.5 * flags[6]  # smooth, ends above lr_min
+
+
+def test_the_issues_step_example_both_origins():
+    """--warmup-epochs 5 --lr-schedule step --lr-step-size 30 over 70 epochs: the reference decays at 35 and 65;
+    --lr-step-origin start (runs before it) at 30 and 60."""
+    base = ["--lr", "1", "--epochs", "70", "--lr-schedule", "step", "--warmup-epochs", "5"]
+
+    def decays(lrs):
+        return [e for e in range(6, 70) if lrs[e] < lrs[e - 1]]
+
+    assert decays(our_lrs(base, 1)) == [35, 65]
+    assert decays(our_lrs([*base, "--lr-update", "epoch"], 1)) == [35, 65]
+    assert decays(our_lrs([*base, "--lr-step-origin", "start"], 1)) == [30, 60]
+
+
+def test_per_iteration_linear_warmup_starts_at_the_start_factor():
+    got = our_lrs(["--lr", "1", "--epochs", "3", "--lr-scheduler", "steplr", "--lr-warmup-epochs", "1",
+                   "--lr-warmup-decay", "0.2"], 4)  # fmt: skip
+    assert got[:5] == pytest.approx([0.4, 0.6, 0.8, 1.0, 1.0])  # 0.2 + 0.8 x (it + 1) / 4
