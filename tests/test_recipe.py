@@ -155,7 +155,12 @@ def test_random_erase_erases():
         (["--clip-grad-norm", "0"], "--clip-grad-norm must be > 0"),
         (["--norm-weight-decay", "-1"], "--norm-weight-decay must be >= 0"),
         (["--random-erase", "1.5"], "--random-erase must be in [0, 1]"),
-        (["--lr-warmup-decay", "0"], "--lr-warmup-decay must be in (0, 1]"),
+        (["--lr-warmup-decay", "1.5"], "--lr-warmup-decay must be in [0, 1]"),
+        (["--lr-min", "-1"], "--lr-min must be >= 0"),
+        (["--ra-magnitude", "31"], "--ra-magnitude must be in [0, 30]"),
+        (["--augmix-severity", "0"], "--augmix-severity must be in [1, 10]"),
+        (["--lr-scheduler", "exponentiallr"], "invalid choice"),
+        (["--interpolation", "cubic"], "invalid choice"),
     ],
 )
 def test_values_checked_from_flags(argv, message, capsys):

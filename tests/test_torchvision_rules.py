@@ -9,9 +9,13 @@ rules over names, not taken from the code under test: weight decay by parameter 
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
+import yaml
 from torch import nn
 
 from partialconv.engine.optim import build_optimizer, parameter_groups
@@ -195,3 +199,90 @@ def test_per_iteration_linear_warmup_starts_at_the_start_factor():
     got = our_lrs(["--lr", "1", "--epochs", "3", "--lr-scheduler", "steplr", "--lr-warmup-epochs", "1",
                    "--lr-warmup-decay", "0.2"], 4)  # fmt: skip
     assert got[:5] == pytest.approx([0.4, 0.6, 0.8, 1.0, 1.0])  # 0.2 + 0.8 x (it + 1) / 4
+
+
+# --- resuming a run of the version before these options ----------------------------------------------------------
+
+OLD_CONFIGS = Path(__file__).parent / "data" / "pre_issue25"
+DATA_ARGS = ["--data_train", "/data/train", "--data_val", "/data/val", "--device", "cpu"]
+
+
+def old_lr_rule(schedule, epochs, warmup, step_size, gamma, steps):
+    """The LR factor of every iteration under the rules before issue 25 (its docs): linear warm-up (it + 1) / warmup
+    iterations from 0, step decays every step_size epochs counted from epoch 0, cosine from the end of warm-up."""
+    w, total, out = warmup * steps, epochs * steps, []
+    for it in range(total):
+        if it < w:
+            out.append((it + 1) / w)
+        elif schedule == "step":
+            out.append(gamma ** ((it // steps) // step_size))
+        else:
+            out.append(0.5 * (1 + math.cos(math.pi * (it - w) / (total - w))))
+    return out
+
+
+def resumed(name: str, *argv: str):
+    """(saved config, this version's config for the same command, the resume check's log lines) for an old run."""
+    from partialconv.config import compare_resumed_config, parse_config
+
+    saved = yaml.safe_load((OLD_CONFIGS / name).read_text())
+    command = (OLD_CONFIGS / name).read_text().splitlines()[1].lstrip("# ").split()
+    cfg = parse_config([*command, *argv])
+    return saved, cfg, compare_resumed_config(saved, cfg, "old/checkpoint.pth.tar")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in OLD_CONFIGS.glob("*.yaml") if p.name != "both_decays.yaml"))
+def test_runs_of_the_previous_version_resume_with_their_lr_curve(name):
+    """Each recipe YAML's run (and a step schedule with warm-up) as the previous version saved it: the same command
+    resumes it, the LR curve is the old one at every iteration, and the resume check names what it kept."""
+    from partialconv.engine.trainer import lr_factor
+
+    saved, cfg, lines = resumed(name)
+    steps = 3
+    epochs = min(cfg.epochs, 80)  # the cosine curve is laid out over cfg.epochs: compare a shorter run of both
+    cfg.epochs = epochs
+    expected = old_lr_rule(cfg.lr_schedule, epochs, cfg.warmup_epochs, cfg.lr_step_size, cfg.lr_gamma, steps)
+    f = lr_factor(cfg, steps)
+    assert [f(i) for i in range(epochs * steps)] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    kept = " ".join(lines)
+    assert "lr_step_origin start kept" in kept
+    assert ("lr_warmup_decay 0.0 kept" in kept) == (name != "demo.yaml")  # demo.yaml asks for 0.0 itself
+    assert "lr_update" not in kept  # its old behaviour is this version's default: nothing to keep
+
+
+def test_the_old_step_run_would_decay_elsewhere_as_a_new_run():
+    """Without the check the same command would give the old run the reference's decay epochs: what it prevents."""
+    from partialconv.config import parse_config
+    from partialconv.engine.trainer import lr_factor
+
+    command = (OLD_CONFIGS / "step_warmup.yaml").read_text().splitlines()[1].lstrip("# ").split()
+    f = lr_factor(parse_config(command), 1)
+    assert [e for e in range(6, 70) if f(e) < f(e - 1)] == [35, 65]
+    _, cfg, _ = resumed("step_warmup.yaml")
+    g = lr_factor(cfg, 1)
+    assert [e for e in range(6, 70) if g(e) < g(e - 1)] == [30, 60]
+
+
+def test_an_explicit_new_behaviour_on_an_old_run_is_refused_by_name():
+    from partialconv.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"lr_update=iteration; this run has lr_update=epoch"):
+        resumed("imagenet_resnet50_torchvision_v2.yaml", "--lr-update", "epoch")
+    with pytest.raises(ConfigError, match=r"lr_warmup_decay=0.0; this run has lr_warmup_decay=0.2"):
+        resumed("imagenet_convnext_tiny.yaml", "--lr-warmup-decay", "0.2")
+
+
+def test_an_old_run_with_both_decay_flags_is_refused_for_its_groups():
+    from partialconv.config import ConfigError
+
+    with pytest.raises(ConfigError, match="norm layers' biases --norm-weight-decay.*optimizer state does not fit"):
+        resumed("both_decays.yaml")
+
+
+def test_a_new_run_resumes_without_notes():
+    from partialconv.config import compare_resumed_config, config_to_yaml, parse_config
+
+    cfg = parse_config(["--config", "configs/imagenet_resnet50.yaml", "--warmup-epochs", "5", *DATA_ARGS])
+    saved = yaml.safe_load(config_to_yaml(cfg))
+    assert compare_resumed_config(saved, parse_config(["--config", "configs/imagenet_resnet50.yaml",
+                                                       "--warmup-epochs", "5", *DATA_ARGS]), "ckpt") == []  # fmt: skip
