@@ -10,6 +10,7 @@ rules over names, not taken from the code under test: weight decay by parameter 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,104 @@ def test_a_new_run_resumes_without_notes():
     saved = yaml.safe_load(config_to_yaml(cfg))
     assert compare_resumed_config(saved, parse_config(["--config", "configs/imagenet_resnet50.yaml",
                                                        "--warmup-epochs", "5", *DATA_ARGS]), "ckpt") == []  # fmt: skip
+
+
+# --- the reference's data flags ---------------------------------------------------------------------------------------
+
+
+def reference_presets(crop, resize, val_crop, interpolation, policy, ra_magnitude, augmix_severity):
+    """torchvision's reference presets (ClassificationPresetTrain/Eval, v2, PIL backend), restated."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    mode = InterpolationMode(interpolation)
+    policies = {
+        "ra": lambda: v2.RandAugment(interpolation=mode, magnitude=ra_magnitude),
+        "ta_wide": lambda: v2.TrivialAugmentWide(interpolation=mode),
+        "augmix": lambda: v2.AugMix(interpolation=mode, severity=augmix_severity),
+        "imagenet": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=mode),
+    }
+    tail = [v2.PILToTensor(), v2.ToDtype(torch.float, scale=True),
+            v2.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))]  # fmt: skip
+    train = v2.Compose([v2.RandomResizedCrop(crop, interpolation=mode, antialias=True),
+                        v2.RandomHorizontalFlip(0.5), policies[policy](), *tail])  # fmt: skip
+    val = v2.Compose([v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(val_crop), *tail])
+    return train, val
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> Path:
+    from partialconv.data.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("data") / "demo", train_per_class=2, val_per_class=1, size=40)
+
+
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["--auto-augment", "ra", "--ra-magnitude", "20", "--interpolation", "bicubic"], ("bicubic", "ra", 20, 3)),
+        (["--auto-augment", "augmix", "--augmix-severity", "8", "--interpolation", "nearest"],
+         ("nearest", "augmix", 9, 8)),
+        (["--auto-augment", "ta_wide", "--interpolation", "nearest-exact"], ("nearest-exact", "ta_wide", 9, 3)),
+    ],
+)  # fmt: skip
+def test_data_flags_give_the_reference_presets(folders, argv, expect):
+    """The flags through train.py's config and the pil backend's datasets: every sample equals the reference
+    preset's under the same seed, train and val; and the flags change the images (they are not ignored)."""
+    from partialconv.config import data_params, parse_config
+    from partialconv.data.datasets import open_image_folders
+
+    def splits(extra):
+        base = ["--data_train", str(folders / "train"), "--data_val", str(folders / "val"), "--device", "cpu"]
+        cfg = parse_config([*base, "--train-crop-size", "24", "--val-resize-size", "28", "--val-crop-size", "24",
+                            *extra])  # fmt: skip
+        return open_image_folders(data_params(cfg))
+
+    ours = splits(argv)
+    train_ref, val_ref = reference_presets(24, 28, 24, *expect)
+    plain = splits([argv[0], argv[1]])  # the same policy with the reference's defaults otherwise
+    differs = 0
+    for split, ref in ((ours.train, train_ref), (ours.val, val_ref)):
+        for path, _ in split.samples:
+            image = split.loader(path)
+            for seed in range(4):
+                torch.manual_seed(seed)
+                got = split.transform(image)
+                torch.manual_seed(seed)
+                assert torch.equal(got, ref(image)), (path, seed)
+                if split is ours.train:
+                    torch.manual_seed(seed)
+                    differs += not torch.equal(got, plain.train.transform(image))
+    assert differs > 0
+
+
+def test_reference_flag_names_from_yaml_and_resumed_config(tmp_path):
+    from partialconv.config import ConfigError, compare_resumed_config, config_to_yaml, parse_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr_scheduler: CosineAnnealingLR\nlr_warmup_epochs: 2\nlr_min: 0.001\nra_magnitude: 12\n"
+                      "augmix_severity: 5\ninterpolation: bicubic\nlr-update: epoch\n")  # fmt: skip
+    cfg = parse_config(["--config", str(recipe), *DATA_ARGS])
+    assert (cfg.lr_schedule, cfg.warmup_epochs, cfg.lr_min, cfg.ra_magnitude) == ("cosine", 2.0, 0.001, 12)
+    assert (cfg.augmix_severity, cfg.interpolation, cfg.lr_update) == (5, "bicubic", "epoch")
+    for bad, message in [
+        ("ra_magnitude: 31\n", "key 'ra_magnitude': must be in [0, 30]"),
+        ("augmix_severity: 0\n", "key 'augmix_severity': must be in [1, 10]"),
+        ("lr_min: -0.1\n", "key 'lr_min': must be >= 0"),
+        ("interpolation: cubic\n", "key 'interpolation': invalid choice"),
+        ("lr_scheduler: exponentiallr\n", "key 'lr_scheduler': invalid choice"),
+        ("lr_warmup_epochs: -1\n", "key 'lr_warmup_epochs': must be >= 0"),
+        ("warmup_epochs: 1\nlr_warmup_epochs: 2\n", "keys 'warmup_epochs' and 'lr_warmup_epochs' are the same"),
+        ("lr_update: epoch\nlr_warmup_epochs: 0.5\n", "--warmup-epochs 0.5: --lr-update epoch"),
+    ]:
+        recipe.write_text(bad)
+        with pytest.raises(ConfigError) as e:
+            parse_config(["--config", str(recipe), *DATA_ARGS])
+        assert message in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=re.escape("key 'ra_magnitude': must be in [0, 30]")):
+        compare_resumed_config({"ra_magnitude": 40}, cfg, "ckpt")
+    saved = yaml.safe_load(config_to_yaml(cfg))  # a run of that recipe, resumed with the defaults instead
+    with pytest.raises(ConfigError) as e:
+        compare_resumed_config(saved, parse_config(DATA_ARGS), "ckpt")
+    for key in ("lr_schedule=cosine", "warmup_epochs=2.0", "lr_min=0.001", "ra_magnitude=12", "augmix_severity=5",
+                "interpolation=bicubic", "lr_update=epoch"):  # fmt: skip
+        assert key in str(e.value)
