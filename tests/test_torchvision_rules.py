@@ -388,3 +388,29 @@ def test_reference_flag_names_from_yaml_and_resumed_config(tmp_path):
     for key in ("lr_schedule=cosine", "warmup_epochs=2.0", "lr_min=0.001", "ra_magnitude=12", "augmix_severity=5",
                 "interpolation=bicubic", "lr_update=epoch"):  # fmt: skip
         assert key in str(e.value)
+
+
+# --- MixUp/CutMix pairs under repeated augmentation (documented in docs/training.md) --------------------------------
+
+
+@pytest.mark.parametrize("world, same", [(1, 0.75), (2, 0.5), (4, 0.0), (8, 0.0)])
+def test_mixup_pairs_neighbours_so_ra_copies_pair_with_themselves(world, same):
+    """On our sampler with 4 copies and our MixUp: the share of pairs that mix an image with its own copy."""
+    from partialconv.data.sampler import SeededSampler
+    from partialconv.engine.trainer import batch_mix
+
+    local = 16
+    mix = batch_mix(0.2, 0.0, num_classes=local)
+    positions = torch.arange(local)
+    _, soft = mix(torch.zeros(local, 1, 2, 2), positions)  # targets = batch positions: who is mixed with whom
+    partner = [int(next(c for c in row.nonzero().flatten() if c != i)) for i, row in enumerate(soft)]
+    assert partner == [(i - 1) % local for i in range(local)]  # the batch rolled by one
+    pairs = hits = 0
+    for rank in range(world):
+        sampler = SeededSampler(4096, rank, world, seed=3, local_batch=local, repeats=4)
+        order = [index for index, _ in sampler._keys()]
+        for b in range(0, len(order) - local + 1, local):
+            batch = order[b : b + local]
+            hits += sum(batch[i] == batch[partner[i]] for i in range(local))
+            pairs += local
+    assert hits / pairs == pytest.approx(same, abs=0.01)
