@@ -414,3 +414,73 @@ def test_mixup_pairs_neighbours_so_ra_copies_pair_with_themselves(world, same):
             hits += sum(batch[i] == batch[partner[i]] for i in range(local))
             pairs += local
     assert hits / pairs == pytest.approx(same, abs=0.01)
+
+
+# torchvision's references/classification/train.py flags (get_args_parser), and a value for those this program
+# accepts under the same name.
+REFERENCE_FLAGS = {
+    "--data-path": None, "--model": None, "--device": "cpu", "--batch-size": "8", "--epochs": "3", "--workers": "0",
+    "--opt": "adamw", "--lr": "0.1", "--momentum": "0.9", "--wd": "1e-4", "--weight-decay": "1e-4",
+    "--norm-weight-decay": "0", "--bias-weight-decay": "0", "--transformer-embedding-decay": None,
+    "--label-smoothing": "0.1", "--mixup-alpha": "0.2", "--cutmix-alpha": "1", "--lr-scheduler": "cosineannealinglr",
+    "--lr-warmup-epochs": "1", "--lr-warmup-method": "linear", "--lr-warmup-decay": "0.01", "--lr-step-size": "2",
+    "--lr-gamma": "0.1", "--lr-min": "0", "--print-freq": "5", "--output-dir": "out", "--resume": "auto",
+    "--start-epoch": "1", "--cache-dataset": None, "--sync-bn": "", "--test-only": None, "--auto-augment": "ra",
+    "--ra-magnitude": "9", "--augmix-severity": "3", "--random-erase": "0.1", "--amp": None, "--world-size": None,
+    "--dist-url": None, "--model-ema": "", "--model-ema-steps": "32", "--model-ema-decay": "0.99998",
+    "--use-deterministic-algorithms": None, "--interpolation": "bilinear", "--val-resize-size": "232",
+    "--val-crop-size": "224", "--train-crop-size": "176", "--clip-grad-norm": "1", "--ra-sampler": "",
+    "--ra-reps": "4", "--weights": None, "--backend": None, "--use-v2": None,
+}  # fmt: skip
+
+
+def test_every_reference_flag_is_in_the_docs_table_and_the_same_names_parse():
+    from partialconv.config import build_parser
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    table = text.split("### torchvision's reference flags", 1)[1].split("\n### ", 1)[0]
+    rows = [re.split(r"(?<!\\)\|", line)[1] for line in table.splitlines() if line.startswith("| `")]
+    missing = [f for f in REFERENCE_FLAGS if not any(re.search(rf"(?<![\w-]){f}(?![\w-])", row) for row in rows)]
+    assert not missing, f"reference flags missing from docs/training.md's table: {missing}"
+    parser = build_parser()
+    argv = [part for flag, value in REFERENCE_FLAGS.items() if value is not None for part in (flag, value) if part]
+    cfg = parser.parse_args(argv)  # all at once: each name is accepted with the reference's kind of value
+    assert (cfg.lr_schedule, cfg.warmup_epochs, cfg.lr_warmup_decay, cfg.interpolation) == (
+        "cosine",
+        1,
+        0.01,
+        "bilinear",
+    )
+
+
+def test_train_py_resumes_a_previous_version_run_on_its_own_step_schedule(folders, tmp_path):
+    """A real run whose checkpoint config is the previous version's (the options it did not have removed), resumed
+    by train.py with the same command: its step decays stay where they were (from epoch 0), the log names the kept
+    option, the run's config.yaml records it. The same command as a new run decays after the warm-up."""
+    import json
+
+    import train
+    from partialconv.checkpoint import read_checkpoint
+
+    def run(out, *extra):
+        argv = ["-a", "simple_cnn", "--device", "cpu", "-b", "8", "-j", "0", "--lr", "0.4", "--seed", "1",
+                "--train-crop-size", "16", "--val-resize-size", "20", "--val-crop-size", "16", "--no-tensorboard",
+                "--lr-schedule", "step", "--lr-step-size", "1", "--lr-gamma", "0.5", "--warmup-epochs", "1",
+                "--data_train", str(folders / "train"), "--data_val", str(folders / "val"),
+                "--output-dir", str(out)]  # fmt: skip
+        assert train.cli([*argv, *extra]) == 0
+        return [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    old = tmp_path / "old"
+    run(old, "--epochs", "1")
+    ckpt = read_checkpoint(old / "checkpoint.pth.tar")
+    for key in ("lr_update", "lr_step_origin", "lr_min", "ra_magnitude", "augmix_severity", "interpolation"):
+        del ckpt["config"][key]  # what the previous version saved
+    ckpt["config"]["lr_warmup_decay"] = 0.01  # its default, which its linear warm-up did not use
+    torch.save(ckpt, old / "checkpoint.pth.tar")
+    lrs = run(old, "--epochs", "3", "--resume", "auto")
+    assert lrs[1:] == pytest.approx([0.2, 0.1])  # x0.5 at epochs 1 and 2, counted from epoch 0
+    assert "lr_step_origin start kept" in (old / "log.txt").read_text()
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    assert (saved["lr_step_origin"], saved["lr_warmup_decay"], saved["lr_update"]) == ("start", 0.0, "iteration")
+    assert run(tmp_path / "new", "--epochs", "3")[1:] == pytest.approx([0.4, 0.2])  # counted from the warm-up's end
