@@ -484,3 +484,17 @@ def test_train_py_resumes_a_previous_version_run_on_its_own_step_schedule(folder
     saved = yaml.safe_load((old / "config.yaml").read_text())
     assert (saved["lr_step_origin"], saved["lr_warmup_decay"], saved["lr_update"]) == ("start", 0.0, "iteration")
     assert run(tmp_path / "new", "--epochs", "3")[1:] == pytest.approx([0.4, 0.2])  # counted from the warm-up's end
+
+
+@pytest.mark.parametrize("backend", ["pil_fast", "gpu"])
+def test_backends_that_resize_bilinearly_refuse_another_interpolation(folders, backend):
+    from partialconv.config import data_error_message, data_params, parse_config
+    from partialconv.data import DataError, get_backend
+
+    cfg = parse_config(["--data_train", str(folders / "train"), "--data_val", str(folders / "val"), "--device",
+                        "cpu", "--data-backend", backend, "--interpolation", "bicubic"])  # fmt: skip
+    with pytest.raises(DataError) as e:
+        get_backend(backend).open_splits(data_params(cfg))
+    assert (
+        data_error_message(e.value) == f"--interpolation bicubic: --data-backend {backend} resizes bilinearly (use pil)"
+    )
