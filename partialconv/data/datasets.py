@@ -101,7 +101,7 @@ class FastTrainFolder(ClassificationFolder):
 def _open_folders(params: DataParams, fast: bool) -> Splits:
     classes = check_image_folders(params.train_dir, params.val_dir)
     if fast:
-        refuse_augmentation(params.auto_augment, params.random_erase, "pil_fast")
+        refuse_augmentation(params.auto_augment, params.random_erase, "pil_fast", params.interpolation)
         crop = FastTrainCrop(params.train_crop_size, params.train_min_scale)
         train: ClassificationFolder = FastTrainFolder(params.train_dir, crop, params.on_bad_image)
         val = ClassificationFolder(
@@ -111,11 +111,21 @@ def _open_folders(params: DataParams, fast: bool) -> Splits:
     else:
         train = ClassificationFolder(
             params.train_dir,
-            train_transform(params.train_crop_size, params.train_min_scale, params.auto_augment, params.random_erase),
+            train_transform(
+                params.train_crop_size,
+                params.train_min_scale,
+                params.auto_augment,
+                params.random_erase,
+                interpolation=params.interpolation,
+                ra_magnitude=params.ra_magnitude,
+                augmix_severity=params.augmix_severity,
+            ),
             params.on_bad_image,
         )
         val = ClassificationFolder(
-            params.val_dir, eval_transform(params.val_resize_size, params.val_crop_size), params.on_bad_image
+            params.val_dir,
+            eval_transform(params.val_resize_size, params.val_crop_size, params.interpolation),
+            params.on_bad_image,
         )
     message = ignored_message(train.ignored + val.ignored)
     return Splits(train, val, classes, warnings=(message,) if message else ())
