@@ -383,11 +383,9 @@ def test_a_restart_for_another_nodes_failure_continues_this_jobs_checkpoint(tmp_
 
 def test_restarts_over_nodes_through_the_shared_rendezvous_store_are_warned_about(monkeypatch):
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")  # what torchrun sets unless the store is disabled
-    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in shared_store_restart_warning()
-    for name, value in [("TORCHELASTIC_USE_AGENT_STORE", "False"), ("GROUP_WORLD_SIZE", "1"),
-                        ("TORCHELASTIC_MAX_RESTARTS", "0")]:  # fmt: skip
+    for name, value in [("TORCHELASTIC_USE_AGENT_STORE", "False"), ("TORCHELASTIC_MAX_RESTARTS", "0")]:
         with monkeypatch.context() as m:
             m.setenv(name, value)
             assert shared_store_restart_warning() is None, name

@@ -110,20 +110,17 @@ def collective_timeout() -> Optional[timedelta]:
 
 
 def shared_store_restart_warning() -> Optional[str]:
-    """A warning for a torchrun job that may restart over several nodes through torch's shared rendezvous store
-    (the default since torch 2.5), None otherwise. Its keys outlive a restart, so a restarted group can read the
-    previous group's addresses and hang in its process-group setup until the timeout (pytorch/pytorch#135712;
-    seen here with gloo on two agents): TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives every group a store of its own."""
+    """A warning for a torchrun job that may restart its workers through torch's shared rendezvous store (the
+    default since torch 2.5), None otherwise. Its keys outlive a failed group, so a restarted group can read the
+    previous group's addresses and hang in its process-group setup until the timeout (pytorch/pytorch#135712; seen
+    here with gloo on one and on two agents): TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives every group a store of its
+    own."""
     env = os.environ
-    if (
-        env.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
-        or int(env.get("GROUP_WORLD_SIZE", "1") or 1) <= 1
-        or int(env.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) <= 0
-    ):
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(env.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) <= 0:
         return None
     return (
-        "torchrun --max-restarts over several nodes with torch's shared rendezvous store: a restarted group can hang "
-        "in its setup (pytorch/pytorch#135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 on every node"
+        "torchrun --max-restarts with torch's shared rendezvous store: a restarted group can hang in its setup "
+        "(pytorch/pytorch#135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (on every node)"
     )
 
 
