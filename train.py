@@ -52,6 +52,7 @@ from partialconv.engine.preemption import Preemption
 from partialconv.engine.run_lock import EXIT_RUN_DIR_BUSY, RunDirBusy, RunDirLock
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import (
+    broadcast_buffers,
     check_input_size,
     configure_backends,
     override_batchnorm,
@@ -202,6 +203,9 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
                 if result.preempted and result.steps_done < steps_per_epoch:
                     save_mid(result.steps_done)
                     return preempted_exit(preemption, log, run_dir, epoch, result.steps_done)
+                # Every rank validates rank 0's BatchNorm statistics, the ones saved (DDP syncs them before each
+                # forward, so the last step left each rank its own), also after a resume from the save below.
+                broadcast_buffers(model)
                 # The epoch's training is saved before validation: a stop or kill during validation loses only the
                 # validation, which the resume runs again.
                 save_mid(steps_per_epoch, {"seconds": result.seconds, "images": result.images})
