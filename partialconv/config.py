@@ -26,6 +26,7 @@ from .data import (
     ensure_demo_dataset,
     get_backend,
 )
+from .data.backends import is_url
 from .data.loaders import resolve_workers
 from .data.presets import AUTO_AUGMENT
 from .engine.cli import one_line
@@ -95,6 +96,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "clip_grad_norm": (lambda v: v > 0, "> 0 (or unset: no clipping)"),
     "lr_warmup_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "random_erase": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data_cache_limit": (lambda v: v > 0, "> 0 (GB; or unset: no limit)"),
     "mixup_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
     "cutmix_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
     "model_ema_steps": (lambda v: v >= 1, ">= 1"),
@@ -211,8 +213,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("data")
-    g.add_argument("--data_train", "--data-train", dest="data_train", default=None, help="ImageFolder train dir")
-    g.add_argument("--data_val", "--data-val", dest="data_val", default=None, help="ImageFolder val dir")
+    g.add_argument(
+        "--data_train",
+        "--data-train",
+        dest="data_train",
+        default=None,
+        help="train split: an ImageFolder dir, or a shard dir/URL (index.json from python -m scripts.write_shards; "
+        "http(s)://, s3://, gs://, any fsspec URL)",
+    )
+    g.add_argument("--data_val", "--data-val", dest="data_val", default=None, help="val split, as --data_train")
+    g.add_argument(
+        "--data-cache",
+        default=None,
+        metavar="DIR",
+        help="node-local cache of shards read from URLs (fetched whole, once per node); default: "
+        "<tmpdir>/partialconv-shards-<uid>",
+    )
+    g.add_argument(
+        "--data-cache-limit",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="size limit of --data-cache: least recently used shards are evicted; default: none",
+    )
     g.add_argument(
         "-j",
         "--workers",
@@ -598,6 +621,8 @@ def compare_resumed_config(saved: dict[str, Any], cfg: argparse.Namespace, sourc
 
 def _same(key: str, old: Any, new: Any) -> bool:
     if key in ("data_train", "data_val") and old is not None and new is not None:
+        if is_url(old) or is_url(new):
+            return str(old).rstrip("/") == str(new).rstrip("/")
         return Path(old).resolve() == Path(new).resolve()  # data/train and /abs/data/train are the same data
     return old == new
 
@@ -620,6 +645,8 @@ DATA_OPTIONS: dict[str, tuple[str, str]] = {
     "random_erase": ("random_erase", "--random-erase"),
     "ra_sampler": ("ra_sampler", "--ra-sampler"),
     "ra_reps": ("ra_reps", "--ra-reps"),
+    "cache_dir": ("data_cache", "--data-cache"),
+    "cache_limit_gb": ("data_cache_limit", "--data-cache-limit"),
 }
 DATA_FLAGS = {field: flag for field, (_, flag) in DATA_OPTIONS.items()}
 

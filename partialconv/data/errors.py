@@ -29,6 +29,8 @@ PARAM_NAMES: dict[str, str] = {
     "random_erase": "random erase probability",
     "ra_sampler": "repeated augmentation",
     "ra_reps": "repeated augmentation copies",
+    "cache_dir": "shard cache",
+    "cache_limit_gb": "shard cache limit (GB)",
 }
 
 

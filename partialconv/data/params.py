@@ -37,6 +37,8 @@ class DataParams:
     random_erase: float = 0.0  # RandomErasing probability (0: off)
     ra_sampler: bool = False  # repeated augmentation of the train order (SeededSampler's repeats)
     ra_reps: int = 3  # copies of each image under ra_sampler
+    cache_dir: Optional[str] = None  # where shards read from URLs are kept on this node (None: a temp-dir default)
+    cache_limit_gb: Optional[float] = None  # the cache's size limit (least recently used shards go first)
 
     def __post_init__(self) -> None:
         # Paths are kept as text (messages, config files); os.PathLike callers are welcome.
@@ -48,6 +50,8 @@ class DataParams:
             raise DataError(Param("workers", self.workers), " must be >= 0")
         if self.on_bad_image not in ("skip", "error"):
             raise DataError(Param("on_bad_image", self.on_bad_image), " must be skip or error")
+        if self.cache_limit_gb is not None and not self.cache_limit_gb > 0:
+            raise DataError(Param("cache_limit_gb", self.cache_limit_gb), " must be > 0")
         if self.ra_reps < 1:
             raise DataError(Param("ra_reps", self.ra_reps), " must be >= 1")
 
