@@ -246,9 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--data-backend",
-        choices=backend_names(),
+        choices=[*backend_names(), "auto"],
         default="pil",
-        help="; ".join(f"{name}: {get_backend(name).help}" for name in backend_names()),
+        help="; ".join(f"{name}: {get_backend(name).help}" for name in backend_names())
+        + "; auto: shards for a URL or a directory holding index.json, else pil",
     )
     g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
     g.add_argument(
@@ -617,6 +618,22 @@ def compare_resumed_config(saved: dict[str, Any], cfg: argparse.Namespace, sourc
         for k in sorted(old)
         if k in new and k not in _RESUME_QUIET and not _same(k, old[k], new[k])
     ]
+
+
+# The key under which a run's checkpoint config (not config.yaml: it is no flag) and metrics.jsonl lines record what
+# its data is beyond the paths (Loaders.identity: the shard indexes' fingerprints; "" for image folders).
+DATA_IDENTITY_KEY = "data_identity"
+
+
+def check_same_data(saved: Optional[str], current: str, source: str) -> None:
+    """Refuse to resume a run whose data, at the same paths, is another dataset than the checkpoint's (a shard
+    directory or URL rewritten from other images): the order and position of the run would no longer be its own."""
+    if saved and current and saved != current:
+        raise ConfigError(
+            f"--resume {source}: the checkpoint was trained on other data at these paths ({saved}); "
+            f"--data_train/--data_val now hold {current}. Resume on the checkpoint's data, or start a new run "
+            "(another --prefix or --output-dir, or --overwrite)"
+        )
 
 
 def _same(key: str, old: Any, new: Any) -> bool:

@@ -113,6 +113,14 @@ def choose_backend(params: DataParams) -> Backend:
                 Param("backend", backend.name),
                 f" reads local paths, not {url} (URLs are read by: {', '.join(readers) or 'none'}, or auto)",
             )
+        root = Path(params.train_dir)
+        if url is None and not (backend.detect is not None and backend.detect(root)):
+            other = next((b for b in _BACKENDS.values() if b.detect is not None and b.detect(root)), None)
+            if other is not None:  # e.g. pil on a shard directory: say so instead of "no class folders"
+                raise DataError(
+                    Param("train_dir", root), f" holds {other.name} data, not {backend.name}'s: use ",
+                    Param("backend", other.name), " or auto",
+                )  # fmt: skip
         return backend
     for backend in _BACKENDS.values():
         if url is not None and not backend.reads_urls:

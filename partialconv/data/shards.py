@@ -48,13 +48,16 @@ from .errors import DataError, Param
 from .params import DataParams
 
 __all__ = [
+    "FORMAT",
     "INDEX_NAME",
+    "VERSION",
     "SHARDS_BACKEND",
     "ShardCache",
     "ShardIndex",
     "ShardSamples",
     "ShardStore",
     "default_cache_dir",
+    "index_fingerprint",
     "open_shard_splits",
     "sha256_file",
 ]
