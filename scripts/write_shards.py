@@ -31,7 +31,7 @@ from typing import Any, BinaryIO, Optional
 from tqdm import tqdm
 
 from partialconv.data.image_folder import ignored_message, scan_image_folder
-from partialconv.data.shards import FORMAT, INDEX_NAME, VERSION, ShardIndex, index_fingerprint, sha256_file
+from partialconv.data.shards import FORMAT, INDEX_NAME, VERSION, ShardIndex, index_fingerprint, locked, sha256_file
 from partialconv.fileio import append_line, atomic_write, write_text_atomic
 
 PROGRESS_NAME = ".write_shards.progress.jsonl"
@@ -157,6 +157,14 @@ def write_shards(src: Path, out: Path, shard_mb: float, workers: int) -> Path:
     """Write (or finish writing) the shards and index of ``src`` into ``out``; returns the index path."""
     source = scan_source(src)
     out.mkdir(parents=True, exist_ok=True)
+    with locked(out / ".write_shards.lock", blocking=False) as mine:
+        if not mine:
+            raise WriterError(f"{out}: another write_shards is writing into it (wait for it, or stop it)")
+        return _write_locked(source, out, shard_mb, workers)
+
+
+def _write_locked(source: Source, out: Path, shard_mb: float, workers: int) -> Path:
+    src = source.root
     index_path = out / INDEX_NAME
     if index_path.exists():
         index = ShardIndex.parse(index_path.read_bytes(), str(index_path))

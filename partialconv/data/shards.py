@@ -58,6 +58,7 @@ __all__ = [
     "ShardStore",
     "default_cache_dir",
     "index_fingerprint",
+    "locked",
     "open_shard_splits",
     "sha256_file",
 ]
@@ -117,7 +118,9 @@ class ShardIndex:
             samples = body["samples"]
             index = cls(
                 classes=[str(c) for c in body["classes"]],
-                shards=[{"name": str(s["name"]), "size": int(s["size"]), "sha256": str(s["sha256"])} for s in body["shards"]],
+                shards=[
+                    {"name": str(s["name"]), "size": int(s["size"]), "sha256": str(s["sha256"])} for s in body["shards"]
+                ],
                 names=np.array([n.encode() for n in samples["name"]], dtype=bytes),
                 shard=np.asarray(samples["shard"], dtype=np.int32),
                 offset=np.asarray(samples["offset"], dtype=np.int64),
@@ -170,7 +173,7 @@ def read_url(url: str, tries: int = DOWNLOAD_TRIES) -> bytes:
 
 
 @contextmanager
-def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
+def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
     """An exclusive ``flock`` on ``path`` (created if needed): held by one process of the node at a time and
     released by the kernel if the holder dies. Yields False when ``blocking`` is off and another process holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -212,7 +215,7 @@ class ShardCache:
     def path(self, base: str, shard: dict[str, Any]) -> Path:
         folder = self.folder(base)
         local = folder / shard["name"]
-        with _locked(folder / f".{shard['name']}.lock"):
+        with locked(folder / f".{shard['name']}.lock"):
             if not self._valid(local, shard):
                 self._evict(shard["size"], keep=local)
                 self._download(_join(base, shard["name"]), local, shard)
@@ -225,7 +228,9 @@ class ShardCache:
 
     def _write_note(self, local: Path, shard: dict[str, Any]) -> None:
         st = local.stat()
-        self._note(local).write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": shard["sha256"]}))
+        self._note(local).write_text(
+            json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": shard["sha256"]})
+        )
 
     def _valid(self, local: Path, shard: dict[str, Any]) -> bool:
         try:
@@ -291,7 +296,7 @@ class ShardCache:
                 break
             if f == keep:
                 continue
-            with _locked(f.with_name(f".{f.name}.lock"), blocking=False) as mine:
+            with locked(f.with_name(f".{f.name}.lock"), blocking=False) as mine:
                 if mine:  # a process that has it open keeps reading it (unlinked inode); others fetch it again
                     f.unlink(missing_ok=True)
                     self._note(f).unlink(missing_ok=True)
@@ -389,7 +394,9 @@ def load_index(location: str, param: str) -> ShardIndex:
         else:
             data = (Path(location) / INDEX_NAME).read_bytes()
     except FileNotFoundError:
-        raise DataError(Param(param, location), f": no {INDEX_NAME} (write one with python -m scripts.write_shards)") from None
+        raise DataError(
+            Param(param, location), f": no {INDEX_NAME} (write one with python -m scripts.write_shards)"
+        ) from None
     except OSError as e:
         raise DataError(Param(param, location), f": {e}") from None
     try:
