@@ -43,10 +43,11 @@ def draft_scale(crop_w: int, crop_h: int, out_size: int) -> int:
 
 
 class FastTrainCrop:
-    """Path or bytes -> (crop, crop, 3) uint8 tensor: RandomResizedCrop(crop, scale, ratio) + horizontal flip, drawn from
-    torch's global generator (the caller seeds it per sample, as for ``train_transform``).
+    """Path or bytes -> (crop, crop, 3) uint8 tensor: RandomResizedCrop(crop, scale, ratio) + horizontal flip,
+    drawn from torch's global generator (the caller seeds it per sample, as for ``train_transform``).
 
-    Decoding happens here (the dataset passes the path or the bytes), because the decode scale depends on the drawn crop.
+    Decoding happens here (the dataset passes the path or the bytes), because the decode scale depends on the drawn
+    crop.
     """
 
     def __init__(self, crop_size: int, min_scale: float = RRC_SCALE[0], use_draft: bool = True) -> None:
