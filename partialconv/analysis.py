@@ -88,6 +88,7 @@ class RunResult:
     best_acc5: float  # top-5 of the epoch with the best top-1 (the model_best checkpoint)
     best_epoch: int
     config: dict[str, Any] = field(default_factory=dict)  # the run's config.yaml ({} when it has none)
+    data_identity: str = ""  # metrics.jsonl's data_identity (shard index fingerprints), "" for image folders
 
     @property
     def finished(self) -> bool:
@@ -110,9 +111,11 @@ class RunResult:
             return (("epochs", self.epochs_planned),)
         # a key missing from an older run's config.yaml had train.py's default (the flag did not exist yet)
         defaults = _flag_defaults()
-        return tuple(
+        keys = tuple(
             (k, self.epochs_planned if k == "epochs" else self.config.get(k, defaults.get(k))) for k in RECIPE_KEYS
         )
+        # other data at the same path (shards rewritten from other images) is another experiment
+        return keys + ((("data_identity", self.data_identity),) if self.data_identity else ())
 
     @property
     def continues(self) -> Optional[str]:
@@ -395,6 +398,7 @@ def load_run(run_dir: Path) -> tuple[Optional[RunResult], list[str]]:
             best_acc5=float(best["val_acc5"]),
             best_epoch=int(best["epoch"]),
             config=config,
+            data_identity=str(last.get("data_identity", "")),
         ),
         problems,
     )

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import sys
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
@@ -182,6 +183,7 @@ def _write_locked(source: Source, out: Path, shard_mb: float, workers: int) -> P
     done = {k: r for k, r in done.items() if (out / shard_name(k)).is_file()}
     width = max(8, len(str(len(source.files) - 1)))
     todo = [(src, out, k, a, width, source.files[a:b]) for k, (a, b) in enumerate(ranges) if k not in done]
+    start = time.perf_counter()
     bar = tqdm(total=len(source.files), initial=len(source.files) - sum(len(j[5]) for j in todo), unit="img")
     bar.set_description(f"{len(ranges)} shards")
     with bar:
@@ -216,7 +218,8 @@ def _write_locked(source: Source, out: Path, shard_mb: float, workers: int) -> P
     body["fingerprint"] = index_fingerprint(body)
     write_text_atomic(index_path, json.dumps(body, separators=(",", ":")))  # last: the shards are all there
     progress.unlink()
-    print(f"{out}: {len(source.files)} images in {len(ranges)} shards; index {index_path}")
+    rate = sum(len(job[5]) for job in todo) / max(time.perf_counter() - start, 1e-9)
+    print(f"{out}: {len(source.files)} images in {len(ranges)} shards; index {index_path} ({rate:.1f} images/s)")
     return index_path
 
 
