@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -175,8 +174,9 @@ def markdown(info: dict, args: argparse.Namespace, loader: list, io_rows: list, 
         "# Tar shards vs image files (benchmarks/shards_read.py)",
         "",
         f"Command: `{info['command']}`; {info['date']}, {info['device_name']}, load average "
-        f"{info['loadavg_1min']}, torch {torch.__version__}, commit {info['git_commit']}. Measured on a busy shared 2-core machine "
-        "(other jobs running): ratios measured side by side in interleaved windows are the figures to read.",
+        f"{info['loadavg_1min']}, torch {torch.__version__}, commit {info['git_commit']}. Measured on a busy "
+        "shared 2-core machine (other jobs running): ratios measured side by side in interleaved windows are the "
+        "figures to read.",
         "",
         f"{args.images} ImageNet-like JPEGs (500x375, q90, ~100 KB), batch 32, crop 224, train loader only.",
         "",
@@ -194,9 +194,14 @@ def markdown(info: dict, args: argparse.Namespace, loader: list, io_rows: list, 
     lines += ["", "From `python -m http.server` on 127.0.0.1 (one epoch, build_loaders included):", "",
               "| cache | -j | seconds | img/s |", "|---|---|---|---|"]  # fmt: skip
     lines += [f"| {r['cache']} | {r['workers']} | {r['seconds']:.1f} | {r['img_per_s']:.1f} |" for r in http]
-    lines += ["", "Writer (a subprocess; seconds include starting Python and torch and the scan; images/s is the writing "
-              "phase's; peak RSS is the writer's own):", "",
-              "| images | source MB | shards | process seconds | writing images/s | peak RSS MB |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "Writer (a subprocess; seconds include starting Python and torch and the scan; images/s is the writing "
+        "phase's; peak RSS is the writer's own):",
+        "",
+        "| images | source MB | shards | process seconds | writing images/s | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [f"| {r['images']} | {r['source_mb']:.0f} | {r['shards']} | {r['seconds']:.1f} | "
               f"{r['write_img_per_s']:.0f} | {r['peak_rss_mb']:.0f} |" for r in writer]  # fmt: skip
     return "\n".join(lines) + "\n"
