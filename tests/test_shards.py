@@ -6,6 +6,7 @@ through the node-local cache, served by a real ``python -m http.server`` (and a 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -253,10 +254,39 @@ def test_http_shards_are_fetched_once_per_node_and_read_as_the_local_ones(shards
     assert sorted(p.name for p in cache.glob("*/shard-*.tar")) == sorted(s["name"] for s in names)
 
 
+def _fetch_all(root: Path, base: str, index: ShardIndex, barrier) -> None:
+    barrier.wait()  # every process asks at the same moment
+    for shard in index.shards:
+        ShardCache(root).path(base, shard)
+
+
+def test_processes_of_a_node_fetch_each_shard_once(shards, tmp_path):
+    script = tmp_path / "slow_server.py"
+    script.write_text(DYING_SERVER)
+    server, url = _serve(shards, "0", "0.3", script=script)
+    index = ShardIndex.parse((shards / "val" / INDEX_NAME).read_bytes(), "index")
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(4)
+    try:
+        procs = [
+            context.Process(target=_fetch_all, args=(tmp_path / "cache", f"{url}/val", index, barrier))
+            for _ in range(4)
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(120)
+        assert [proc.exitcode for proc in procs] == [0] * 4
+    finally:
+        log = _stop(server)
+    for shard in index.shards:
+        assert log.count(f"GET /val/{shard['name']} ") == 1, log
+
+
 DYING_SERVER = textwrap.dedent(
     """
-    import http.server, os, sys
-    directory, cut_first = sys.argv[1], int(sys.argv[2])
+    import http.server, os, sys, time
+    directory, cut_first, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     served = {}
 
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -272,6 +302,7 @@ DYING_SERVER = textwrap.dedent(
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
+            time.sleep(delay)  # a slow server: concurrent requests overlap
             if served[path] <= cut_first:  # the server's process dies mid-body: the connection drops
                 self.wfile.write(data[:1000])
                 self.wfile.flush()
@@ -291,7 +322,7 @@ DYING_SERVER = textwrap.dedent(
 def test_a_download_cut_short_is_retried_then_named(shards, tmp_path, fast_retries, cuts):
     script = tmp_path / "dying_server.py"
     script.write_text(DYING_SERVER)
-    server, url = _serve(shards, str(cuts), script=script)
+    server, url = _serve(shards, str(cuts), "0", script=script)
     try:
         cache = ShardCache(tmp_path / "cache")
         index = ShardIndex.parse((shards / "val" / INDEX_NAME).read_bytes(), "index")
