@@ -57,6 +57,13 @@ def write(src: Path, out: Path, shard_mb: float) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "write_img_per_s": rate, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
+def baseline_rss_mb() -> float:
+    """Peak RSS of a process that only imports what the writer imports (Python, torch, torchvision, tqdm)."""
+    child = subprocess.Popen([sys.executable, "-c", "import scripts.write_shards"], cwd=ROOT)
+    _, _, usage = os.wait4(child.pid, 0)
+    return usage.ru_maxrss / 1024
+
+
 def params(train: Path, backend: str, workers: int, **extra: Any) -> DataParams:
     return DataParams(train, train, batch_size=32, workers=workers, backend=backend, seed=0, **extra)
 
@@ -203,7 +210,8 @@ def markdown(info: dict, args: argparse.Namespace, loader: list, io_rows: list, 
         "|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['images']} | {r['source_mb']:.0f} | {r['shards']} | {r['seconds']:.1f} | "
-              f"{r['write_img_per_s']:.0f} | {r['peak_rss_mb']:.0f} |" for r in writer]  # fmt: skip
+              f"{r['write_img_per_s']:.0f} | {r['peak_rss_mb']:.0f} |" for r in writer if r["images"]]  # fmt: skip
+    lines += [f"| (imports only) | | | | | {writer[-1]['peak_rss_mb']:.0f} |"]
     return "\n".join(lines) + "\n"
 
 
@@ -231,6 +239,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             row.update(images=n, source_mb=size / 1e6, shards=len(list(out.glob("shard-*.tar"))))
             writer.append(row)
             print(f"writer: {row}", flush=True)
+        writer.append({"images": 0, "source_mb": 0.0, "shards": 0, "seconds": 0.0, "write_img_per_s": 0.0,
+                       "peak_rss_mb": baseline_rss_mb()})  # fmt: skip
         shards_root = work / "shards"
         shards_root.mkdir()
         (work / f"w{args.images}").rename(shards_root / "train")
