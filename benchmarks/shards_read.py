@@ -43,25 +43,38 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# Runs a module or statement and reports its own peak RSS (VmHWM) at exit: a child's getrusage maxrss on Linux
+# carries its parent's high-water mark across fork + exec, so it would report this benchmark's memory, not the writer's.
+_PEAK = (
+    "import runpy, sys\n"
+    "try:\n"
+    "    exec(sys.argv.pop(1)) if sys.argv[1].startswith('import ') else runpy.run_module(sys.argv.pop(1), "
+    "run_name='__main__')\n"
+    "finally:\n"
+    "    print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')), file=sys.stderr, flush=True)\n"
+)
+
+
+def _peak_mb(stderr: str) -> float:
+    line = next(line for line in stderr.splitlines() if line.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024  # kB
+
+
 def write(src: Path, out: Path, shard_mb: float) -> dict[str, Any]:
-    """Run the writer as a child: its wall time, the rate of its writing phase (its last line) and its own peak
-    RSS (``wait4``: this child only)."""
-    cmd = [sys.executable, "-m", "scripts.write_shards", str(src), str(out), "--shard-mb", str(shard_mb)]
+    """Run the writer as a child: its wall time, the rate of its writing phase (its last line) and its peak RSS."""
+    cmd = [sys.executable, "-c", _PEAK, "scripts.write_shards", str(src), str(out), "--shard-mb", str(shard_mb)]
     start = time.perf_counter()
-    child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"{cmd} failed: {output}")
-    rate = float(output.rsplit("(", 1)[1].split(" images/s")[0])
-    return {"seconds": time.perf_counter() - start, "write_img_per_s": rate, "peak_rss_mb": usage.ru_maxrss / 1024}
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    rate = float(done.stdout.rsplit("(", 1)[1].split(" images/s")[0])
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "write_img_per_s": rate, "peak_rss_mb": _peak_mb(done.stderr)}
 
 
 def baseline_rss_mb() -> float:
     """Peak RSS of a process that only imports what the writer imports (Python, torch, torchvision, tqdm)."""
-    child = subprocess.Popen([sys.executable, "-c", "import scripts.write_shards"], cwd=ROOT)
-    _, _, usage = os.wait4(child.pid, 0)
-    return usage.ru_maxrss / 1024
+    done = subprocess.run([sys.executable, "-c", _PEAK, "import scripts.write_shards"], cwd=ROOT, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return _peak_mb(done.stderr)
 
 
 def params(train: Path, backend: str, workers: int, **extra: Any) -> DataParams:

@@ -341,6 +341,21 @@ def test_a_download_cut_short_is_retried_then_named(shards, tmp_path, fast_retri
     assert log.count("cut /val/shard-000000.tar") == min(cuts, shards_module.DOWNLOAD_TRIES)
 
 
+def test_a_run_whose_shard_cannot_be_fetched_stops_with_one_line_naming_the_url(shards, tmp_path, fast_retries, capsys):
+    script = tmp_path / "dying_server.py"
+    script.write_text(DYING_SERVER)
+    server, url = _serve(shards, "99", "0", script=script)
+    try:
+        argv = [*BASE, "--epochs", "1", "--data-backend", "auto", "--output-dir", str(tmp_path / "run")]
+        argv += ["--data_train", f"{url}/train", "--data_val", f"{url}/val", "--data-cache", str(tmp_path / "c")]
+        assert train.cli([*argv, "-j", "1"]) == 2  # the error comes from a DataLoader worker
+    finally:
+        _stop(server)
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and err[0].startswith(f"train.py: error: shard {url}/train/shard-"), err
+    assert "download failed after 3 tries (got 1000 of " in err[0]
+
+
 def test_a_corrupted_cached_shard_is_fetched_again(shards, tmp_path, fast_retries, capsys):
     server, url = _serve(shards)
     try:

@@ -42,6 +42,7 @@ from typing import IO, Any, Callable, Optional, Union
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..fileio import write_text_atomic
 from .backends import Backend, Splits, is_url
 from .decode import SampleDecode, split_decoders
 from .errors import DataError, Param
@@ -208,8 +209,8 @@ class ShardCache:
         folder = self.root / hashlib.sha256(base.encode()).hexdigest()[:16]
         folder.mkdir(parents=True, exist_ok=True)
         note = folder / "SOURCE"
-        if not note.exists():
-            note.write_text(base + "\n")
+        if not note.exists():  # which URL the hashed name stands for, for a person looking at the cache
+            write_text_atomic(note, base + "\n")
         return folder
 
     def path(self, base: str, shard: dict[str, Any]) -> Path:
@@ -435,10 +436,22 @@ def open_shard_splits(params: DataParams) -> Splits:
     def store(location: str, index: ShardIndex) -> ShardStore:
         return ShardStore(location, index, cache if is_url(location) else None)
 
+    warnings = []
+    remote = sum(
+        sum(s["size"] for s in i.shards)
+        for p, i in ((params.train_dir, train_index), (params.val_dir, val_index))
+        if is_url(p)
+    )
+    if cache is not None and cache.limit_bytes is not None and remote > cache.limit_bytes:
+        warnings.append(
+            f"the shard cache limit ({cache.limit_bytes / 1e9:g} GB) is below the {remote / 1e9:.1f} GB of shards this "
+            "run reads: every epoch visits all shards, so evicted shards will be fetched again and again"
+        )
     return Splits(
         ShardSamples(store(params.train_dir, train_index), train_decode, collate),
         ShardSamples(store(params.val_dir, val_index), val_decode, collate),
         train_index.classes,
+        warnings=warnings,
         identity=dataset_identity(train_index, val_index),
     )
 
