@@ -137,6 +137,27 @@ def loader_only(folder: Path, shards: Path, workers: list[int], windows: int, st
     return rows
 
 
+def per_sample_cpu(folder: Path, shards: Path, rounds: int) -> list[dict]:
+    """CPU ms per train sample in this process (no DataLoader, no scheduling noise from worker processes): every
+    4th sample of each dataset per round, the two datasets interleaved, medians over rounds."""
+    sets = {
+        "folder (pil_fast)": build_loaders(params(folder, "pil_fast", 0), CPU).train.dataset,
+        "shards": build_loaders(params(shards, "shards", 0), CPU).train.dataset,
+    }
+    times: dict[str, list[float]] = {name: [] for name in sets}
+    for r in range(rounds):
+        for name in list(sets) if r % 2 == 0 else list(sets)[::-1]:
+            start = time.process_time()
+            picked = range(0, len(sets[name]), 4)
+            for i in picked:
+                sets[name][(i, i)]
+            times[name].append(1000 * (time.process_time() - start) / len(picked))
+    ratios = [b / a for a, b in zip(times["folder (pil_fast)"], times["shards"])]
+    return [{"pipeline": name, "cpu_ms_per_image": statistics.median(t), "rounds": t} for name, t in times.items()] + [
+        {"pipeline": "shards/folder CPU", "ratio": statistics.median(ratios), "range": [min(ratios), max(ratios)]}
+    ]
+
+
 def _rchar() -> int:
     with open("/proc/self/io") as f:
         return int(next(line for line in f if line.startswith("rchar:")).split()[1])
@@ -189,7 +210,10 @@ def http_cold_warm(shards_root: Path, cache: Path, workers: int) -> list[dict]:
         server.wait()
 
 
-def markdown(info: dict, args: argparse.Namespace, loader: list, io_rows: list, http: list, writer: list) -> str:
+PARTS = ("writer", "loader", "sample", "io", "http")
+
+
+def markdown(info: dict, args: argparse.Namespace, results: dict[str, list]) -> str:
     lines = [
         "# Tar shards vs image files (benchmarks/shards_read.py)",
         "",
@@ -198,33 +222,52 @@ def markdown(info: dict, args: argparse.Namespace, loader: list, io_rows: list, 
         "shared 2-core machine (other jobs running): ratios measured side by side in interleaved windows are the "
         "figures to read.",
         "",
-        f"{args.images} ImageNet-like JPEGs (500x375, q90, ~100 KB), batch 32, crop 224, train loader only.",
-        "",
-        "| pipeline | -j | wall img/s (median) | img per CPU-second | shards/folder wall (range) | CPU ratio |",
-        "|---|---|---|---|---|---|",
+        f"{args.images} ImageNet-like JPEGs (500x375, q90, ~100 KB), batch 32, crop 224, the train split.",
     ]
-    for r in loader:
-        ratio = f"{r['wall_ratio_vs_folder']:.2f} ({r['wall_ratio_range'][0]:.2f}-{r['wall_ratio_range'][1]:.2f})" \
-            if "wall_ratio_vs_folder" in r else ""  # fmt: skip
-        cpu = f"{r['cpu_ratio_vs_folder']:.2f}" if "cpu_ratio_vs_folder" in r else ""
-        lines.append(f"| {r['pipeline']} | {r['workers']} | {r['img_per_s']:.1f} | {r['img_per_cpu_s']:.1f} | "
-                     f"{ratio} | {cpu} |")  # fmt: skip
-    lines += ["", "One epoch, -j 0:", "", "| pipeline | images | files opened | bytes read |", "|---|---|---|---|"]
-    lines += [f"| {r['pipeline']} | {r['images']} | {r['files_opened']} | {r['bytes_read']:,} |" for r in io_rows]
-    lines += ["", "From `python -m http.server` on 127.0.0.1 (one epoch, build_loaders included):", "",
-              "| cache | -j | seconds | img/s |", "|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {r['cache']} | {r['workers']} | {r['seconds']:.1f} | {r['img_per_s']:.1f} |" for r in http]
-    lines += [
-        "",
-        "Writer (a subprocess; seconds include starting Python and torch and the scan; images/s is the writing "
-        "phase's; peak RSS is the writer's own):",
-        "",
-        "| images | source MB | shards | process seconds | writing images/s | peak RSS MB |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [f"| {r['images']} | {r['source_mb']:.0f} | {r['shards']} | {r['seconds']:.1f} | "
-              f"{r['write_img_per_s']:.0f} | {r['peak_rss_mb']:.0f} |" for r in writer if r["images"]]  # fmt: skip
-    lines += [f"| (imports only) | | | | | {writer[-1]['peak_rss_mb']:.0f} |"]
+    if "loader" in results:
+        lines += [
+            "",
+            "Train loader only (DataLoader workers, interleaved windows):",
+            "",
+            "| pipeline | -j | wall img/s (median) | img per CPU-second | shards/folder wall (range) | CPU ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in results["loader"]:
+            ratio = f"{r['wall_ratio_vs_folder']:.2f} ({r['wall_ratio_range'][0]:.2f}-{r['wall_ratio_range'][1]:.2f})" \
+                if "wall_ratio_vs_folder" in r else ""  # fmt: skip
+            cpu = f"{r['cpu_ratio_vs_folder']:.2f}" if "cpu_ratio_vs_folder" in r else ""
+            lines.append(f"| {r['pipeline']} | {r['workers']} | {r['img_per_s']:.1f} | {r['img_per_cpu_s']:.1f} | "
+                         f"{ratio} | {cpu} |")  # fmt: skip
+    if "sample" in results:
+        rows = results["sample"]
+        lines += ["", "CPU per train sample, in-process (no workers), interleaved rounds:", "",
+                  "| pipeline | CPU ms per image (median) |", "|---|---|"]  # fmt: skip
+        lines += [f"| {r['pipeline']} | {r['cpu_ms_per_image']:.2f} |" for r in rows[:-1]]
+        lines += [
+            f"| shards / folder | {rows[-1]['ratio']:.2f} ({rows[-1]['range'][0]:.2f}-{rows[-1]['range'][1]:.2f}) |"
+        ]
+    if "io" in results:
+        lines += ["", "One epoch, -j 0:", "", "| pipeline | images | files opened | bytes read |", "|---|---|---|---|"]
+        lines += [f"| {r['pipeline']} | {r['images']} | {r['files_opened']} | {r['bytes_read']:,} |"
+                  for r in results["io"]]  # fmt: skip
+    if "http" in results:
+        lines += ["", "From `python -m http.server` on 127.0.0.1 (one epoch, build_loaders included):", "",
+                  "| cache | -j | seconds | img/s |", "|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['cache']} | {r['workers']} | {r['seconds']:.1f} | {r['img_per_s']:.1f} |"
+                  for r in results["http"]]  # fmt: skip
+    if "writer" in results:
+        writer = results["writer"]
+        lines += [
+            "",
+            "Writer (a subprocess; seconds include starting Python and torch and the scan; images/s is the writing "
+            "phase's; peak RSS is the writer's own):",
+            "",
+            "| images | source MB | shards | process seconds | writing images/s | peak RSS MB |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [f"| {r['images']} | {r['source_mb']:.0f} | {r['shards']} | {r['seconds']:.1f} | "
+                  f"{r['write_img_per_s']:.0f} | {r['peak_rss_mb']:.0f} |" for r in writer if r["images"]]  # fmt: skip
+        lines += [f"| (imports only) | | | | | {writer[-1]['peak_rss_mb']:.0f} |"]
     return "\n".join(lines) + "\n"
 
 
@@ -234,7 +277,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--windows", type=int, default=6)
     parser.add_argument("--steps", type=int, default=4, help="batches per timed window")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds of the in-process per-sample measurement")
     parser.add_argument("--shard-mb", type=float, default=8.0)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "partialconv-bench"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
@@ -242,31 +287,47 @@ def main(argv: Optional[list[str]] = None) -> None:
     info = machine_info(torch.device("cpu"), "benchmarks/shards_read.py", sys.argv[1:])
     folder = make_jpeg_folder(args.cache, num_images=args.images, num_classes=16)
     work = Path(tempfile.mkdtemp(prefix="shards-bench-"))
+    results: dict[str, list] = {}
     try:
-        writer = []
-        small = make_jpeg_folder(args.cache, num_images=args.images // 4, num_classes=16)
-        for src, n in ((small, args.images // 4), (folder, args.images)):
+        sources = [(folder, args.images)]
+        if "writer" in args.parts:
+            sources.insert(
+                0, (make_jpeg_folder(args.cache, num_images=args.images // 4, num_classes=16), args.images // 4)
+            )
+            results["writer"] = []
+        for src, n in sources:
             out = work / f"w{n}"
             row = write(src, out, args.shard_mb)
             size = sum(p.stat().st_size for p in src.rglob("*.JPEG"))
             row.update(images=n, source_mb=size / 1e6, shards=len(list(out.glob("shard-*.tar"))))
-            writer.append(row)
+            results.setdefault("writer", []).append(row)
             print(f"writer: {row}", flush=True)
-        writer.append({"images": 0, "source_mb": 0.0, "shards": 0, "seconds": 0.0, "write_img_per_s": 0.0,
-                       "peak_rss_mb": baseline_rss_mb()})  # fmt: skip
+        if "writer" in args.parts:
+            results["writer"].append({"images": 0, "source_mb": 0.0, "shards": 0, "seconds": 0.0,
+                                      "write_img_per_s": 0.0, "peak_rss_mb": baseline_rss_mb()})  # fmt: skip
+        else:
+            del results["writer"]
         shards_root = work / "shards"
         shards_root.mkdir()
         (work / f"w{args.images}").rename(shards_root / "train")
-        loader = loader_only(folder, shards_root / "train", args.workers, args.windows, args.steps)
-        io_rows = epoch_io(folder, shards_root / "train")
-        print(io_rows, flush=True)
-        http = http_cold_warm(shards_root, work / "cache", max(args.workers))
-        print(http, flush=True)
+        if "loader" in args.parts:
+            results["loader"] = loader_only(folder, shards_root / "train", args.workers, args.windows, args.steps)
+        if "sample" in args.parts:
+            results["sample"] = per_sample_cpu(folder, shards_root / "train", args.rounds)
+            print(results["sample"], flush=True)
+        if "io" in args.parts:
+            results["io"] = epoch_io(folder, shards_root / "train")
+            print(results["io"], flush=True)
+        if "http" in args.parts:
+            results["http"] = http_cold_warm(shards_root, work / "cache", max(args.workers))
+            print(results["http"], flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    payload = {"machine": info, "loader": loader, "epoch_io": io_rows, "http": http, "writer": writer}
-    text = markdown(info, args, loader, io_rows, http, writer)
-    base = save_results(args.out / f"shards_read_{time.strftime('%Y-%m-%d')}_cpu", payload, text)
+    text = markdown(info, args, results)
+    suffix = "" if set(args.parts) == set(PARTS) else "_" + "_".join(args.parts)
+    base = save_results(
+        args.out / f"shards_read_{time.strftime('%Y-%m-%d')}_cpu{suffix}", {"machine": info, **results}, text
+    )
     print(text)
     print(f"wrote {base}.json and {base}.md")
 
