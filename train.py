@@ -9,6 +9,8 @@ Every flag: python train.py --help. The run directory, resume and preemption: do
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sys
 import time
 from pathlib import Path
@@ -34,10 +36,13 @@ from partialconv.engine.checkpointing import (
     LAST,
     carry_best,
     check_fresh_start,
+    complete_run_files,
+    elastic_restart_resume,
     find_resume_checkpoint,
     finished,
     load_resume_weights,
     move_run_aside,
+    remove_temp_files,
     restore_run_state,
     run_state,
     save_run_checkpoint,
@@ -46,6 +51,7 @@ from partialconv.engine.cli import run_cli
 from partialconv.engine.distributed import barrier, cleanup, init_distributed
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
+from partialconv.engine.run_lock import RunDirBusy, RunDirLock
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import (
     check_input_size,
@@ -56,6 +62,7 @@ from partialconv.engine.setup import (
 )
 from partialconv.engine.trainer import (
     AMP_DTYPES,
+    EpochResult,
     NonFiniteLossError,
     build_optimisation,
     evaluate,
@@ -67,6 +74,8 @@ from partialconv.models import create_model
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, WriteError)
+RUN_DIR_FLAGS = "--prefix or --output-dir"
+EXIT_RUN_DIR_BUSY = 75  # EX_TEMPFAIL: another process has the run directory; padding_benchmark retries it later
 
 
 @data_errors_as_flags()  # the data layer's errors, also those of DataLoader workers, in flag names
@@ -76,6 +85,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_backends(cfg, dist.device)
     seed_everything(cfg.seed)
     run_dir = run_dir_of(cfg)
+    restart_note = None
+    if not cfg.evaluate:  # torchrun --max-restarts: a restarted group continues its own newest checkpoint
+        cfg.resume, cfg.overwrite, restart_note = elastic_restart_resume(run_dir, cfg.resume, cfg.overwrite)
+    owner = dist.is_main and not cfg.evaluate  # the one process that writes in the run directory holds its lock
+    lock = RunDirLock(run_dir, RUN_DIR_FLAGS, warn=lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
+    if owner:
+        try:
+            lock.acquire()
+        except OSError as e:
+            raise ConfigError(f"{RUN_DIR_FLAGS} {run_dir}: cannot create the run directory ({e.strerror})") from e
+        remove_temp_files(run_dir)  # of writes a kill interrupted; nobody else writes here now
+    with lock if owner else contextlib.nullcontext():
+        return run(cfg, dist, run_dir, restart_note)
+
+
+def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
+    """The run itself, in a run directory this process holds (or, off rank 0, whose holder it works with)."""
     # every rank, before rank 0 may write anything
     replace = not cfg.evaluate and check_fresh_start(run_dir, cfg.resume, cfg.overwrite, "--prefix or --output-dir")
     if dist.is_main:
@@ -99,9 +125,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.warn(f"{' and '.join(bn_flags)}: {cfg.arch} has no BatchNorm layer; ignored")
     if cfg.evaluate:
         return evaluate_only(cfg, model, loaders, dist, run_dir, log)
+    if restart_note:
+        log.info(restart_note)
     ckpt, ckpt_path = find_resume_checkpoint(cfg.resume, run_dir, log.warn)
     if ckpt is not None:  # an unfit file is refused before it could pass for a finished run
         load_resume_weights(ckpt, model, ckpt_path, cfg.arch)
+    if ckpt is not None and dist.is_main and Path(ckpt_path).parent.resolve() == run_dir.resolve():
+        complete_run_files(run_dir, ckpt, Path(ckpt_path), log.warn)  # best/snapshot a kill left unmade
     if ckpt is not None and isinstance(ckpt.get("config"), dict):
         changed = compare_resumed_config(ckpt["config"], cfg, str(ckpt_path))
         check_same_data(ckpt["config"].get(DATA_IDENTITY_KEY), loaders.identity, str(ckpt_path))
@@ -147,32 +177,46 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         + f"; run dir {run_dir}"
     )
 
-    with Preemption() as preemption:
+    with Preemption(cfg.checkpoint_every_minutes) as preemption:
         config = vars(cfg).copy()
         config[DATA_IDENTITY_KEY] = loaders.identity  # the data itself (shard fingerprints), checked on resume
         for epoch in range(start_epoch, cfg.epochs):
             epoch_start = time.time()
-            loaders.train_sampler.set_epoch(epoch, start_step)
             meter = EpochMeter(dist.device)
             meter.load_state_dict(epoch_sums if start_step else None)
             # the LR of the epoch's first step, also when resumed mid-epoch (the scheduler is further on by then)
             lr = optim.scheduler.base_lrs[0] * optim.scheduler.lr_lambdas[0](epoch * steps_per_epoch)
-            result = train_one_epoch(
-                optim,
-                loaders.train,
-                epoch,
-                meter,
-                start_step=start_step,
-                total_steps=steps_per_epoch,
-                print_freq=cfg.print_freq,
-                log=log.info,
-                preemption=preemption,
-                show_progress=dist.is_main,
-                drops_bad_images=cfg.on_bad_image == "skip",
+            save_mid = functools.partial(
+                save_mid_epoch, run_dir, model, optim, epoch, best_acc1, config, meter, last_record, dist.is_main
             )
-            if result.preempted and result.steps_done < steps_per_epoch:
-                state = run_state(model, optim, epoch, result.steps_done, best_acc1, config, meter.state_dict())
-                return stop_mid_epoch(preemption, state, last_record, run_dir, log, dist.is_main)
+            if start_step < steps_per_epoch:
+                loaders.train_sampler.set_epoch(epoch, start_step)
+                result = train_one_epoch(
+                    optim,
+                    loaders.train,
+                    epoch,
+                    meter,
+                    start_step=start_step,
+                    total_steps=steps_per_epoch,
+                    print_freq=cfg.print_freq,
+                    log=log.info,
+                    preemption=preemption,
+                    show_progress=dist.is_main,
+                    drops_bad_images=cfg.on_bad_image == "skip",
+                    checkpoint=save_mid,
+                    checkpoint_every_steps=cfg.checkpoint_every_steps,
+                )
+                if result.preempted and result.steps_done < steps_per_epoch:
+                    save_mid(result.steps_done)
+                    return preempted_exit(preemption, log, run_dir, epoch, result.steps_done)
+                # The epoch's training is saved before validation: a stop or kill during validation loses only the
+                # validation, which the resume runs again.
+                save_mid(steps_per_epoch, {"seconds": result.seconds, "images": result.images})
+            else:  # resumed between this epoch's training and its validation
+                done = (ckpt or {}).get("epoch_train") or {}
+                result = EpochResult(
+                    steps_per_epoch, False, float(done.get("seconds", 0.0)), int(done.get("images", 0))
+                )
             train = meter.reduce()
             val = evaluate(
                 model, loaders.val, optim.criterion, dist.device, optim.amp_dtype, cfg.channels_last,
@@ -268,18 +312,32 @@ def log_epoch(log: RunLogger, cfg, epoch: int, train: dict, val: dict, best_acc1
         log.warn(f"epoch {epoch + 1}: {record['bad_images']} bad image(s) skipped (named in the warnings above)")
 
 
-def stop_mid_epoch(
-    preemption: Preemption, state: dict, last_record: Optional[dict], run_dir: Path, log: RunLogger, is_main: bool
-) -> int:
-    """Preempted inside an epoch: rank 0 writes ``state`` (every rank built it: gathering RNG states is a collective)
-    as the mid-epoch checkpoint, with the line of the last completed epoch; returns the exit code."""
+def save_mid_epoch(
+    run_dir: Path,
+    model: nn.Module,
+    optim,
+    epoch: int,
+    best_acc1: float,
+    config: dict,
+    meter: EpochMeter,
+    last_record: Optional[dict],
+    is_main: bool,
+    steps_done: int,
+    epoch_train: Optional[dict] = None,
+) -> None:
+    """The checkpoint after ``steps_done`` steps of ``epoch`` (every rank calls it: gathering RNG states and metric
+    sums are collectives; rank 0 writes), with the line of the last completed epoch. ``epoch_train``: the timing of
+    a finished epoch's training, saved before its validation."""
+    state = run_state(model, optim, epoch, steps_done, best_acc1, config, meter.state_dict())
     state["epoch_record"] = last_record
+    if epoch_train is not None:
+        state["epoch_train"] = epoch_train
     if is_main:
         save_run_checkpoint(run_dir, state)
-    return preempted_exit(preemption, log, run_dir, state["epoch"], state["step"])
 
 
 def preempted_exit(preemption: Preemption, log: RunLogger, run_dir: Path, epoch: int, step: int) -> int:
+    """``epoch``: 0-based, with ``step`` of its steps done (0: ``epoch`` epochs completed)."""
     where = f"epoch {epoch + 1} step {step}" if step else f"the end of epoch {epoch}"
     log.info(
         f"preempted by {preemption.name}: stopped at {where}, checkpoint written to {run_dir / LAST}; "
@@ -290,8 +348,10 @@ def preempted_exit(preemption: Preemption, log: RunLogger, run_dir: Path, epoch:
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """``main`` with expected failures as one ``error:`` line and exit code 1 (2 for bad flags/config)."""
-    return run_cli(main, argv, "train.py", [(ConfigError, 2), (EXPECTED_ERRORS, 1)], cleanup=cleanup)
+    """``main`` with expected failures as one ``error:`` line and exit code 1 (2 for bad flags/config, 75 when another
+    process holds the run directory)."""
+    errors = [(RunDirBusy, EXIT_RUN_DIR_BUSY), (ConfigError, 2), (EXPECTED_ERRORS, 1)]
+    return run_cli(main, argv, "train.py", errors, cleanup=cleanup)
 
 
 if __name__ == "__main__":

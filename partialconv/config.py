@@ -79,6 +79,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_classes": (lambda v: v >= 2, ">= 2 (or unset: from the data)"),
     "workers": (lambda v: v >= 0, ">= 0"),
     "save_every": (lambda v: v >= 0, ">= 0 (0: no snapshots)"),
+    "checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "checkpoint_every_minutes": (lambda v: v >= 0, ">= 0 (0: off)"),
     "start_epoch": (lambda v: v >= 0, ">= 0"),
     "train_min_scale": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "lr": (lambda v: v >= 0, ">= 0"),
@@ -313,6 +315,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-e", "--evaluate", action="store_true", help="only evaluate (--resume or --pretrained weights)")
     g.add_argument("-p", "--print-freq", type=int, default=10, help="steps between progress lines")
     g.add_argument("--save-every", type=int, default=0, help="also keep checkpoint_epoch<N>.pth.tar every N epochs")
+    g.add_argument(
+        "--checkpoint-every-minutes",
+        type=float,
+        default=30.0,
+        metavar="M",
+        help="also checkpoint inside an epoch every M minutes of wall clock (rank 0's clock; all ranks save after the "
+        "same step); a crash loses at most M minutes (0: off)",
+    )
+    g.add_argument(
+        "--checkpoint-every-steps",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also checkpoint inside an epoch every K training steps of the run (deterministic; 0: off)",
+    )
     g.add_argument(
         "--tensorboard", action=argparse.BooleanOptionalAction, default=True, help="TensorBoard event files in tb/"
     )

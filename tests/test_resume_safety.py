@@ -47,8 +47,11 @@ def run_dir(finished, tmp_path) -> Path:
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of a run, byte for byte, but the run directory's lock (which names its last holder)."""
     return {
-        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock"
     }
 
 
@@ -62,13 +65,17 @@ def test_rerun_without_resume_is_refused_and_touches_nothing(data, run_dir, caps
     before = snapshot(run_dir)
     assert train.cli(args(data, run_dir, "--epochs", "1")) == 2
     line = error_line(capsys)
-    assert f"{run_dir} holds a run (checkpoint.pth.tar, metrics.jsonl, model_best.pth.tar)" in line
+    assert (
+        f"{run_dir} holds a run (checkpoint.prev.pth.tar, checkpoint.pth.tar, metrics.jsonl, model_best.pth.tar)"
+        in line
+    )
     assert "--resume auto" in line and "--prefix or --output-dir" in line and "--overwrite" in line
     assert snapshot(run_dir) == before
 
 
 def test_resume_auto_without_a_checkpoint_does_not_start_over_on_metrics(data, run_dir, capsys):
     (run_dir / "checkpoint.pth.tar").unlink()
+    (run_dir / "checkpoint.prev.pth.tar").unlink()  # the epoch's training, saved before its validation
     before = snapshot(run_dir)
     assert train.cli(args(data, run_dir, "--epochs", "1", "--resume", "auto")) == 2
     assert "holds a run but no checkpoint to resume (metrics.jsonl, model_best.pth.tar)" in error_line(capsys)

@@ -83,7 +83,8 @@ def straight(data, tmp_path_factory) -> Path:
 def test_checkpoint_on_full_disk_is_one_line_and_the_last_checkpoint_stays(
     data, straight, tmp_path, monkeypatch, capsys
 ):
-    """ENOSPC from the file write inside torch.save of epoch 2's checkpoint (after 4 KiB of it were written)."""
+    """ENOSPC from the file write inside torch.save of epoch 2's checkpoint (after 4 KiB of it were written; the 4th
+    save: each epoch saves its training before validation, then the epoch)."""
     real_save = torch.save
     calls = []
 
@@ -102,7 +103,7 @@ def test_checkpoint_on_full_disk_is_one_line_and_the_last_checkpoint_stays(
 
     def save(obj, f, *a, **kw):
         calls.append(f)
-        return real_save(obj, FullDisk(f) if len(calls) == 2 else f, *a, **kw)
+        return real_save(obj, FullDisk(f) if len(calls) == 4 else f, *a, **kw)
 
     out = tmp_path / "run"
     monkeypatch.setattr(torch, "save", save)
@@ -368,11 +369,18 @@ def test_resume_into_a_new_output_dir_carries_model_best(data, three_epochs, tmp
 
 
 def test_resuming_a_finished_run_says_so_and_rewrites_nothing(data, three_epochs, capsys):
-    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in three_epochs.rglob("*") if p.is_file()}
+    def files():  # but the run directory's lock, which names its last holder
+        return {
+            p: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in three_epochs.rglob("*")
+            if p.is_file() and p.name != ".lock"
+        }
+
+    before = files()
     assert train.cli(args(data, three_epochs, "--epochs", "3", "--resume", "auto")) == 0
     out, err = capsys.readouterr()
     assert err == "" and len(error_lines(out)) == 1 and "finished" in out and "3 of --epochs 3" in out, out
-    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in three_epochs.rglob("*") if p.is_file()} == before
+    assert files() == before
 
 
 def test_progress_lines_show_data_time_eta_scope_and_validation(data, tmp_path, capsys):

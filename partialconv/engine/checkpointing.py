@@ -34,6 +34,10 @@ __all__ = [
     "set_rng_state",
     "gather_rng_states",
     "save_run_checkpoint",
+    "complete_run_files",
+    "remove_temp_files",
+    "elastic_restart_resume",
+    "snapshot_name",
     "find_resume_checkpoint",
     "finished",
     "carry_best",
@@ -89,8 +93,21 @@ def gather_rng_states() -> list[dict[str, Any]]:
 def save_run_checkpoint(
     run_dir: Path, state: dict[str, Any], is_best: bool = False, snapshot_epoch: Optional[int] = None
 ) -> None:
-    """Write the new checkpoint atomically, keeping the last one as ``checkpoint.prev.pth.tar``; copy to
-    best/snapshot. A full disk raises :class:`~partialconv.fileio.WriteError` (one line) with the old files intact."""
+    """Commit ``state`` as the run's checkpoint, then derive ``model_best.pth.tar`` and the epoch snapshot from it.
+
+    The commit protocol, so that a kill at any instruction leaves a directory a resume can complete:
+
+    1. ``state`` records what is to be derived from it (``commit``: whether it is the best, which snapshot);
+    2. it is written to a temporary file and fsynced; the last checkpoint becomes ``checkpoint.prev.pth.tar``;
+    3. the temporary file is renamed to ``checkpoint.pth.tar``: the commit point;
+    4. best and snapshot are hard links to (or, where the file system has none, copies of) the committed file, each
+       put in place by a rename.
+
+    A kill before 3 leaves the previous state (and a temporary file that :func:`complete_run_files` removes); a kill
+    after 3 leaves a checkpoint whose ``commit`` entry says which derived files :func:`complete_run_files` must
+    (re)make. A full disk raises :class:`~partialconv.fileio.WriteError` (one line) with the old files intact.
+    """
+    state["commit"] = {"best": bool(is_best), "snapshot": snapshot_epoch}
     last = run_dir / LAST
     with atomic_write(last) as f:
         torch.save(state, f)
@@ -100,15 +117,113 @@ def save_run_checkpoint(
         os.fsync(f.fileno())
         if last.is_file():
             os.replace(last, run_dir / PREVIOUS)
-    if is_best:
-        _copy_atomic(last, run_dir / BEST)
-    if snapshot_epoch is not None:
-        _copy_atomic(last, run_dir / f"checkpoint_epoch{snapshot_epoch}.pth.tar")
+    _derive(run_dir, state["commit"])
+
+
+def _derive(run_dir: Path, commit: dict[str, Any]) -> list[str]:
+    """Make the files the committed checkpoint names (best, snapshot) from it; returns their names."""
+    made = []
+    if commit.get("best"):
+        _link_or_copy(run_dir / LAST, run_dir / BEST)
+        made.append(BEST)
+    if commit.get("snapshot") is not None:
+        name = snapshot_name(int(commit["snapshot"]))
+        _link_or_copy(run_dir / LAST, run_dir / name)
+        made.append(name)
+    return made
+
+
+def snapshot_name(epoch: int) -> str:
+    return f"checkpoint_epoch{epoch}.pth.tar"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes a file with ``src``'s content, atomically: a hard link (no bytes copied; the later rename of
+    a new checkpoint over ``src`` does not touch it), or a copy where the file system has no hard links."""
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        _copy_atomic(src, dst)
+        return
+    os.replace(tmp, dst)
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
     with open(src, "rb") as f_src, atomic_write(dst) as f_dst:
         shutil.copyfileobj(f_src, f_dst)
+
+
+def _holds(path: Path, ckpt: dict[str, Any], source: Path) -> bool:
+    """Whether ``path`` is the checkpoint ``ckpt`` (read from ``source``): the same file, or the same position."""
+    if not path.is_file():
+        return False
+    try:
+        if os.path.samefile(path, source):
+            return True
+        other = read_checkpoint(path)
+    except (OSError, CheckpointError):
+        return False
+    return isinstance(other, dict) and (other.get("epoch"), other.get("step")) == (ckpt.get("epoch"), ckpt.get("step"))
+
+
+def complete_run_files(run_dir: Path, ckpt: dict[str, Any], source: Path, warn: Callable[[str], None] = print) -> None:
+    """Finish what a kill left half-done in ``run_dir`` before it is resumed from ``ckpt`` (read from ``source``,
+    the directory's last or previous checkpoint): the best copy and the snapshot the checkpoint's ``commit`` entry
+    names are made if missing or stale. Only for the process that holds the run directory's lock."""
+    commit = ckpt.get("commit") if isinstance(ckpt, dict) else None
+    if not commit or Path(source).name != LAST:
+        return
+    snap = commit.get("snapshot")
+    missing = {
+        "best": bool(commit.get("best")) and not _holds(run_dir / BEST, ckpt, source),
+        "snapshot": snap if snap is not None and not _holds(run_dir / snapshot_name(int(snap)), ckpt, source) else None,
+    }
+    if missing["best"] or missing["snapshot"] is not None:
+        made = _derive(run_dir, missing)
+        warn(f"{run_dir}: {', '.join(made)} completed from {LAST} (the last save was interrupted after its commit)")
+
+
+def remove_temp_files(run_dir: Path) -> list[str]:
+    """Remove the temporary files (``.<name>.*.tmp``) of writes a kill interrupted in ``run_dir``; returns their
+    names. Only for the process that holds the run directory's lock: nobody else may be writing there."""
+    removed = []
+    for tmp in sorted(Path(run_dir).glob(".*.tmp")):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp.name)
+    return removed
+
+
+def _agent_start_time() -> Optional[float]:
+    """When this worker's torchrun agent (its parent process) started, in seconds since the epoch; None if unknown."""
+    try:
+        fields = Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # starttime: field 22 of stat, in clock ticks after boot
+        boot_line = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        boot = float(boot_line.split()[1])
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+
+
+def elastic_restart_resume(
+    run_dir: Path, resume: Optional[str], overwrite: bool
+) -> tuple[Optional[str], bool, Optional[str]]:
+    """``(resume, overwrite, note)`` for this process: under ``torchrun --max-restarts``, a restarted worker group
+    (``TORCHELASTIC_RESTART_COUNT`` > 0) continues the run directory's newest checkpoint written by this job, whatever
+    the command line said (a fresh start must not be refused, nor an ``--overwrite`` start its own progress).
+    A checkpoint older than the job's agent is a previous run's: then the command line's flags stand."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) <= 0:
+        return resume, overwrite, None
+    ours = [p for p in (run_dir / LAST, run_dir / PREVIOUS) if p.is_file()]
+    started = _agent_start_time()
+    if started is not None:
+        ours = [p for p in ours if p.stat().st_mtime >= started - 1.0]
+    if not ours:
+        return resume, overwrite, None
+    restart = os.environ["TORCHELASTIC_RESTART_COUNT"]
+    return "auto", False, f"elastic restart {restart}: continuing from the newest checkpoint in {run_dir}"
 
 
 def find_resume_checkpoint(

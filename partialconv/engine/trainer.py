@@ -225,11 +225,17 @@ def train_one_epoch(
     preemption: Optional[Preemption] = None,
     show_progress: bool = False,
     drops_bad_images: bool = True,
+    checkpoint: Optional[Callable[[int], None]] = None,
+    checkpoint_every_steps: int = 0,
 ) -> EpochResult:
     """Train over ``loader`` (already positioned at ``start_step``); ``epoch`` is 0-based.
 
     Stops after the current step when ``preemption`` was signalled (in a distributed run, after the step at which
     all ranks know of it). Raises :class:`NonFiniteLossError`.
+
+    ``checkpoint(steps_done)`` is called by every rank after the same step, inside the epoch (its end has its own
+    checkpoint): every ``checkpoint_every_steps`` iterations of the run (counted from the run's start, so a resumed
+    run saves at the same steps) and whenever ``preemption``'s wall-clock interval is over.
 
     Bad images dropped by the loader (``drops_bad_images``: ``--on-bad-image skip``) leave short or empty local
     batches, and all ranks still take every step together (DDP's collectives must pair up): the ranks add up their
@@ -287,6 +293,11 @@ def train_one_epoch(
             if preemption is not None and preemption.requested():
                 preempted = True
                 break
+            every = checkpoint_every_steps and (epoch * total_steps + step) % checkpoint_every_steps == 0
+            if checkpoint is not None and step < total_steps and (every or (preemption and preemption.checkpoint_due)):
+                checkpoint(step)
+                if preemption is not None:
+                    preemption.checkpoint_written()
             step_end = time.perf_counter()
     finally:
         progress.close()
