@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import train
 from partialconv.data import DataError, DataParams, build_loaders
@@ -26,6 +27,8 @@ from partialconv.data.demo import make_demo_dataset
 from partialconv.data.image_folder import scan_image_folder
 from partialconv.data.shards import INDEX_NAME, ShardCache, ShardIndex, sha256_file
 from partialconv.engine.distributed import DistInfo
+from partialconv.models import is_model, register_model
+from partialconv.models.small import SimpleCNN
 from scripts import write_shards
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -174,6 +177,64 @@ def test_a_run_on_shards_is_the_run_on_the_folder_bit_for_bit(data, shards, tmp_
     identity = json.loads((runs["shards"] / "metrics.jsonl").read_text().splitlines()[-1])["data_identity"]
     fingerprint = json.loads((shards / "train" / INDEX_NAME).read_text())["fingerprint"]
     assert fingerprint in identity
+
+
+class SignallingCNN(SimpleCNN):
+    """simple_cnn with dropout (the global RNG matters on resume) that sends SIGUSR1 to this process after
+    ``signal_after`` training forwards: a real mid-epoch stop through train.py's Preemption handler."""
+
+    signal_after: int | None = None
+    forwards = 0
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(width=8, **kwargs)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.device.type != "meta":
+            SignallingCNN.forwards += 1
+            if SignallingCNN.forwards == SignallingCNN.signal_after:
+                os.kill(os.getpid(), signal.SIGUSR1)
+        return self.fc(self.drop(self.pool(self.features(x)).flatten(1)))
+
+
+if not is_model("signalling_cnn_shards_test"):
+
+    @register_model(pd_variant=False)
+    def signalling_cnn_shards_test(padding: str = "zero", **kwargs) -> SignallingCNN:
+        return SignallingCNN(padding=padding, **kwargs)
+
+
+def test_a_mid_epoch_stop_on_shards_resumes_to_the_straight_folder_run(data, shards, tmp_path):
+    """Folder run straight through; shard run stopped by SIGUSR1 after step 7 (epoch 2 of 3, 5 steps per epoch),
+    resumed with one persistent worker: same weights."""
+    common = [
+        *BASE,
+        "-a",
+        "signalling_cnn_shards_test",
+        "--epochs",
+        "3",
+        "--lr-schedule",
+        "step",
+        "--lr-step-size",
+        "1",
+    ]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    folder = ["--data_train", str(data / "train"), "--data_val", str(data / "val"), "--data-backend", "pil_fast"]
+    on_shards = ["--data_train", str(shards / "train"), "--data_val", str(shards / "val"), "--data-backend", "auto"]
+    SignallingCNN.forwards = 0
+    assert train.cli([*common, *folder, "--output-dir", str(straight)]) == 0
+    SignallingCNN.forwards, SignallingCNN.signal_after = 0, 7
+    try:
+        assert train.cli([*common, *on_shards, "--output-dir", str(split), "-j", "1"]) == 128 + signal.SIGUSR1
+    finally:
+        SignallingCNN.signal_after = None
+    ckpt = torch.load(split / "checkpoint.pth.tar", map_location="cpu", weights_only=False)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
+    assert train.cli([*common, *on_shards, "--output-dir", str(split), "-j", "1", "--resume", "auto"]) == 0
+    a, b = final_state(straight), final_state(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics(straight) == metrics(split)
 
 
 def test_resume_on_other_shards_at_the_same_path_is_refused(data, tmp_path, capsys):
