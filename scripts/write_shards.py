@@ -188,7 +188,8 @@ def _write_locked(source: Source, out: Path, shard_mb: float, workers: int) -> P
     bar.set_description(f"{len(ranges)} shards")
     with bar:
         if workers > 1 and len(todo) > 1:
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            # fork: the children only read files and write tars (no torch ops), and start without re-importing
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
                 for record in pool.imap_unordered(write_shard, todo):
                     append_line(progress, json.dumps(record))
                     done[record["shard"]] = record

@@ -100,6 +100,14 @@ def test_the_index_gives_each_image_member_by_offset(data, shards):
     assert write_shards.verify_shards(shards / "train") == []
 
 
+def test_parallel_writers_write_the_same_shards(data, shards, tmp_path):
+    out = tmp_path / "parallel"
+    assert write_shards.main([str(data / "train"), str(out), "--shard-mb", "0.01", "--workers", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (shards / "train").iterdir())
+    for f in (shards / "train").iterdir():
+        assert (out / f.name).read_bytes() == f.read_bytes()
+
+
 def test_verify_names_a_damaged_shard(shards, tmp_path, capsys):
     copy = tmp_path / "copy"
     copy.mkdir()
