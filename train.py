@@ -51,7 +51,7 @@ from partialconv.engine.cli import run_cli
 from partialconv.engine.distributed import barrier, cleanup, init_distributed
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
-from partialconv.engine.run_lock import RunDirBusy, RunDirLock
+from partialconv.engine.run_lock import EXIT_RUN_DIR_BUSY, RunDirBusy, RunDirLock
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import (
     check_input_size,
@@ -75,7 +75,6 @@ from partialconv.models import create_model
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, WriteError)
 RUN_DIR_FLAGS = "--prefix or --output-dir"
-EXIT_RUN_DIR_BUSY = 75  # EX_TEMPFAIL: another process has the run directory; padding_benchmark retries it later
 
 
 @data_errors_as_flags()  # the data layer's errors, also those of DataLoader workers, in flag names

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from .config import RECIPE_FLAGS, build_parser
+from .config import RECIPE_FLAGS, build_parser, implied_by_version
 from .fileio import write_bytes_atomic
 from .layers import PADDINGS
 from .models import pytorch_official, split_pd_name
@@ -109,11 +109,9 @@ class RunResult:
         """What must match for two runs to be the same experiment (see RECIPE_KEYS)."""
         if not self.config:
             return (("epochs", self.epochs_planned),)
-        # a key missing from an older run's config.yaml had train.py's default (the flag did not exist yet)
-        defaults = _flag_defaults()
-        keys = tuple(
-            (k, self.epochs_planned if k == "epochs" else self.config.get(k, defaults.get(k))) for k in RECIPE_KEYS
-        )
+        # a key missing from an older run's config.yaml: what that version did, else train.py's default
+        config = {**_flag_defaults(), **self.config, **implied_by_version(self.config)}
+        keys = tuple((k, self.epochs_planned if k == "epochs" else config.get(k)) for k in RECIPE_KEYS)
         # other data at the same path (shards rewritten from other images) is another experiment
         return keys + ((("data_identity", self.data_identity),) if self.data_identity else ())
 

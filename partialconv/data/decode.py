@@ -78,17 +78,26 @@ def split_decoders(params: DataParams, fast: bool) -> tuple[SampleDecode, Sample
 
     ``fast``: the ``pil_fast`` pipeline (reduced-scale JPEG decode of the drawn crop, uint8 samples collated by
     :func:`~partialconv.data.loaders.collate_hwc_uint8` and normalised on the device), which has no policy
-    augmentation; else the ``pil`` pipeline (torchvision transforms on PIL images, float samples)."""
+    augmentation and resizes bilinearly; else the ``pil`` pipeline (torchvision transforms on PIL images, float
+    samples)."""
     if fast:
-        refuse_augmentation(params.auto_augment, params.random_erase, params.backend)
+        refuse_augmentation(params.auto_augment, params.random_erase, params.backend, params.interpolation)
         train = SampleDecode(
             on_bad_image=params.on_bad_image, crop=FastTrainCrop(params.train_crop_size, params.train_min_scale)
         )
         val = SampleDecode(eval_crop_uint8(params.val_resize_size, params.val_crop_size), params.on_bad_image)
         return train, val, collate_hwc_uint8
-    train = SampleDecode(
-        train_transform(params.train_crop_size, params.train_min_scale, params.auto_augment, params.random_erase),
-        params.on_bad_image,
+    transform = train_transform(
+        params.train_crop_size,
+        params.train_min_scale,
+        params.auto_augment,
+        params.random_erase,
+        interpolation=params.interpolation,
+        ra_magnitude=params.ra_magnitude,
+        augmix_severity=params.augmix_severity,
     )
-    val = SampleDecode(eval_transform(params.val_resize_size, params.val_crop_size), params.on_bad_image)
+    train = SampleDecode(transform, params.on_bad_image)
+    val = SampleDecode(
+        eval_transform(params.val_resize_size, params.val_crop_size, params.interpolation), params.on_bad_image
+    )
     return train, val, collate_skipping_bad

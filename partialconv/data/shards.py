@@ -419,7 +419,7 @@ def dataset_identity(train: ShardIndex, val: ShardIndex) -> str:
 def open_shard_splits(params: DataParams) -> Splits:
     """The ``shards`` backend's splits: both indexes loaded and checked (same classes), then the decode of the
     image-folder backends over shard bytes: the fast uint8 pipeline (``pil_fast``'s), or ``pil``'s when policy
-    augmentation (auto-augment, random erasing) is asked for."""
+    augmentation (auto-augment, random erasing) or a non-bilinear interpolation is asked for."""
     cache = None
     if is_url(params.train_dir) or is_url(params.val_dir):
         limit = None if params.cache_limit_gb is None else int(params.cache_limit_gb * 1e9)
@@ -430,7 +430,7 @@ def open_shard_splits(params: DataParams) -> Splits:
         raise DataError(
             Param("train_dir", params.train_dir), " and ", Param("val_dir", params.val_dir), " have different classes"
         )
-    fast = params.auto_augment is None and not params.random_erase > 0
+    fast = params.auto_augment is None and not params.random_erase > 0 and params.interpolation == "bilinear"
     train_decode, val_decode, collate = split_decoders(params, fast)
 
     def store(location: str, index: ShardIndex) -> ShardStore:
