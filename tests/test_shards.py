@@ -425,6 +425,19 @@ def test_a_run_whose_shard_cannot_be_fetched_stops_with_one_line_naming_the_url(
     assert "download failed after 3 tries (got 1000 of " in err[0]
 
 
+def test_a_url_without_an_index_is_one_line(shards, tmp_path, capsys):
+    server, url = _serve(shards)
+    try:
+        argv = [*BASE, "--epochs", "1", "--data-backend", "auto", "--output-dir", str(tmp_path / "run")]
+        assert train.cli([*argv, "--data_train", f"{url}/nope", "--data_val", f"{url}/val"]) == 1
+    finally:
+        _stop(server)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"train.py: error: --data_train {url}/nope: no index.json (write one with python -m scripts.write_shards)"
+    ]
+
+
 def test_a_corrupted_cached_shard_is_fetched_again(shards, tmp_path, fast_retries, capsys):
     server, url = _serve(shards)
     try:

@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -166,6 +167,14 @@ def read_url(url: str, tries: int = DOWNLOAD_TRIES) -> bytes:
         try:
             with _open_url(url) as f:
                 return f.read()
+        except FileNotFoundError:  # fsspec's answer for a missing object: no use asking again
+            raise
+        except urllib.error.HTTPError as e:
+            if e.code in (404, 410):
+                raise FileNotFoundError(url) from None
+            last = e  # other answers (403 while credentials propagate, 5xx) may pass
+            if attempt + 1 < tries:
+                time.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
         except Exception as e:  # noqa: BLE001 - any transport error is retried, then named with the URL
             last = e
             if attempt + 1 < tries:
@@ -256,6 +265,8 @@ class ShardCache:
         return False
 
     def _download(self, url: str, local: Path, shard: dict[str, Any]) -> None:
+        for stale in local.parent.glob(f".{local.name}.*.part"):  # a killed fetch's (this shard's lock is ours)
+            stale.unlink(missing_ok=True)
         last = "?"
         for attempt in range(DOWNLOAD_TRIES):
             tmp = local.with_name(f".{local.name}.{os.getpid()}.part")
