@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
+import numpy as np
 from tqdm import tqdm
 
 from partialconv.data.image_folder import ignored_message, scan_image_folder
@@ -236,12 +237,13 @@ def verify_shards(out: Path) -> list[str]:
         raise WriterError(str(e)) from None
     problems: list[str] = []
     width = max(8, len(str(len(index) - 1)))
-    first = 0
+    if np.any(np.diff(index.shard) < 0):
+        return [f"{index_path}: samples out of shard order"]
     with tqdm(total=len(index), unit="img", desc="verify", disable=None) as bar:
         for k, shard in enumerate(index.shards):
             path = out / shard["name"]
-            samples = [i for i in range(first, len(index)) if index.shard[i] == k] if len(index) else []
-            first = samples[-1] + 1 if samples else first
+            # samples are in shard order: shard k's are one run of the column
+            samples = range(*np.searchsorted(index.shard, [k, k + 1]).tolist())
             if not path.is_file():
                 problems.append(f"{path}: missing")
                 continue
