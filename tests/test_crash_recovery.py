@@ -242,9 +242,12 @@ def test_torchrun_max_restarts_recovers_from_random_worker_kills(data, tmp_path)
 
     def start(out: Path, restarts: int) -> subprocess.Popen:
         cmd = [*torchrun, "--max-restarts", str(restarts), "train.py", *args(data, out, *flags)]
+        # torch's shared rendezvous store keeps a failed group's keys: a restarted group can hang in its setup
+        # (pytorch/pytorch#135712); docs/preemption.md tells users to set this too
+        env = {**ENV, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
         log = open(f"{out}.log", "w")  # a file, not a pipe: nobody reads while the killer waits
         try:
-            return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()
 
