@@ -20,7 +20,9 @@ from torch import nn
 
 from partialconv.checkpoint import CheckpointError, load_checkpoint
 from partialconv.config import (
+    DATA_IDENTITY_KEY,
     ConfigError,
+    check_same_data,
     compare_resumed_config,
     config_to_yaml,
     data_errors_as_flags,
@@ -132,6 +134,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
         complete_run_files(run_dir, ckpt, Path(ckpt_path), log.warn)  # best/snapshot a kill left unmade
     if ckpt is not None and isinstance(ckpt.get("config"), dict):
         changed = compare_resumed_config(ckpt["config"], cfg, str(ckpt_path))
+        check_same_data(ckpt["config"].get(DATA_IDENTITY_KEY), loaders.identity, str(ckpt_path))
         if changed:
             log.info(f"resuming {ckpt_path} with changed settings: {'; '.join(changed)}")
     elif ckpt is not None:
@@ -169,11 +172,14 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
     log.info(
         f"{cfg.arch} ({cfg.padding} padding, {cfg.num_classes} classes) on {dist.world_size} x {dist.device}; "
-        f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images; run dir {run_dir}"
+        f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images"
+        + (f" ({loaders.identity})" if loaders.identity else "")
+        + f"; run dir {run_dir}"
     )
 
     with Preemption(cfg.checkpoint_every_minutes) as preemption:
         config = vars(cfg).copy()
+        config[DATA_IDENTITY_KEY] = loaders.identity  # the data itself (shard fingerprints), checked on resume
         for epoch in range(start_epoch, cfg.epochs):
             epoch_start = time.time()
             meter = EpochMeter(dist.device)
@@ -226,6 +232,8 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
             record = last_record = epoch_record(
                 cfg, epoch, lr, train, val, best_acc1, result, dist.world_size, epoch_start
             )
+            if loaders.identity:
+                record[DATA_IDENTITY_KEY] = loaders.identity
             if ema_val:
                 record.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
             state = run_state(model, optim, epoch + 1, 0, best_acc1, config)
