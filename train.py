@@ -20,7 +20,9 @@ from torch import nn
 
 from partialconv.checkpoint import CheckpointError, load_checkpoint
 from partialconv.config import (
+    DATA_IDENTITY_KEY,
     ConfigError,
+    check_same_data,
     compare_resumed_config,
     config_to_yaml,
     data_errors_as_flags,
@@ -52,6 +54,7 @@ from partialconv.engine.preemption import Preemption
 from partialconv.engine.run_lock import EXIT_RUN_DIR_BUSY, RunDirBusy, RunDirLock
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import (
+    broadcast_buffers,
     check_input_size,
     configure_backends,
     override_batchnorm,
@@ -134,6 +137,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
         complete_run_files(run_dir, ckpt, Path(ckpt_path), log.warn)  # best/snapshot a kill left unmade
     if ckpt is not None and isinstance(ckpt.get("config"), dict):
         changed = compare_resumed_config(ckpt["config"], cfg, str(ckpt_path))
+        check_same_data(ckpt["config"].get(DATA_IDENTITY_KEY), loaders.identity, str(ckpt_path))
         if changed:
             log.info(f"resuming {ckpt_path} with changed settings: {'; '.join(changed)}")
     elif ckpt is not None:
@@ -171,11 +175,14 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
     log.info(
         f"{cfg.arch} ({cfg.padding} padding, {cfg.num_classes} classes) on {dist.world_size} x {dist.device}; "
-        f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images; run dir {run_dir}"
+        f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images"
+        + (f" ({loaders.identity})" if loaders.identity else "")
+        + f"; run dir {run_dir}"
     )
 
     with Preemption(cfg.checkpoint_every_minutes) as preemption:
         config = vars(cfg).copy()
+        config[DATA_IDENTITY_KEY] = loaders.identity  # the data itself (shard fingerprints), checked on resume
         for epoch in range(start_epoch, cfg.epochs):
             epoch_start = time.time()
             meter = EpochMeter(dist.device)
@@ -205,6 +212,9 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
                 if result.preempted and result.steps_done < steps_per_epoch:
                     save_mid(result.steps_done)
                     return preempted_exit(preemption, log, run_dir, epoch, result.steps_done)
+                # Every rank validates rank 0's BatchNorm statistics, the ones saved (DDP syncs them before each
+                # forward, so the last step left each rank its own), also after a resume from the save below.
+                broadcast_buffers(model)
                 # The epoch's training is saved before validation: a stop or kill during validation loses only the
                 # validation, which the resume runs again.
                 save_mid(steps_per_epoch, {"seconds": result.seconds, "images": result.images})
@@ -225,6 +235,8 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
             record = last_record = epoch_record(
                 cfg, epoch, lr, train, val, best_acc1, result, dist.world_size, epoch_start
             )
+            if loaders.identity:
+                record[DATA_IDENTITY_KEY] = loaders.identity
             if ema_val:
                 record.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
             state = run_state(model, optim, epoch + 1, 0, best_acc1, config)

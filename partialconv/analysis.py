@@ -88,6 +88,7 @@ class RunResult:
     best_acc5: float  # top-5 of the epoch with the best top-1 (the model_best checkpoint)
     best_epoch: int
     config: dict[str, Any] = field(default_factory=dict)  # the run's config.yaml ({} when it has none)
+    data_identity: str = ""  # metrics.jsonl's data_identity (shard index fingerprints), "" for image folders
 
     @property
     def finished(self) -> bool:
@@ -110,7 +111,9 @@ class RunResult:
             return (("epochs", self.epochs_planned),)
         # a key missing from an older run's config.yaml: what that version did, else train.py's default
         config = {**_flag_defaults(), **self.config, **implied_by_version(self.config)}
-        return tuple((k, self.epochs_planned if k == "epochs" else config.get(k)) for k in RECIPE_KEYS)
+        keys = tuple((k, self.epochs_planned if k == "epochs" else config.get(k)) for k in RECIPE_KEYS)
+        # other data at the same path (shards rewritten from other images) is another experiment
+        return keys + ((("data_identity", self.data_identity),) if self.data_identity else ())
 
     @property
     def continues(self) -> Optional[str]:
@@ -393,6 +396,7 @@ def load_run(run_dir: Path) -> tuple[Optional[RunResult], list[str]]:
             best_acc5=float(best["val_acc5"]),
             best_epoch=int(best["epoch"]),
             config=config,
+            data_identity=str(last.get("data_identity", "")),
         ),
         problems,
     )

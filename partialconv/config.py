@@ -26,6 +26,7 @@ from .data import (
     ensure_demo_dataset,
     get_backend,
 )
+from .data.backends import is_url
 from .data.loaders import resolve_workers
 from .data.presets import AUTO_AUGMENT, INTERPOLATIONS
 from .engine.cli import one_line
@@ -100,6 +101,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr_warmup_decay": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "lr_min": (lambda v: v >= 0, ">= 0"),
     "random_erase": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data_cache_limit": (lambda v: v > 0, "> 0 (GB; or unset: no limit)"),
     "mixup_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
     "cutmix_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
     "model_ema_steps": (lambda v: v >= 1, ">= 1"),
@@ -234,8 +236,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("data")
-    g.add_argument("--data_train", "--data-train", dest="data_train", default=None, help="ImageFolder train dir")
-    g.add_argument("--data_val", "--data-val", dest="data_val", default=None, help="ImageFolder val dir")
+    g.add_argument(
+        "--data_train",
+        "--data-train",
+        dest="data_train",
+        default=None,
+        help="train split: an ImageFolder dir, or a shard dir/URL (index.json from python -m scripts.write_shards; "
+        "http(s)://, s3://, gs://, any fsspec URL)",
+    )
+    g.add_argument("--data_val", "--data-val", dest="data_val", default=None, help="val split, as --data_train")
+    g.add_argument(
+        "--data-cache",
+        default=None,
+        metavar="DIR",
+        help="node-local cache of shards read from URLs (fetched whole, once per node); default: "
+        "<tmpdir>/partialconv-shards-<uid>",
+    )
+    g.add_argument(
+        "--data-cache-limit",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="size limit of --data-cache: least recently used shards are evicted; default: none",
+    )
     g.add_argument(
         "-j",
         "--workers",
@@ -246,9 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--data-backend",
-        choices=backend_names(),
+        choices=[*backend_names(), "auto"],
         default="pil",
-        help="; ".join(f"{name}: {get_backend(name).help}" for name in backend_names()),
+        help="; ".join(f"{name}: {get_backend(name).help}" for name in backend_names())
+        + "; auto: shards for a URL or a directory holding index.json, else pil",
     )
     g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
     g.add_argument(
@@ -752,8 +776,26 @@ def compare_resumed_config(saved: dict[str, Any], cfg: argparse.Namespace, sourc
     ]
 
 
+# The key under which a run's checkpoint config (not config.yaml: it is no flag) and metrics.jsonl lines record what
+# its data is beyond the paths (Loaders.identity: the shard indexes' fingerprints; "" for image folders).
+DATA_IDENTITY_KEY = "data_identity"
+
+
+def check_same_data(saved: Optional[str], current: str, source: str) -> None:
+    """Refuse to resume a run whose data, at the same paths, is another dataset than the checkpoint's (a shard
+    directory or URL rewritten from other images): the order and position of the run would no longer be its own."""
+    if saved and current and saved != current:
+        raise ConfigError(
+            f"--resume {source}: the checkpoint was trained on other data at these paths ({saved}); "
+            f"--data_train/--data_val now hold {current}. Resume on the checkpoint's data, or start a new run "
+            "(another --prefix or --output-dir, or --overwrite)"
+        )
+
+
 def _same(key: str, old: Any, new: Any) -> bool:
     if key in ("data_train", "data_val") and old is not None and new is not None:
+        if is_url(old) or is_url(new):
+            return str(old).rstrip("/") == str(new).rstrip("/")
         return Path(old).resolve() == Path(new).resolve()  # data/train and /abs/data/train are the same data
     return old == new
 
@@ -779,6 +821,8 @@ DATA_OPTIONS: dict[str, tuple[str, str]] = {
     "ra_magnitude": ("ra_magnitude", "--ra-magnitude"),
     "augmix_severity": ("augmix_severity", "--augmix-severity"),
     "interpolation": ("interpolation", "--interpolation"),
+    "cache_dir": ("data_cache", "--data-cache"),
+    "cache_limit_gb": ("data_cache_limit", "--data-cache-limit"),
 }
 DATA_FLAGS = {field: flag for field, (_, flag) in DATA_OPTIONS.items()}
 

@@ -136,7 +136,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
     if (args.data_train is None) != (args.data_val is None):
         parser.error("--data_train and --data_val go together (give both, or neither for train.py's demo data)")
     for flag, path in (("--data_train", args.data_train), ("--data_val", args.data_val)):
-        if path is not None and not Path(path).is_dir():
+        if path is not None and "://" not in path and not Path(path).is_dir():  # a URL: train.py's shards backend
             parser.error(f"{flag} {path}: not a directory")
     if args.root.exists() and not args.root.is_dir():
         parser.error(f"--root {args.root}: exists and is not a directory")

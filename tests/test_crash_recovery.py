@@ -99,6 +99,14 @@ def assert_same_run(run: Path, straight: Path) -> None:
     assert records(run) == records(straight)  # every epoch once, the same numbers
 
 
+def mtime(path: Path) -> float:
+    """0 while ``path`` is missing (also for the instant a checkpoint rotation has renamed it away)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def finish(data: Path, out: Path, *extra: str) -> None:
     """--resume auto until the run is finished (in-process, like the straight run)."""
     assert train.cli(args(data, out, "--resume", "auto", *extra)) == 0
@@ -262,7 +270,7 @@ def test_torchrun_max_restarts_recovers_from_random_worker_kills(data, tmp_path)
         deadline = time.monotonic() + 300
         while len(kills) < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-            if not ckpt.exists() or ckpt.stat().st_mtime <= seen:
+            if mtime(ckpt) <= seen:
                 continue  # no progress since the last kill yet: the group is (re)starting
             time.sleep(rng.uniform(0.0, 0.5))
             rank = rng.randrange(2)
@@ -272,7 +280,7 @@ def test_torchrun_max_restarts_recovers_from_random_worker_kills(data, tmp_path)
                 continue  # between two attempts
             os.kill(pid, signal.SIGKILL)
             kills.append((rank, pid))
-            seen = ckpt.stat().st_mtime
+            seen = max(mtime(ckpt), seen + 1e-6)
         proc.wait(timeout=300)
     finally:
         if proc.poll() is None:

@@ -32,6 +32,8 @@ PARAM_NAMES: dict[str, str] = {
     "ra_magnitude": "RandAugment magnitude",
     "augmix_severity": "AugMix severity",
     "interpolation": "interpolation",
+    "cache_dir": "shard cache",
+    "cache_limit_gb": "shard cache limit (GB)",
 }
 
 

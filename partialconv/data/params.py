@@ -40,6 +40,8 @@ class DataParams:
     ra_magnitude: int = 9  # RandAugment's magnitude (auto_augment "ra"), torchvision's default
     augmix_severity: int = 3  # AugMix's severity (auto_augment "augmix"), torchvision's default
     interpolation: str = "bilinear"  # resampling of the crop, the eval resize and the policy (presets.INTERPOLATIONS)
+    cache_dir: Optional[str] = None  # where shards read from URLs are kept on this node (None: a temp-dir default)
+    cache_limit_gb: Optional[float] = None  # the cache's size limit (least recently used shards go first)
 
     def __post_init__(self) -> None:
         # Paths are kept as text (messages, config files); os.PathLike callers are welcome.
@@ -51,6 +53,8 @@ class DataParams:
             raise DataError(Param("workers", self.workers), " must be >= 0")
         if self.on_bad_image not in ("skip", "error"):
             raise DataError(Param("on_bad_image", self.on_bad_image), " must be skip or error")
+        if self.cache_limit_gb is not None and not self.cache_limit_gb > 0:
+            raise DataError(Param("cache_limit_gb", self.cache_limit_gb), " must be > 0")
         if self.ra_reps < 1:
             raise DataError(Param("ra_reps", self.ra_reps), " must be >= 1")
         if not 0 <= self.ra_magnitude <= 30:
