@@ -20,9 +20,11 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 # The torch.compile tests run inductor, which builds C++ on CPU (Debian: apt-get install g++).
+# pytest's default output: one line per test file with its percentage of the suite, so a long run shows where it is;
+# the 15 slowest tests are listed at the end (CI's log says what to make cheaper).
 test: lint
 	@command -v $${CXX:-g++} >/dev/null || { echo "make test: error: no C++ compiler ($${CXX:-g++}) for the torch.compile tests; install g++ (apt-get install g++) or set CXX" >&2; exit 1; }
-	$(PY) -m pytest -q
+	$(PY) -m pytest --durations=15
 
 demo: venv
 	$(PY) train.py --resume auto

@@ -143,7 +143,9 @@ def strip_wrapper_segments(key: str) -> str:
     return ".".join(part for part in key.split(".") if part not in _WRAPPER_SEGMENTS)
 
 
-def match_keys(state: Mapping[str, torch.Tensor], target_keys: Optional[Iterable[str]] = None) -> dict[str, Any]:
+def match_keys(
+    state: Mapping[str, torch.Tensor], target_keys: Optional[Iterable[str]] = None, path: PathLike = "<memory>"
+) -> dict[str, Any]:
     """``state`` with its keys matched to the model's through wrapper segments.
 
     The rule: a key the model has as it is stays as it is (a model whose real submodule is named ``module`` keeps
@@ -151,20 +153,40 @@ def match_keys(state: Mapping[str, torch.Tensor], target_keys: Optional[Iterable
     renamed to that model key (so wrapped checkpoints load into plain models and plain ones into wrapped models);
     keys that match nothing lose their wrapper segments, so mismatch messages name them as a plain model would.
     Without ``target_keys`` every wrapper segment goes.
+
+    Never guessed, a :class:`CheckpointError` naming ``path``: a key that could load into two model keys (the model
+    has both ``module.features.0.weight`` and ``features.module.0.weight``), and two keys that would load into the
+    same model key (the checkpoint has both).
     """
     if target_keys is None:
-        return {strip_wrapper_segments(k): v for k, v in state.items()}
-    own = set(target_keys)
-    by_stripped: dict[str, Optional[str]] = {}
-    for k in own:
-        s = strip_wrapper_segments(k)
-        by_stripped[s] = None if s in by_stripped else k  # None: ambiguous, never guessed
-    out = {}
-    for k, v in state.items():
-        if k not in own:
+        pairs = [(strip_wrapper_segments(k), k) for k in state]
+    else:
+        own = set(target_keys)
+        by_stripped: dict[str, list[str]] = {}
+        for k in sorted(own):
+            by_stripped.setdefault(strip_wrapper_segments(k), []).append(k)
+        pairs = []
+        for k in state:
+            if k in own:
+                pairs.append((k, k))
+                continue
             stripped = strip_wrapper_segments(k)
-            k = by_stripped.get(stripped) or stripped
-        out[k] = v
+            candidates = by_stripped.get(stripped, [stripped])
+            if len(candidates) > 1:
+                raise CheckpointError(
+                    f"checkpoint {path}: key {k} could load into model keys {' and '.join(candidates)}; "
+                    "rename it to one of them"
+                )
+            pairs.append((candidates[0], k))
+    out: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for target, k in pairs:
+        if target in source:
+            raise CheckpointError(
+                f"checkpoint {path}: keys {source[target]} and {k} would both load into {target}; keep one of them"
+            )
+        source[target] = k
+        out[target] = state[k]
     return out
 
 
@@ -181,7 +203,7 @@ def extract_state_dict(
                 break
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path}: expected a state_dict or a dict with a 'state_dict' entry")
-    return match_keys(state, target_keys)
+    return match_keys(state, target_keys, path)
 
 
 def _summary(keys: list[str], limit: int = 8) -> str:

@@ -54,15 +54,16 @@ def test_register_model_adds_pd_variant_and_rejects_duplicates(monkeypatch):
 def test_same_initialisation_and_outputs_as_torchvision(name):
     torch.manual_seed(0)
     reference = getattr(torchvision.models, name)(num_classes=10)
+    built = {}
     for padding in ("zero", "partial"):
         torch.manual_seed(0)
-        ours = create_model(name, padding=padding, num_classes=10)
-        ref_state, our_state = reference.state_dict(), ours.state_dict()
+        built[padding] = create_model(name, padding=padding, num_classes=10)
+        ref_state, our_state = reference.state_dict(), built[padding].state_dict()
         assert list(ref_state) == list(our_state)
         for key in ref_state:
             assert torch.equal(ref_state[key], our_state[key]), key
     reference.eval()
-    ours = create_model(name, num_classes=10).eval()
+    ours = built["zero"].eval()  # the same weights as the reference (checked above), loaded again all the same
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -114,19 +115,27 @@ def with_formula_convs(model: nn.Module) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("name", ["pdresnet18", "pdvgg11"])
-@pytest.mark.parametrize("size", [32, 45])
-def test_small_and_odd_inputs_match_the_formula(name, size):
-    """Small and odd sizes (stride-2 convs on odd maps, 1x1 and 2x2 maps at the end): the whole network in float64
-    equals the same network with every partial conv computed from the formula."""
+@pytest.fixture(scope="module", params=["pdresnet18", "pdvgg11"])
+def float64_model_and_formula(request) -> tuple[nn.Module, nn.Module]:
+    """A pd network in float64 and its copy with every partial conv computed from the formula; built once for all
+    input sizes (eval mode: the forward changes neither)."""
     torch.manual_seed(0)
-    model = create_model(name, num_classes=5).double().eval()
+    model = create_model(request.param, num_classes=5).double().eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, PartialConv2d) and m.bias is not None:
                 m.bias.normal_()  # VGG initialises biases to 0, which would hide the border bias term
     reference = with_formula_convs(copy.deepcopy(model))
     assert not any(isinstance(m, PartialConv2d) for m in reference.modules())
+    return model, reference
+
+
+@pytest.mark.parametrize("size", [32, 45])
+def test_small_and_odd_inputs_match_the_formula(float64_model_and_formula, size):
+    """Small and odd sizes (stride-2 convs on odd maps, 1x1 and 2x2 maps at the end): the whole network in float64
+    equals the same network with every partial conv computed from the formula."""
+    model, reference = float64_model_and_formula
+    torch.manual_seed(size)
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
     with torch.no_grad():
         out = model(x)

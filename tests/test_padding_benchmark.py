@@ -105,16 +105,18 @@ def test_passthrough_after_double_dash():
     assert rest == ["--epochs", "3", "-b", "8", "--lr", "0.1"]
 
 
-def test_dry_run_prints_commands_and_skips_finished(tmp_path):
+# Dry runs call main() in this process (its output, without a second interpreter importing torch); the end-to-end
+# tests below run the program as a process.
+def test_dry_run_prints_commands_and_skips_finished(tmp_path, capsys):
     root = tmp_path / "res"
     write_metrics(root / "vgg11" / "zero" / "run1", "vgg11", "zero", 1, 1)
     write_metrics(root / "vgg11" / "partial" / "run1", "vgg11", "partial", 1, 3)
     before = sorted(p for p in root.rglob("*"))
-    cmd = [*BENCH, "--archs", "vgg11", "--runs", "1", "--root", str(root), "--dry-run"]
-    cmd += ["--device", "cuda", "--gpus", "0,1,2,3", "--parallel", "2", "--", "--epochs", "3"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    argv = ["--archs", "vgg11", "--runs", "1", "--root", str(root), "--dry-run"]
+    argv += ["--device", "cuda", "--gpus", "0,1,2,3", "--parallel", "2", "--", "--epochs", "3"]
+    code = pb.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
     assert "4 runs (1 archs x 4 paddings x 1)" in out and "1 finished (skipped), 1 to resume, 2 new" in out
     assert "# skip vgg11/zero/run1: finished" in out
     commands = [line for line in out.splitlines() if "train.py" in line]
@@ -125,13 +127,12 @@ def test_dry_run_prints_commands_and_skips_finished(tmp_path):
     assert sorted(p for p in root.rglob("*")) == before  # nothing created
 
 
-def test_dry_run_max_runs_limits_the_commands(tmp_path):
-    cmd = [*BENCH, "--archs", "simple_cnn", "--runs", "3", "--root", str(tmp_path)]
-    proc = subprocess.run(
-        cmd + ["--device", "cpu", "--max-runs", "2", "--dry-run"], cwd=ROOT, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
-    commands = [line for line in proc.stdout.splitlines() if "train.py" in line]
+def test_dry_run_max_runs_limits_the_commands(tmp_path, capsys):
+    argv = ["--archs", "simple_cnn", "--runs", "3", "--root", str(tmp_path)]
+    code = pb.main(argv + ["--device", "cpu", "--max-runs", "2", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    commands = [line for line in out.splitlines() if "train.py" in line]
     assert len(commands) == 2 and "--padding zero --seed 2" in commands[1]
 
 

@@ -209,18 +209,20 @@ def test_malformed_lines_are_named_and_skipped(report):
     assert f"{bad}:3" in md and "## Problems" in md
 
 
-def test_unusable_roots_fail_with_one_line(tmp_path):
-    def run(root: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([*REPORT, "--root", str(root)], cwd=ROOT, capture_output=True, text=True)
+def test_unusable_roots_fail_with_one_line(tmp_path, capsys):
+    # main() in this process: its exit code and stderr (the report fixture and tests/test_programs.py run the
+    # program as a process)
+    from scripts.padding_report import main
 
-    missing = run(tmp_path / "nope")
-    assert (
-        missing.returncode == 2
-        and missing.stderr.strip() == f"padding_report: error: results root {tmp_path / 'nope'} does not exist"
-    )
-    empty = run(tmp_path)
-    assert empty.returncode == 2 and "contains no metrics.jsonl" in empty.stderr
-    assert len(empty.stderr.strip().splitlines()) == 1
+    def run(root: Path) -> tuple[int, str]:
+        code = main(["--root", str(root)])
+        return code, capsys.readouterr().err
+
+    code, err = run(tmp_path / "nope")
+    assert code == 2 and err.strip() == f"padding_report: error: results root {tmp_path / 'nope'} does not exist"
+    code, err = run(tmp_path)
+    assert code == 2 and "contains no metrics.jsonl" in err
+    assert len(err.strip().splitlines()) == 1
     (tmp_path / "r" / "metrics.jsonl").parent.mkdir()
     (tmp_path / "r" / "metrics.jsonl").write_text("garbage\n")
     with pytest.raises(ReportError, match="none of its 1 metrics.jsonl files has a usable line"):

@@ -1,8 +1,10 @@
 """The programs under scripts/ and benchmarks/ are modules run from the repository root (``python -m scripts.X``),
-with no sys.path manipulation anywhere: from a checkout, without installing and without PYTHONPATH."""
+with no sys.path manipulation anywhere: from a checkout, without installing and without PYTHONPATH. Run by path
+(``python scripts/X.py``, ``torchrun scripts/X.py``, from any directory) each one runs itself again as that module."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -56,3 +58,25 @@ def test_no_program_or_library_module_changes_sys_path():
     assert len(files) > 20
     hacks = [f"{f.relative_to(ROOT)}" for f in files if "sys.path." in f.read_text()]
     assert hacks == []
+
+
+@pytest.mark.parametrize("module", PROGRAMS)
+def test_each_program_reruns_itself_as_its_module_when_run_by_path(module):
+    path = ROOT / (module.replace(".", "/") + ".py")
+    body = [node for node in ast.parse(path.read_text()).body if not isinstance(node, ast.Expr)]  # no docstring
+    assert isinstance(body[0], ast.ImportFrom) and body[0].module == "__future__"
+    guard = ast.unparse(body[1])  # the first statement after it: nothing is imported before
+    assert guard.startswith("if __name__ == '__main__' and (not __package__):"), guard
+    assert f"'-m', '{module}', *sys.argv[1:]]" in guard and "os.execv(sys.executable" in guard, guard
+
+
+def test_a_program_run_by_path_from_elsewhere_works_without_pythonpath(tmp_path):
+    """From another directory, without the package installed or PYTHONPATH, its arguments passed on.
+    scripts/train_inpainting.py is run by path (-u, torchrun), signalled and resumed in test_inpainting_engine.py."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, "-u", str(ROOT / "scripts" / "padding_report.py"), "--root", str(tmp_path / "none")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"padding_report: error: results root {tmp_path / 'none'} does not exist"
+    ]
