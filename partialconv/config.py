@@ -223,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--data-backend",
-        choices=backend_names(),
-        default="pil",
-        help="; ".join(f"{name}: {get_backend(name).help}" for name in backend_names()),
+        choices=["auto", *backend_names()],
+        default="auto",
+        help="auto: the backend that recognises the train directory's format, else turbo when its decoder loads, "
+        "else pil (with one warning); " + "; ".join(f"{name}: {get_backend(name).help}" for name in backend_names()),
     )
     g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
     g.add_argument(
