@@ -230,3 +230,22 @@ def test_auto_takes_pil_silently_for_policy_augmentation(odd_folder: Path, capsy
 
 def test_train_py_defaults_to_auto() -> None:
     assert parse_config([]).data_backend == "auto"
+
+
+def test_loader_benchmark_reports_the_default_path_per_cpu_second_beside_the_reference(tmp_path: Path) -> None:
+    import benchmarks.train_throughput as tt
+    from benchmarks._jpeg_folder import make_jpeg_folder
+
+    jpegs = make_jpeg_folder(tmp_path / "jpeg", num_images=16, num_classes=2, size=(120, 90))
+    argv = ["--data", "loader-only", "--data-dir", str(jpegs), "-j", "1", "--split", "train", "val", "-b", "4"]
+    argv += ["--image-size", "32", "--warmup", "1", "--steps", "2", "--windows", "2", "--note", "busy 2-core test"]
+    payload = tt.main(argv + ["--output-dir", str(tmp_path / "out")])
+    rows = {(r["pipeline"], r["split"]): r for r in payload["loader"]}
+    assert set(rows) == {(p, s) for p in ("turbo", "torchvision") for s in ("train", "val")}  # auto -> turbo
+    for split in ("train", "val"):
+        ours, ref = rows[("turbo", split)], rows[("torchvision", split)]
+        cpu = [r["cpu_ms_per_image_main"] + r["cpu_ms_per_image_workers"] for r in (ours, ref)]
+        assert ours["img_per_cpu_s"] == pytest.approx(1000 / cpu[0])
+        assert ours["vs_torchvision_cpu"] == pytest.approx(cpu[1] / cpu[0]) and ref["vs_torchvision_cpu"] is None
+    md = next((tmp_path / "out").glob("*_loader-only.md")).read_text()
+    assert "| turbo | val | 1 |" in md and "img per CPU-s" in md and "machine: busy 2-core test" in md
