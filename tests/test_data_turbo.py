@@ -123,7 +123,7 @@ def test_train_crops_are_the_references_within_one_level_over_1000_crops(encoded
         assert torch.equal(ours(encoded[0]), from_file)
 
 
-@pytest.mark.parametrize("sizes", [(56, 48), (64, 48), (40, 36)])
+@pytest.mark.parametrize("sizes", [(56, 48), (64, 48), (40, 36), (24, 20)])
 def test_eval_crop_is_resize_and_center_crop(encoded: list[bytes], sizes: tuple[int, int]) -> None:
     """Only the rows and columns the centre crop's resampling reads are decoded; PIL's resize of them with the crop's
     box is the reference's Resize + CenterCrop up to PIL's box arithmetic (a level, rarely two)."""
