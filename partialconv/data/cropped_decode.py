@@ -76,6 +76,14 @@ def _header(data: bytes) -> Optional[libturbojpeg.Header]:
     return header if _decodable(header) else None
 
 
+def _read(source: Union[bytes, bytearray, memoryview, str, os.PathLike]) -> bytes:
+    """The encoded image: ``source`` itself when it is bytes (a shard's sample), else the file it names."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    with open(source, "rb") as f:
+        return f.read()
+
+
 def _region(header: libturbojpeg.Header, x0: int, x1: int, scale: int, width: int) -> tuple[int, int]:
     """Columns [a, b) to decode for columns [x0, x1) of the image scaled by 1/``scale`` (``width`` columns): the
     left edge on an iMCU boundary at least one pixel left of ``x0`` (the upsampling of the region's first column
@@ -91,17 +99,14 @@ def _region(header: libturbojpeg.Header, x0: int, x1: int, scale: int, width: in
 class CroppedTrainDecode(FastTrainCrop):
     """Encoded bytes (or a path) -> (crop, crop, 3) uint8 tensor: RandomResizedCrop(crop, scale, ratio) + flip,
     drawn from torch's global generator (the caller seeds it per sample: ``seeded_draws``), the JPEG decoded only
-    over the crop's region. Non-JPEG and JPEGs this decoder does not take: :class:`FastTrainCrop`'s PIL path with
-    the same draws (no reduced-scale decode, so its pixels are the reference's)."""
+    over the crop's region. Non-JPEG and JPEGs this decoder does not take: the reference's own ops (PIL decode,
+    torchvision's ``resized_crop`` and ``hflip``) with the same draws."""
 
     def __init__(self, crop_size: int, min_scale: float = RRC_SCALE[0]) -> None:
         super().__init__(crop_size, min_scale, use_draft=False)
 
     def __call__(self, source: Union[bytes, str, os.PathLike]) -> torch.Tensor:
-        if not isinstance(source, (bytes, bytearray, memoryview)):
-            with open(source, "rb") as f:
-                source = f.read()
-        data = bytes(source)
+        data = _read(source)
         header = _header(data)
         if header is None:
             return self._fallback(data, None)
@@ -173,10 +178,7 @@ class CroppedEvalDecode:
         self._pil = eval_crop_uint8(resize_size, crop_size)
 
     def __call__(self, source: Union[bytes, str, os.PathLike]) -> torch.Tensor:
-        if not isinstance(source, (bytes, bytearray, memoryview)):
-            with open(source, "rb") as f:
-                source = f.read()
-        data = bytes(source)
+        data = _read(source)
         header = _header(data)
         if header is None or self.resize_size < self.crop_size:  # (CenterCrop pads then: the PIL path does that)
             return self._pil(open_rgb(io.BytesIO(data)))
