@@ -3,6 +3,8 @@
     python -m benchmarks.train_throughput --amp bf16 --channels-last --compile            # model only (synthetic)
     python -m benchmarks.train_throughput --data real -j 16 --archs resnet50 pdresnet50    # the whole step
     python -m benchmarks.train_throughput --data loader-only -j 1 2 --malloc default glibc # the data pipeline alone
+    python -m benchmarks.train_throughput --data loader-only -j 1 2 -b 32 --split train val  # train.py's default
+                                                                         # path vs torchvision's, per CPU-second
 
 Data modes: ``synthetic`` (one random batch already on the device: measures the model), ``real`` (the training data
 path over an ImageFolder of JPEGs, PIL or GPU decode: measures the whole step), ``loader-only`` (the data path alone,
@@ -139,8 +141,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="synthetic: one batch on the device (model only); real: the training data path over JPEGs "
                    "(whole step); loader-only: the data path alone")  # fmt: skip
     p.add_argument("--data-dir", type=Path, help="ImageFolder root of JPEGs (default: generate one in --cache-dir)")
-    p.add_argument("--data-backend", choices=backend_names(), default="pil",
-                   help="; ".join(f"{n}: {get_backend(n).help}" for n in backend_names()))  # fmt: skip
+    p.add_argument("--data-backend", choices=["auto", *backend_names()], default="auto",
+                   help="auto: train.py's default (turbo when its decoder loads, else pil); "
+                   + "; ".join(f"{n}: {get_backend(n).help}" for n in backend_names()))  # fmt: skip
+    p.add_argument("--split", nargs="+", choices=("train", "val"), default=["train"],
+                   help="loader-only: the train loader (random-resized crops; reference: RandomResizedCrop + flip) "
+                   "and/or the val loader (reference: Resize(256) + CenterCrop(224)), each beside its reference"
+                   )  # fmt: skip
+    p.add_argument("--note", default="", help="a line about the machine for the results (e.g. 'busy shared 2-core')")
     p.add_argument("-j", "--workers", type=int, nargs="+", default=[min(16, os.cpu_count() or 1)],
                    help="DataLoader workers (loader-only: several values, measured interleaved)")  # fmt: skip
     p.add_argument("--malloc", nargs="+", choices=sorted(ALLOCATOR_SETTINGS), default=["default"],
@@ -189,6 +197,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error("--device cuda: no CUDA device is available")
     if args.data != "loader-only" and (len(args.workers) > 1 or args.malloc != ["default"]):
         p.error("several -j values and --malloc are for --data loader-only")
+    if args.split != ["train"] and args.data != "loader-only":
+        p.error("--split is for --data loader-only")
     if args.pixel_diff and (args.data != "loader-only" or args.data_backend != "pil_fast"):
         p.error("--pixel-diff is for --data loader-only --data-backend pil_fast")
     if args.malloc != ["default"] and min(args.workers) == 0:
@@ -210,9 +220,12 @@ def data_root(args: argparse.Namespace) -> Path:
     return make_jpeg_folder(args.cache_dir, args.gen_images, num_classes=16, seed=args.seed, size=tuple(args.gen_size))
 
 
-def build_real_loader(args: argparse.Namespace, root: Path, workers: int, device: torch.device) -> Any:
-    """train.py's training loader (its data entry point, presets, sampler and backend) over ``root``: batches of
-    ``(images, targets, bad)``, on the CPU for the PIL backend and on the device for the gpu backend."""
+def build_real_loader(
+    args: argparse.Namespace, root: Path, workers: int, device: torch.device, split: str = "train"
+) -> tuple[Any, str]:
+    """train.py's ``split`` loader (its data entry point, presets, sampler and backend) over ``root``: batches of
+    ``(images, targets, bad)``, on the CPU for the PIL backends and on the device for the gpu backend; and the name
+    of the backend that built it (the one ``auto`` picked)."""
     params = DataParams(
         train_dir=str(root),
         val_dir=str(root),
@@ -220,37 +233,45 @@ def build_real_loader(args: argparse.Namespace, root: Path, workers: int, device
         workers=workers,
         backend=args.data_backend,
         train_crop_size=args.image_size,
+        val_resize_size=val_resize_size(args.image_size),
+        val_crop_size=args.image_size,
         seed=args.seed,
         channels_last=args.channels_last,
     )
-    return build_loaders(params, DistInfo(rank=0, local_rank=0, world_size=1, device=device)).train
+    loaders = build_loaders(params, DistInfo(rank=0, local_rank=0, world_size=1, device=device))
+    return (loaders.train if split == "train" else loaders.val), loaders.backend
 
 
-def build_reference_loader(args: argparse.Namespace, root: Path, workers: int, device: torch.device) -> Any:
+def build_reference_loader(
+    args: argparse.Namespace, root: Path, workers: int, device: torch.device, split: str = "train"
+) -> Any:
     """The torchvision reference data path (pytorch/examples imagenet/main.py): ImageFolder with PIL decode,
-    RandomResizedCrop (antialiased bilinear) + RandomHorizontalFlip + ToTensor + Normalize in the workers, torch's
-    default collate, pinned memory on CUDA, shuffled."""
+    RandomResizedCrop (antialiased bilinear) + RandomHorizontalFlip (train) or Resize(256) + CenterCrop(224) (val,
+    scaled with --image-size) + ToTensor + Normalize in the workers, torch's default collate, pinned memory on CUDA,
+    shuffled (train)."""
     from torchvision import datasets, transforms
 
     normalize = transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
-    tf = transforms.Compose(
-        [
-            transforms.RandomResizedCrop(args.image_size, antialias=True),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            normalize,
-        ]
-    )
+    if split == "train":
+        crop = [transforms.RandomResizedCrop(args.image_size, antialias=True), transforms.RandomHorizontalFlip()]
+    else:
+        crop = [transforms.Resize(val_resize_size(args.image_size)), transforms.CenterCrop(args.image_size)]
+    tf = transforms.Compose([*crop, transforms.ToTensor(), normalize])
     dataset = datasets.ImageFolder(str(root), tf)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=args.batch_size,
-        shuffle=True,
+        shuffle=split == "train",
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(args.seed),
     )
+
+
+def val_resize_size(crop: int) -> int:
+    """The eval resize of the shorter side for a ``crop`` px centre crop: 256 for 224, the same 8/7 ratio else."""
+    return round(crop * 256 / 224)
 
 
 class BatchStream:
@@ -417,6 +438,7 @@ class LoaderConfig:
     stream: BatchStream = field(repr=False)
     rates: list[float] = field(default_factory=list)
     pipeline: str = ""  # the backend name, or "torchvision" for the reference
+    split: str = "train"
     # CPU seconds spent in the timed windows by the main process and by this loader's workers, and images timed
     cpu_main: float = 0.0
     cpu_workers: Optional[float] = 0.0  # None where the workers' times cannot be read (no /proc)
@@ -424,7 +446,8 @@ class LoaderConfig:
 
     @property
     def label(self) -> str:
-        return f"{self.pipeline} -j {self.workers}" + ("" if self.malloc == "default" else f" {self.malloc}")
+        label = f"{self.pipeline} {self.split} -j {self.workers}"
+        return label + ("" if self.malloc == "default" else f" {self.malloc}")
 
 
 def _process_cpu_seconds(pid: int) -> Optional[float]:
@@ -455,15 +478,18 @@ def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -
     """
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     configs = []
-    for workers in args.workers:
-        for malloc in args.malloc:
-            loader = build_real_loader(args, root, workers, device)
-            torch_loader = getattr(loader, "loader", loader)  # the DataLoader inside a GpuDecodeLoader
-            torch_loader.worker_init_fn = AllocatorWorkerInit(malloc, torch_loader.worker_init_fn)
-            configs.append(LoaderConfig(workers, malloc, BatchStream(loader, device, fmt), pipeline=args.data_backend))
-        if args.reference:
-            loader = build_reference_loader(args, root, workers, device)
-            configs.append(LoaderConfig(workers, "default", BatchStream(loader, device, fmt), pipeline="torchvision"))
+    for split in args.split:
+        for workers in args.workers:
+            for malloc in args.malloc:
+                loader, backend = build_real_loader(args, root, workers, device, split)
+                torch_loader = getattr(loader, "loader", loader)  # the DataLoader inside a GpuDecodeLoader
+                torch_loader.worker_init_fn = AllocatorWorkerInit(malloc, torch_loader.worker_init_fn)
+                stream = BatchStream(loader, device, fmt)
+                configs.append(LoaderConfig(workers, malloc, stream, pipeline=backend, split=split))
+            if args.reference:
+                loader = build_reference_loader(args, root, workers, device, split)
+                stream = BatchStream(loader, device, fmt)
+                configs.append(LoaderConfig(workers, "default", stream, pipeline="torchvision", split=split))
     for cfg in configs:
         for _ in range(args.warmup):
             cfg.stream.next()
@@ -487,14 +513,17 @@ def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -
             cfg.images += args.steps * args.batch_size
         rates = ", ".join(f"{c.label} {c.rates[-1]:.1f}" for c in configs)
         print(f"window {window + 1}/{args.windows}: img/s {rates}", flush=True)
-    reference = {c.workers: c for c in configs if c.pipeline == "torchvision"}
+    reference = {(c.workers, c.split): c for c in configs if c.pipeline == "torchvision"}
     rows = []
     for c in configs:
-        ref = reference.get(c.workers)
+        ref = reference.get((c.workers, c.split))
         ratios = [a / b for a, b in zip(c.rates, ref.rates)] if ref is not None and ref is not c else []
+        cpu_s = None if c.cpu_workers is None else (c.cpu_main + c.cpu_workers) / c.images
+        ref_cpu_s = None if ref is None or ref.cpu_workers is None else (ref.cpu_main + ref.cpu_workers) / ref.images
         rows.append(
             {
                 "pipeline": c.pipeline,
+                "split": c.split,
                 "workers": c.workers,
                 "malloc": c.malloc,
                 "env": ALLOCATOR_SETTINGS[c.malloc],
@@ -506,6 +535,10 @@ def measure_loader(args: argparse.Namespace, root: Path, device: torch.device) -
                 # CPU milliseconds per image in the timed windows (process CPU clocks tick at 10 ms: use long runs)
                 "cpu_ms_per_image_main": 1000 * c.cpu_main / c.images,
                 "cpu_ms_per_image_workers": None if c.cpu_workers is None else 1000 * c.cpu_workers / c.images,
+                # images per CPU-second of all processes (main + workers), and that over the reference's: what the
+                # data path costs per core, whatever the number of cores
+                "img_per_cpu_s": None if not cpu_s else 1 / cpu_s,
+                "vs_torchvision_cpu": ref_cpu_s / cpu_s if cpu_s and ref_cpu_s and ref is not c else None,
             }  # fmt: skip
         )
     return rows
@@ -550,6 +583,7 @@ def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader
         f"- CPUs: {info['cpu_count']} ({info['cpus_usable']} usable), torch threads {info['torch_threads']}, "
         f"1-min load average at start {info['loadavg_1min']}",
         f"- command: `{info['command']}`",
+        *([f"- machine: {args.note}"] if args.note else []),
         f"- data {args.data}"
         + (f" ({args.data_backend} backend, -j {args.workers[0]})" if args.data == "real" else "")
         + f", batch {args.batch_size}, {args.image_size} px, amp {args.amp}, channels_last {args.channels_last}, "
@@ -574,9 +608,9 @@ def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader
             )
     if loader_rows:
         lines += [
-            "| pipeline | workers | allocator | img/s (median) | min-max | vs torchvision (median, range) "
-            "| CPU ms/img: main + workers |",
-            "|---|---|---|---|---|---|---|",
+            "| pipeline | split | workers | allocator | img/s (median) | min-max | vs torchvision (median, range) "
+            "| CPU ms/img: main + workers | img per CPU-s | vs torchvision per CPU-s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in loader_rows:
             env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "default"
@@ -587,9 +621,11 @@ def markdown(info: dict, args: argparse.Namespace, configs: list[Config], loader
             )
             main_ms, workers_ms = r["cpu_ms_per_image_main"], r["cpu_ms_per_image_workers"]
             cpu = f"{main_ms:.2f} + n/a" if workers_ms is None else f"{main_ms:.2f} + {workers_ms:.2f}"
+            per_cpu = "n/a" if r["img_per_cpu_s"] is None else f"{r['img_per_cpu_s']:.0f}"
+            cpu_ratio = "" if r["vs_torchvision_cpu"] is None else f"**{r['vs_torchvision_cpu']:.2f}x**"
             lines.append(
-                f"| {r['pipeline']} | {r['workers']} | {env} | {r['img_per_s']:.1f} | "
-                f"{min(r['rates']):.1f}-{max(r['rates']):.1f} | {ratio} | {cpu} |"
+                f"| {r['pipeline']} | {r['split']} | {r['workers']} | {env} | {r['img_per_s']:.1f} | "
+                f"{min(r['rates']):.1f}-{max(r['rates']):.1f} | {ratio} | {cpu} | {per_cpu} | {cpu_ratio} |"
             )
     for key, value in extra.items():
         lines.append(f"- {key}: {value}")
@@ -635,7 +671,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             measure(args, device, configs, lambda: (x, y))
         else:
             root = data_root(args)
-            stream = BatchStream(build_real_loader(args, root, args.workers[0], device), device, memory_format)
+            stream = BatchStream(build_real_loader(args, root, args.workers[0], device)[0], device, memory_format)
             measure(args, device, configs, stream.next)
 
     if args.find_max_batch:

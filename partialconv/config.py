@@ -269,10 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--data-backend",
-        choices=[*backend_names(), "auto"],
-        default="pil",
-        help="; ".join(f"{name}: {get_backend(name).help}" for name in backend_names())
-        + "; auto: shards for a URL or a directory holding index.json, else pil",
+        choices=["auto", *backend_names()],
+        default="auto",
+        help="auto: the backend that recognises the train path (shards for a URL or a directory holding "
+        "index.json), else turbo when its decoder loads, else pil (with one warning); "
+        + "; ".join(f"{name}: {get_backend(name).help}" for name in backend_names()),
     )
     g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
     g.add_argument(

@@ -179,7 +179,7 @@ def test_loader_benchmark_measures_the_torchvision_reference_side_by_side(tmp_pa
     diff = payload["pixel_difference"]
     assert diff["all"]["crops"] == 20 and diff["all"]["mean_levels"] < 2.0
     md = next((tmp_path / "out").glob("*_loader-only.md")).read_text()
-    assert "| torchvision | 1 |" in md and "--pixel-diff 20" in md
+    assert "| torchvision | train | 1 |" in md and "--pixel-diff 20" in md
 
 
 def test_a_seeded_sample_leaves_the_callers_rng_alone(folder: Path) -> None:

@@ -113,7 +113,8 @@ def test_entry_point_picks_the_backend_by_name(folder):
 
 
 def test_auto_picks_the_backend_by_what_the_path_holds(folder, toy):
-    assert build_loaders(DataParams(folder / "train", folder / "val", 4, 0), CPU).backend == "pil"
+    # an ImageFolder no backend detects: turbo, whose decoder the dev extra installs (else pil: test_data_turbo.py)
+    assert build_loaders(DataParams(folder / "train", folder / "val", 4, 0), CPU).backend == "turbo"
     assert build_loaders(DataParams(toy, toy, 4, 0), CPU).backend == "toy"
     assert build_loaders(DataParams(toy, toy, 4, 0, backend="toy"), CPU).backend == "toy"
 
@@ -122,10 +123,10 @@ def test_unknown_backend_is_one_clear_error(folder):
     params = DataParams(folder / "train", folder / "val", 4, 0, backend="webdataset")
     with pytest.raises(DataError) as raised:
         build_loaders(params, CPU)
-    assert str(raised.value) == "data backend webdataset: unknown (registered: pil, gpu, pil_fast, shards, or auto)"
+    assert str(raised.value) == "data backend webdataset: unknown (registered: pil, gpu, pil_fast, shards, turbo, or auto)"
     assert (
         data_error_message(raised.value)
-        == "--data-backend webdataset: unknown (registered: pil, gpu, pil_fast, shards, or auto)"
+        == "--data-backend webdataset: unknown (registered: pil, gpu, pil_fast, shards, turbo, or auto)"
     )
     with pytest.raises(TypeError, match="takes DataParams"):  # the argparse namespace is the CLI's, not the library's
         build_loaders(parse_config(["--data_train", str(folder / "train"), "--data_val", str(folder / "val")]), CPU)

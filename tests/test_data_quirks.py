@@ -54,7 +54,7 @@ def test_hidden_entries_are_neither_classes_nor_samples(debris_data):
     assert encoded.classes == train_set.classes and encoded.samples == train_set.samples
 
 
-@pytest.mark.parametrize("backend", ["pil", "gpu"])
+@pytest.mark.parametrize("backend", ["pil", "gpu", "auto"])
 def test_training_with_hidden_folders_warns_once_and_learns_labels_that_agree(debris_data, tmp_path, capsys, backend):
     out = tmp_path / "run"
     argv = [

@@ -96,7 +96,7 @@ def test_eval_samples_match_pil_resize_center_crop(folder: str) -> None:
 
 def test_train_py_loaders_agree_between_backends(folder: str) -> None:
     """train.py's loaders, --data-backend pil (no workers) and gpu (two workers): same batches, same draws."""
-    pil = loaders_from_config(cpu_cfg(folder, "-j", "0", "--train-crop-size", "48"), CPU)
+    pil = loaders_from_config(cpu_cfg(folder, "-j", "0", "--train-crop-size", "48", "--data-backend", "pil"), CPU)
     gpu = loaders_from_config(cpu_cfg(folder, "-j", "2", "--train-crop-size", "48", "--data-backend", "gpu"), CPU)
     assert isinstance(gpu.train, GpuDecodeLoader) and len(gpu.train) == len(pil.train) == 2
     assert len(gpu.train.dataset) == len(pil.train.dataset) == 8 and gpu.classes == pil.classes

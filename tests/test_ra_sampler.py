@@ -105,7 +105,7 @@ def test_eval_sampler_refuses_repeats():
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
-@pytest.mark.parametrize("backend", ["pil", "pil_fast", "gpu"])
+@pytest.mark.parametrize("backend", ["pil", "pil_fast", "gpu", "turbo"])
 def test_every_backend_augments_the_copies_differently(data, backend):
     """train.py's loaders with --ra-sampler --ra-reps 2 on one process: the copies of an image are neighbours in a
     batch, with the same label and different pixels; val stays one pass over every image."""

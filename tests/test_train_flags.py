@@ -87,7 +87,7 @@ def test_train_min_scale_one_crops_the_whole_image(data, tmp_path, source):
     """--train-min-scale 1 on square images: every random-resized crop is the whole image (resized, maybe
     flipped), i.e. the eval transform's output at the same size; the default scale gives other crops."""
     flags = ["--data_train", str(data / "train"), "--data_val", str(data / "val"), "-b", "8", "-j", "0"]
-    flags += ["--train-crop-size", "16"]
+    flags += ["--train-crop-size", "16", "--data-backend", "pil"]  # float samples, compared with eval_transform's
     if source == "flag":
         cfg = parse_config([*flags, "--train-min-scale", "1.0"])
     else:

@@ -79,7 +79,7 @@ def test_loader_only_interleaves_worker_allocator_settings(jpegs, tmp_path) -> N
     argv += ["--output-dir", str(tmp_path), "-b", "4", "--image-size", "32", "--warmup", "1", "--steps", "1"]
     payload = tt.main(argv + ["--windows", "2"])
     rows = [(r["pipeline"], r["workers"], r["malloc"]) for r in payload["loader"]]
-    assert rows == [("pil", 1, "default"), ("pil", 1, "pillow"), ("torchvision", 1, "default")]
+    assert rows == [("turbo", 1, "default"), ("turbo", 1, "pillow"), ("torchvision", 1, "default")]  # auto: turbo
     assert all(len(r["rates"]) == 2 and r["img_per_s"] > 0 for r in payload["loader"])
     assert "PILLOW_BLOCKS_MAX=32" in next(tmp_path.glob("*_loader-only.md")).read_text()
     assert all(r["cpu_ms_per_image_main"] >= 0 and r["cpu_ms_per_image_workers"] >= 0 for r in payload["loader"])

@@ -11,10 +11,14 @@ A backend is two functions (plus an optional format check):
   and ``.dataset``; the default, :func:`~partialconv.data.loaders.torch_loader`, is torch's DataLoader with the
   skipping collate, which serves any dataset that follows the protocol;
 - ``detect(path) -> bool`` (optional): whether ``path`` holds this backend's format; ``backend="auto"`` picks the
-  first registered backend that says yes, else :data:`DEFAULT_BACKEND`.
+  first registered backend that says yes;
+- ``auto_default(params) -> (bool, str)`` (optional): for ``backend="auto"`` when no backend detected the data,
+  whether this backend should read it (the first that says yes is taken, else :data:`DEFAULT_BACKEND`), and when
+  not, a warning for rank 0 to print ("" for none: e.g. an option the backend does not offer was asked for).
 
-Built in (registered by :mod:`partialconv.data.factory`): ``pil`` (:mod:`partialconv.data.datasets`) and ``gpu``
-(:mod:`partialconv.data.gpu_decode`). A new format is a sibling module that calls :func:`register_backend`;
+Built in (registered by :mod:`partialconv.data.factory`): ``pil`` and ``pil_fast`` (:mod:`partialconv.data.datasets`),
+``gpu`` (:mod:`partialconv.data.gpu_decode`) and ``turbo`` (:mod:`partialconv.data.cropped_decode`, the default of
+``"auto"`` when libturbojpeg 3 loads). A new format is a sibling module that calls :func:`register_backend`;
 docs/data_formats.md walks through one.
 """
 
@@ -38,6 +42,7 @@ __all__ = [
     "Splits",
     "backend_names",
     "choose_backend",
+    "choose_backend_noting",
     "get_backend",
     "register_backend",
     "is_url",
@@ -68,6 +73,8 @@ class Backend:
     detect: Optional[Callable[[Path], bool]] = None
     help: str = ""  # one line for --data-backend's help
     reads_urls: bool = False  # paths may be URLs (scheme://...): detect then gets the URL as a str
+    # "auto" with no backend recognising the data: (take it, else a note saying why not) for the run's params
+    auto_default: Optional[Callable[[DataParams], tuple[bool, str]]] = None
 
 
 def is_url(path: str) -> bool:
@@ -102,8 +109,13 @@ def get_backend(name: str) -> Backend:
 
 def choose_backend(params: DataParams) -> Backend:
     """``params.backend`` by name; for ``"auto"``, the first backend whose ``detect`` recognises what
-    ``params.train_dir`` holds, else :data:`DEFAULT_BACKEND`. A URL (either split) is read only by a backend that
-    ``reads_urls``."""
+    ``params.train_dir`` holds, else the first whose ``auto_default`` takes the run, else :data:`DEFAULT_BACKEND`.
+    A URL (either split) is read only by a backend that ``reads_urls``."""
+    return choose_backend_noting(params)[0]
+
+
+def choose_backend_noting(params: DataParams) -> tuple[Backend, list[str]]:
+    """:func:`choose_backend`, with the warnings of the ``auto_default`` backends passed over (for rank 0)."""
     url = next((p for p in (params.train_dir, params.val_dir) if is_url(p)), None)
     if params.backend != "auto":
         backend = get_backend(params.backend)
@@ -121,12 +133,20 @@ def choose_backend(params: DataParams) -> Backend:
                     Param("train_dir", root), f" holds {other.name} data, not {backend.name}'s: use ",
                     Param("backend", other.name), " or auto",
                 )  # fmt: skip
-        return backend
+        return backend, []
     for backend in _BACKENDS.values():
         if url is not None and not backend.reads_urls:
             continue
         if backend.detect is not None and backend.detect(params.train_dir if url else Path(params.train_dir)):
-            return backend
+            return backend, []
     if url is not None:
         raise DataError(Param("train_dir", params.train_dir), ": no data backend reads this URL")
-    return get_backend(DEFAULT_BACKEND)
+    notes = []
+    for backend in _BACKENDS.values():
+        if backend.auto_default is not None:
+            take, note = backend.auto_default(params)
+            if take:
+                return backend, notes
+            if note:
+                notes.append(note)
+    return get_backend(DEFAULT_BACKEND), notes

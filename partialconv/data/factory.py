@@ -7,8 +7,8 @@ import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from .backends import choose_backend, register_backend
-from .datasets import PIL_BACKEND, PIL_FAST_BACKEND
+from .backends import choose_backend_noting, register_backend
+from .datasets import PIL_BACKEND, PIL_FAST_BACKEND, TURBO_BACKEND
 from .errors import PARAM_NAMES, DataError, Param
 from .gpu_decode import GPU_BACKEND
 from .loaders import Loaders, LoaderSpec, resolve_workers, seeded_samplers
@@ -20,8 +20,9 @@ if TYPE_CHECKING:  # data must not import engine at run time (imports flow engin
 
 __all__ = ["build_loaders"]
 
-# The built-in backends, in the order "auto" asks them (the first is the default; see backends.DEFAULT_BACKEND).
-for _backend in (PIL_BACKEND, GPU_BACKEND, PIL_FAST_BACKEND, SHARDS_BACKEND):
+# The built-in backends, in the order "auto" asks them (backends.choose_backend: the backend that recognises the
+# data, e.g. shards; then turbo when its decoder loads; else backends.DEFAULT_BACKEND).
+for _backend in (PIL_BACKEND, GPU_BACKEND, PIL_FAST_BACKEND, SHARDS_BACKEND, TURBO_BACKEND):
     register_backend(_backend)
 
 
@@ -35,7 +36,7 @@ def build_loaders(params: DataParams, dist: DistInfo) -> Loaders:
             f"build_loaders takes DataParams, not {type(params).__name__} "
             "(from train.py's config: partialconv.config.loaders_from_config(cfg, dist))"
         )
-    backend = choose_backend(params)
+    backend, notes = choose_backend_noting(params)
     if params.batch_size % dist.world_size:
         raise DataError(
             Param("batch_size", params.batch_size), f" must be divisible by the {dist.world_size} processes"
@@ -54,6 +55,6 @@ def build_loaders(params: DataParams, dist: DistInfo) -> Loaders:
         identity=splits.identity,
     )
     if dist.is_main:
-        for message in splits.warnings:
+        for message in (*notes, *splits.warnings):
             print(f"warning: {message}", file=sys.stderr, flush=True)
     return loaders
