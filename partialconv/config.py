@@ -760,6 +760,11 @@ def compare_resumed_config(saved: dict[str, Any], cfg: argparse.Namespace, sourc
             "groups. Finish that run with the version that started it, or start a new run"
         )
     refused = [k for k in EXPERIMENT_KEYS if k in old and not _same(k, old[k], new.get(k))]
+    if "data_backend" in refused and "auto" in (old["data_backend"], new.get("data_backend")):
+        # Runs before the turbo backend saved the pil default; auto decodes the same images with the same crop draws
+        # (within 1 level on JPEGs), so the run goes on; the change is logged below (pass the old backend for
+        # bit-exact batches).
+        refused.remove("data_backend")
     if old.get("lr_schedule") == "cosine" and "epochs" in old and old["epochs"] != cfg.epochs:
         refused.append("epochs")  # the cosine curve is laid out over the total: the rest would follow another one
     if refused:

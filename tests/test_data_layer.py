@@ -123,7 +123,9 @@ def test_unknown_backend_is_one_clear_error(folder):
     params = DataParams(folder / "train", folder / "val", 4, 0, backend="webdataset")
     with pytest.raises(DataError) as raised:
         build_loaders(params, CPU)
-    assert str(raised.value) == "data backend webdataset: unknown (registered: pil, gpu, pil_fast, shards, turbo, or auto)"
+    assert (
+        str(raised.value) == "data backend webdataset: unknown (registered: pil, gpu, pil_fast, shards, turbo, or auto)"
+    )
     assert (
         data_error_message(raised.value)
         == "--data-backend webdataset: unknown (registered: pil, gpu, pil_fast, shards, turbo, or auto)"
