@@ -18,12 +18,14 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-from partialconv.checkpoint import CheckpointError, load_checkpoint
+from partialconv.checkpoint import CheckpointError, extract_state_dict, load_state, read_checkpoint, unwrap_model
 from partialconv.config import (
     ConfigError,
     compare_resumed_config,
     config_to_yaml,
     data_errors_as_flags,
+    eval_sizes_from_run,
+    flags_given,
     loaders_from_config,
     parse_config,
     resolve_data_dirs,
@@ -78,11 +80,13 @@ EXIT_RUN_DIR_BUSY = 75  # EX_TEMPFAIL: another process has the run directory; pa
 
 @data_errors_as_flags()  # the data layer's errors, also those of DataLoader workers, in flag names
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_config(argv, demo_config=DEMO_CONFIG)
     dist = init_distributed(cfg.device)
     configure_backends(cfg, dist.device)
     seed_everything(cfg.seed)
     run_dir = run_dir_of(cfg)
+    eval_weights = eval_checkpoint(cfg, run_dir, flags_given(argv, DEMO_CONFIG)) if cfg.evaluate else None
     restart_note = None
     if not cfg.evaluate:  # torchrun --max-restarts: a restarted group continues its own newest checkpoint
         cfg.resume, cfg.overwrite, restart_note = elastic_restart_resume(run_dir, cfg.resume, cfg.overwrite)
@@ -95,10 +99,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ConfigError(f"{RUN_DIR_FLAGS} {run_dir}: cannot create the run directory ({e.strerror})") from e
         remove_temp_files(run_dir)  # of writes a kill interrupted; nobody else writes here now
     with lock if owner else contextlib.nullcontext():
-        return run(cfg, dist, run_dir, restart_note)
+        return run(cfg, dist, run_dir, restart_note, eval_weights)
 
 
-def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
+def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None) -> int:
     """The run itself, in a run directory this process holds (or, off rank 0, whose holder it works with)."""
     # every rank, before rank 0 may write anything
     replace = not cfg.evaluate and check_fresh_start(run_dir, cfg.resume, cfg.overwrite, "--prefix or --output-dir")
@@ -122,7 +126,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
     if override_batchnorm(model, cfg.bn_momentum, cfg.bn_eps) == 0 and bn_flags:
         log.warn(f"{' and '.join(bn_flags)}: {cfg.arch} has no BatchNorm layer; ignored")
     if cfg.evaluate:
-        return evaluate_only(cfg, model, loaders, dist, run_dir, log)
+        return evaluate_only(cfg, model, loaders, dist, eval_weights, log)
     if restart_note:
         log.info(restart_note)
     ckpt, ckpt_path = find_resume_checkpoint(cfg.resume, run_dir, log.warn)
@@ -271,17 +275,29 @@ def epoch_record(
     }
 
 
-def evaluate_only(cfg, model, loaders, dist, run_dir: Path, log: RunLogger) -> int:
-    """``-e``: top-1/top-5 of the ``--resume`` checkpoint (``auto``: the run directory's last) or ``--pretrained``."""
-    if cfg.resume:
-        load_checkpoint(model, run_dir / LAST if cfg.resume == "auto" else cfg.resume)
+def eval_checkpoint(cfg, run_dir: Path, given: set[str]) -> tuple[object, Path, str]:
+    """``-e``: the checkpoint to evaluate (``--resume``, ``auto``: the run directory's last; or ``--pretrained``),
+    read once, its path, and the eval sizes, which become those of the run that wrote it (``eval_sizes_from_run``:
+    top-1 at another resolution is another number)."""
+    how = "--resume" if cfg.resume else "--pretrained"
+    path = Path(run_dir / LAST if cfg.resume == "auto" else cfg.resume or cfg.pretrained)
+    ckpt = read_checkpoint(path)
+    saved = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return ckpt, path, eval_sizes_from_run(cfg, saved, str(path), given, how)
+
+
+def evaluate_only(cfg, model, loaders, dist, weights: tuple[object, Path, str], log: RunLogger) -> int:
+    """``-e``: top-1/top-5 of the checkpoint ``eval_checkpoint`` read, at the sizes it chose."""
+    ckpt, path, sizes = weights
+    target = unwrap_model(model)
+    load_state(target, extract_state_dict(ckpt, path, target.state_dict().keys()), path)
     model, _ = prepare_model(model, cfg, dist)
     val = evaluate(
         model, loaders.val, nn.CrossEntropyLoss(), dist.device, AMP_DTYPES[cfg.amp], cfg.channels_last,
         print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main,
     )  # fmt: skip
     log.info(
-        f"evaluate {cfg.arch} ({cfg.padding} padding) on {int(val['count'])} images of {cfg.data_val}: "
+        f"evaluate {cfg.arch} ({cfg.padding} padding) on {int(val['count'])} images of {cfg.data_val} at {sizes}: "
         f"top-1 {val['acc1']:.3f} top-5 {val['acc5']:.3f} loss {val['loss']:.4f}"
     )
     return 0

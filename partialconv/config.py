@@ -48,6 +48,8 @@ __all__ = [
     "compare_resumed_config",
     "data_errors_as_flags",
     "data_params",
+    "eval_sizes_from_run",
+    "flags_given",
     "loaders_from_config",
     "resolve_data_dirs",
 ]
@@ -571,6 +573,54 @@ def _resolve(cfg: argparse.Namespace) -> argparse.Namespace:
     if cfg.evaluate and not (cfg.resume or cfg.pretrained):
         raise ConfigError("-e/--evaluate needs weights: --resume PATH or --pretrained PATH")
     return cfg
+
+
+def flags_given(argv: Sequence[str], demo_config: Optional[Path] = None) -> set[str]:
+    """The destinations ``argv`` sets: by a flag, or by a key of its ``--config`` file (``demo_config``, the recipe a
+    bare ``python train.py`` gets, is not the user's)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    ns, _ = parser.parse_known_args(list(argv))
+    given = set(vars(ns)) - {"config"}
+    config = getattr(ns, "config", None)
+    if config and (demo_config is None or Path(config).resolve() != Path(demo_config).resolve()):
+        given |= set(_load_yaml(config, build_parser()))
+    return given
+
+
+EVAL_SIZE_FLAGS = {"val_resize_size": "--val-resize-size", "val_crop_size": "--val-crop-size"}
+
+
+def eval_sizes_from_run(
+    cfg: argparse.Namespace, saved: Optional[dict[str, Any]], source: str, given: set[str], how: str
+) -> str:
+    """``-e``: evaluate at the eval sizes of the run that wrote the checkpoint (``saved``, its training config).
+
+    A size the command does not set is taken from ``saved``. One it sets to another value is refused with
+    ``how="--resume"`` (a ConfigError naming both) and kept with ``how="--pretrained"`` (the way to evaluate a
+    run's weights at other sizes on purpose). Returns the words for the log: the sizes used and where they come
+    from."""
+    saved = saved if isinstance(saved, dict) else {}
+    run = {k: saved[k] for k in EVAL_SIZE_FLAGS if isinstance(saved.get(k), int)}
+    changed = {k: getattr(cfg, k) for k in run if k in given and getattr(cfg, k) != run[k]}
+    if changed and how == "--resume":
+        was = " ".join(f"{EVAL_SIZE_FLAGS[k]} {v}" for k, v in run.items())
+        now = " ".join(f"{EVAL_SIZE_FLAGS[k]} {v}" for k, v in changed.items())
+        raise ConfigError(
+            f"-e --resume {source}: its run evaluates at {was}; this command sets {now}: drop the flag to use the "
+            f"run's sizes, or evaluate at other sizes on purpose with --pretrained {source}"
+        )
+    for k, v in run.items():
+        if k not in changed:
+            setattr(cfg, k, v)
+    sizes = f"resize {cfg.val_resize_size}, crop {cfg.val_crop_size}"
+    if not run:
+        return f"{sizes} (the flags: {source} stores no run config)"
+    if changed:
+        used = " ".join(f"{EVAL_SIZE_FLAGS[k]} {v}" for k, v in run.items())
+        return f"{sizes} (the flags; the checkpoint's run used {used})"
+    return f"{sizes} (the checkpoint's run)"
 
 
 def run_dir_of(cfg: argparse.Namespace) -> Path:

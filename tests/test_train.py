@@ -154,6 +154,32 @@ def test_evaluate_prints_top1_top5_of_checkpoint(straight, data, capsys):
     assert not (straight / "unused").exists()
 
 
+def test_evaluate_uses_the_runs_eval_sizes_or_refuses_others(straight, data, tmp_path, capsys):
+    """-e of a run's checkpoint evaluates at that run's --val-resize-size/--val-crop-size (20/16 here) when the
+    command does not set them (not at the flags' 256/224 defaults), and says so; other sizes are refused with
+    --resume and taken on purpose with --pretrained."""
+    sizeless = [a for i, a in enumerate(BASE) if not {a, BASE[i - 1]} & {"--val-resize-size", "--val-crop-size"}]
+    dirs = ["--data_train", str(data / "train"), "--data_val", str(data / "val")]
+    best = straight / "model_best.pth.tar"
+    capsys.readouterr()
+    assert run([*sizeless, *dirs, "-e", "--resume", str(best)]) == 0
+    out = capsys.readouterr().out
+    top1 = max(m["val_acc1"] for m in metrics(straight))
+    assert f"at resize 20, crop 16 (the checkpoint's run): top-1 {top1:.3f}" in out, out
+    assert run([*sizeless, *dirs, "-e", "--resume", str(best), "--val-resize-size", "24"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "its run evaluates at --val-resize-size 20 --val-crop-size 16" in err
+    assert "this command sets --val-resize-size 24" in err and f"--pretrained {best}" in err
+    assert run([*sizeless, *dirs, "-e", "--pretrained", str(best), "--val-resize-size", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "at resize 24, crop 16 (the flags; the checkpoint's run used --val-resize-size 20 --val-crop-size 16)" in out
+    # the same sizes from a YAML recipe are the command's too
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("val_crop_size: 12\n")
+    assert run([*sizeless, *dirs, "--config", str(recipe), "-e", "--resume", str(best)]) == 2
+    assert "this command sets --val-crop-size 12" in capsys.readouterr().err
+
+
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(straight, data, tmp_path, capsys):
     out = tmp_path / "nan"
     shutil.copytree(straight, out)
