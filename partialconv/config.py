@@ -180,17 +180,24 @@ class _ListModels(argparse.Action):
         parser.exit(0)
 
 
+_DATA_PATH_HELP = "ImageFolder root with train/ and val/: the same as --data_train DIR/train --data_val DIR/val"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train.py",
         description="Train or evaluate an image classifier (ImageNet layout) with zero/partial/reflect/replicate "
         "padding. With no --data_train/--data_val it trains on a small embedded demo dataset.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # a prefix of a flag is an error, never silently another flag (--model vs --model-ema)
     )
+    # pytorch/examples' `train.py DIR`: DIR/train and DIR/val (SUPPRESS: absent, it sets nothing; _resolve folds it)
+    p.add_argument("data_dir", nargs="?", default=argparse.SUPPRESS, metavar="DIR", help=_DATA_PATH_HELP)
     g = p.add_argument_group("model")
     g.add_argument(
         "-a",
         "--arch",
+        "--model",
         default="resnet18",
         help="classifier name: ours (resnet50, vgg16_bn), any torchvision classifier (convnext_tiny, "
         "efficientnet_b0), timm/<name> with timm installed; a pd prefix means partial padding (pdconvnext_tiny)",
@@ -217,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data_train", "--data-train", dest="data_train", default=None, help="ImageFolder train dir")
     g.add_argument("--data_val", "--data-val", dest="data_val", default=None, help="ImageFolder val dir")
+    g.add_argument("--data-path", default=None, metavar="DIR", help=_DATA_PATH_HELP + " (torchvision references)")
     g.add_argument(
         "-j",
         "--workers",
@@ -290,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over in a run directory that holds a run: its files are moved into <run dir>/replaced-<time>/ "
         "(without this flag such a start is refused)",
     )
-    g.add_argument("-e", "--evaluate", action="store_true", help="only evaluate (--resume or --pretrained weights)")
+    g.add_argument(
+        "-e", "--evaluate", "--test-only", action="store_true", help="only evaluate (--resume or --pretrained weights)"
+    )
     g.add_argument("-p", "--print-freq", type=int, default=10, help="steps between progress lines")
     g.add_argument("--save-every", type=int, default=0, help="also keep checkpoint_epoch<N>.pth.tar every N epochs")
     g.add_argument(
@@ -533,7 +543,8 @@ def parse_config(argv: Optional[Sequence[str]] = None, demo_config: Optional[Pat
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     first, _ = parser.parse_known_args(argv)
-    if first.config is None and first.data_train is None and first.data_val is None and demo_config is not None:
+    no_data = all(getattr(first, k, None) is None for k in ("data_train", "data_val", "data_path", "data_dir"))
+    if first.config is None and no_data and demo_config is not None:
         first.config = str(demo_config)
     if first.config:
         parser.set_defaults(**_load_yaml(first.config, parser), config=first.config)
@@ -568,6 +579,7 @@ def _resolve(cfg: argparse.Namespace) -> argparse.Namespace:
             raise ConfigError(f"--device {cfg.device}: only {torch.cuda.device_count()} CUDA device(s) visible")
     if cfg.overwrite and cfg.resume:
         raise ConfigError("--overwrite starts the run over; it does not go with --resume")
+    _fold_data_path(cfg)
     if (cfg.data_train is None) != (cfg.data_val is None):
         raise ConfigError("--data_train and --data_val go together (give both, or neither for the demo dataset)")
     if cfg.evaluate and not (cfg.resume or cfg.pretrained):
@@ -621,6 +633,24 @@ def eval_sizes_from_run(
         used = " ".join(f"{EVAL_SIZE_FLAGS[k]} {v}" for k, v in run.items())
         return f"{sizes} (the flags; the checkpoint's run used {used})"
     return f"{sizes} (the checkpoint's run)"
+
+
+def _fold_data_path(cfg: argparse.Namespace) -> None:
+    """The positional DIR (pytorch/examples) and ``--data-path DIR`` (torchvision references) become
+    ``--data_train DIR/train --data_val DIR/val``; the config keeps only those two (one spelling of the data in
+    config.yaml and in the resume check)."""
+    positional = vars(cfg).pop("data_dir", None)
+    if positional is not None and cfg.data_path is not None and Path(positional) != Path(cfg.data_path):
+        raise ConfigError(f"DIR {positional} and --data-path {cfg.data_path}: two data roots; give one")
+    root, cfg.data_path = positional or cfg.data_path, None
+    if root is None:
+        return
+    name = "DIR" if positional is not None else "--data-path"
+    for dest, flag, sub in (("data_train", "--data_train", "train"), ("data_val", "--data_val", "val")):
+        given = getattr(cfg, dest)
+        if given is not None and Path(given) != Path(root) / sub:
+            raise ConfigError(f"{name} {root} means {flag} {Path(root) / sub}; it conflicts with {flag} {given}")
+        setattr(cfg, dest, str(Path(root) / sub))
 
 
 def run_dir_of(cfg: argparse.Namespace) -> Path:

@@ -46,6 +46,7 @@ METRICS = (("l1", "L1 (%)", 2), ("psnr", "PSNR", 2), ("ssim", "SSIM", 3))
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix of a flag is an error, never another flag
         prog="python -m scripts.eval_inpainting",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

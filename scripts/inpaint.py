@@ -33,7 +33,10 @@ from partialconv.fileio import WriteError, atomic_write
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m scripts.inpaint", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,  # a prefix of a flag is an error, never another flag
+        prog="python -m scripts.inpaint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="train_inpainting.py checkpoint (or a plain state_dict)")
     p.add_argument("--input", required=True, help="an image file or a folder of images (recursive)")

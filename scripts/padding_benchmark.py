@@ -78,6 +78,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
     cut = argv.index("--") if "--" in argv else len(argv)
     own, passthrough = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix of a flag is an error, never another flag
         prog="python -m scripts.padding_benchmark",
         description="Train every (arch, padding, run) of a padding comparison with train.py, resumably, then "
         "write results.md/results.csv/figures at the results root. train.py flags go after `--`.",

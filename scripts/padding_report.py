@@ -19,6 +19,7 @@ from partialconv.analysis import ReportError, write_report
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix of a flag is an error, never another flag
         prog="python -m scripts.padding_report",
         description="Tables (markdown, CSV) and figures comparing paddings over multiple train.py runs.",
     )

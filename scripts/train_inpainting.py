@@ -60,6 +60,7 @@ DEMO_DEFAULTS = {"image_size": 128, "iters": 20, "batch_size": 2, "log_every": 5
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix of a flag is an error, never another flag
         prog="python -m scripts.train_inpainting",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

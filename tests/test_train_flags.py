@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import train
 from partialconv.checkpoint import read_checkpoint, save_checkpoint
-from partialconv.config import loaders_from_config, parse_config
+from partialconv.config import ConfigError, loaders_from_config, parse_config
 from partialconv.data import ClassificationFolder, eval_transform
 from partialconv.data.demo import make_demo_dataset
 from partialconv.engine.distributed import DistInfo
@@ -159,6 +160,57 @@ def test_flag_aliases_give_the_same_config():
     assert (b["data_train"], b["data_val"], b["evaluate"], b["amp"]) == ("t", "v", True, "fp16")
     # the apex-style alias: O0 is no AMP
     assert parse_config(["--amp-opt-level", "O0", "--data_train", "t", "--data_val", "v"]).amp == "none"
+
+
+# The habits of pytorch/examples (train.py DIR), torchvision's references (--data-path DIR, --test-only) and timm
+# (--model): docs/training.md's table of equivalents, row by row.
+ANCHOR_ALIASES = [
+    (["/d"], ["--data_train", "/d/train", "--data_val", "/d/val"]),
+    (["--data-path", "/d"], ["--data_train", "/d/train", "--data_val", "/d/val"]),
+    (["--test-only", "--resume", "x"], ["-e", "--resume", "x"]),
+    (["--model", "resnet50"], ["-a", "resnet50"]),
+]
+
+
+@pytest.mark.parametrize(("alias", "ours"), ANCHOR_ALIASES)
+def test_anchor_projects_flags_are_aliases_of_ours(alias, ours):
+    data = [] if "/d" in alias else ["/d"]
+    assert vars(parse_config([*data, *alias])) == vars(parse_config([*data, *ours]))
+
+
+def test_no_flag_prefix_means_another_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--lr-sched", "cosine"])  # argparse's prefix matching took it for --lr-schedule
+    assert e.value.code == 2 and "unrecognized arguments: --lr-sched" in capsys.readouterr().err
+    assert parse_config(["--model", "resnet18", "--model-ema"]).arch == "resnet18"  # --model: no ambiguity
+
+
+def test_data_path_conflicts_and_yaml_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"--data-path /d means --data_val /d/val; it conflicts with --data_val /e"):
+        parse_config(["--data-path", "/d", "--data_val", "/e"])
+    with pytest.raises(ConfigError, match="two data roots"):
+        parse_config(["/d", "--data-path", "/e"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data_path: /d\n")
+    cfg = parse_config(["--config", str(recipe)])
+    assert (cfg.data_train, cfg.data_val, cfg.data_path) == ("/d/train", "/d/val", None)
+
+
+def test_run_started_with_dir_resumes_with_data_path_or_data_flags(data, tmp_path, capsys):
+    """The positional DIR is stored as --data_train/--data_val: a resume spelling the data either way is the same
+    run (no refusal, no changed-settings line)."""
+    out = tmp_path / "dir_run"
+    rest = [*BASE, "--output-dir", str(out)]
+    assert train.cli([str(data), *rest, "--model", "simple_cnn", "--epochs", "1"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["data_train"] == str(data / "train")
+    capsys.readouterr()
+    assert train.cli(["--data-path", str(data), *rest, "--epochs", "2", "--resume", "auto"]) == 0
+    dirs = ["--data_train", str(data / "train"), "--data_val", str(data / "val")]
+    assert train.cli([*dirs, *rest, "--epochs", "3", "--resume", "auto"]) == 0
+    log = capsys.readouterr().out
+    assert "changed settings: epochs 1 -> 2" in log and "changed settings: epochs 2 -> 3" in log
+    assert "data" not in log.split("changed settings:")[1].splitlines()[0]
+    assert [r["epoch"] for r in records(out)] == [1, 2, 3]
 
 
 def test_tensorboard_scalars_are_the_metrics_lines(data, tmp_path):
