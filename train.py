@@ -47,7 +47,7 @@ from partialconv.engine.checkpointing import (
     run_state,
     save_run_checkpoint,
 )
-from partialconv.engine.cli import run_cli
+from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, run_cli
 from partialconv.engine.distributed import barrier, cleanup, init_distributed
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
@@ -73,7 +73,8 @@ from partialconv.fileio import WriteError, write_text_atomic
 from partialconv.models import create_model
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, WriteError)
+# What the user fixes before the same command can work (exit 2); a NaN/Inf loss is the run failing (exit 1).
+USER_ERRORS = (ConfigError, DataError, CheckpointError, WriteError)
 RUN_DIR_FLAGS = "--prefix or --output-dir"
 EXIT_RUN_DIR_BUSY = 75  # EX_TEMPFAIL: another process has the run directory; padding_benchmark retries it later
 
@@ -356,9 +357,10 @@ def preempted_exit(preemption: Preemption, log: RunLogger, run_dir: Path, epoch:
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """``main`` with expected failures as one ``error:`` line and exit code 1 (2 for bad flags/config, 75 when another
-    process holds the run directory)."""
-    errors = [(RunDirBusy, EXIT_RUN_DIR_BUSY), (ConfigError, 2), (EXPECTED_ERRORS, 1)]
+    """``main`` with expected failures as one ``error:`` line and the exit code of the rule in engine/cli.py: 2 for
+    what the user must fix (flags, config, data, checkpoint files, output paths), 1 for a failed run (NaN/Inf loss);
+    75 when another process holds the run directory."""
+    errors = [(RunDirBusy, EXIT_RUN_DIR_BUSY), (USER_ERRORS, EXIT_USER_ERROR), (NonFiniteLossError, EXIT_FAILED)]
     return run_cli(main, argv, "train.py", errors, cleanup=cleanup)
 
 

@@ -34,7 +34,7 @@ from partialconv.data.masks import (
     hole_ratio,
 )
 from partialconv.engine.amp import AMP_DTYPES
-from partialconv.engine.cli import run_cli
+from partialconv.engine.cli import EXIT_USER_ERROR, run_cli
 from partialconv.engine.distributed import init_distributed
 from partialconv.engine.image_metrics import l1_percent, psnr, ssim
 from partialconv.engine.inpainting_inference import inpaint, load_inpainting_model
@@ -176,7 +176,12 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError, WriteError), 2)])
+    return run_cli(
+        main,
+        argv,
+        Path(__file__).name,
+        [((CheckpointError, FileNotFoundError, ValueError, WriteError), EXIT_USER_ERROR)],
+    )
 
 
 if __name__ == "__main__":

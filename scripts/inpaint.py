@@ -25,7 +25,7 @@ from partialconv.checkpoint import CheckpointError
 from partialconv.data.inpainting import IMAGE_EXTENSIONS, load_image
 from partialconv.data.masks import generate_mask, list_images, load_mask_png, save_mask_png
 from partialconv.engine.amp import AMP_DTYPES
-from partialconv.engine.cli import run_cli
+from partialconv.engine.cli import EXIT_USER_ERROR, run_cli
 from partialconv.engine.distributed import init_distributed
 from partialconv.engine.inpainting_inference import inpaint, load_inpainting_model
 from partialconv.fileio import WriteError, atomic_write
@@ -159,7 +159,12 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError, WriteError), 2)])
+    return run_cli(
+        main,
+        argv,
+        Path(__file__).name,
+        [((CheckpointError, FileNotFoundError, ValueError, WriteError), EXIT_USER_ERROR)],
+    )
 
 
 if __name__ == "__main__":

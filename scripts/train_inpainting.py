@@ -38,7 +38,7 @@ from partialconv.engine.checkpointing import (
     move_run_aside,
     save_run_checkpoint,
 )
-from partialconv.engine.cli import run_cli
+from partialconv.engine.cli import EXIT_USER_ERROR, run_cli
 from partialconv.engine.image_grid import image_grid
 from partialconv.engine.inpainting import evaluate, train_step
 from partialconv.engine.preemption import Preemption
@@ -358,7 +358,12 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError, WriteError), 2)])
+    return run_cli(
+        main,
+        argv,
+        Path(__file__).name,
+        [((CheckpointError, FileNotFoundError, ValueError, WriteError), EXIT_USER_ERROR)],
+    )
 
 
 if __name__ == "__main__":

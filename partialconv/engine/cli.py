@@ -6,7 +6,14 @@ import re
 import sys
 from typing import Callable, Optional, Sequence, TypeVar
 
-__all__ = ["run_cli", "one_line"]
+__all__ = ["run_cli", "one_line", "EXIT_USER_ERROR", "EXIT_FAILED"]
+
+# Every program's exit codes, one rule (docs/training.md#exit-codes): 2 when the user must change something before
+# the same command can work (a flag or config file, the data, a checkpoint file, an output path that cannot be
+# written: argparse's own code for a bad flag); 1 when the run itself failed (a NaN/Inf loss, another rank failed,
+# a bug's traceback: Python's own code). Scripts compare the two to tell "fix your command" from "look at the run".
+EXIT_USER_ERROR = 2
+EXIT_FAILED = 1
 
 Argv = TypeVar("Argv")
 
@@ -68,7 +75,7 @@ def run_cli(
                 f"{prog}: error: rank {dist.get_rank()} stopped: another rank failed (see its error line): {first}",
                 file=sys.stderr,
             )
-            return 1
+            return EXIT_FAILED
         raise
     finally:
         if cleanup is not None:
