@@ -24,6 +24,7 @@ from partialconv.config import (
     compare_resumed_config,
     config_to_yaml,
     data_errors_as_flags,
+    drop_last_warning,
     eval_sizes_from_run,
     flags_given,
     loaders_from_config,
@@ -176,6 +177,9 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
         f"{cfg.arch} ({cfg.padding} padding, {cfg.num_classes} classes) on {dist.world_size} x {dist.device}; "
         f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images; run dir {run_dir}"
     )
+    dropped = drop_last_warning(len(loaders.train.dataset), cfg.batch_size, steps_per_epoch)
+    if dropped:
+        log.warn(dropped)
 
     with Preemption(cfg.checkpoint_every_minutes) as preemption:
         config = vars(cfg).copy()

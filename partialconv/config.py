@@ -48,6 +48,7 @@ __all__ = [
     "compare_resumed_config",
     "data_errors_as_flags",
     "data_params",
+    "drop_last_warning",
     "eval_sizes_from_run",
     "flags_given",
     "loaders_from_config",
@@ -651,6 +652,25 @@ def _fold_data_path(cfg: argparse.Namespace) -> None:
         if given is not None and Path(given) != Path(root) / sub:
             raise ConfigError(f"{name} {root} means {flag} {Path(root) / sub}; it conflicts with {flag} {given}")
         setattr(cfg, dest, str(Path(root) / sub))
+
+
+# The share of the train set an epoch may leave out (the last, partial global batch) before train.py says so.
+DROP_LAST_WARN_SHARE = 0.10
+
+
+def drop_last_warning(num_images: int, batch_size: int, steps: int) -> Optional[str]:
+    """The start-of-run warning when the whole global batches of an epoch (``steps`` of ``batch_size``) leave out
+    more than :data:`DROP_LAST_WARN_SHARE` of the ``num_images`` train images (None otherwise), with a batch size
+    that leaves out fewer: one more step, the set split evenly over it."""
+    dropped = num_images - steps * batch_size
+    if dropped <= DROP_LAST_WARN_SHARE * num_images:
+        return None
+    better = num_images // (steps + 1)
+    return (
+        f"-b/--batch-size {batch_size}: an epoch is {steps} step(s) of {batch_size} of the {num_images} train images; "
+        f"the other {dropped} ({100 * dropped / num_images:.0f}%) are left out of every epoch (others each epoch). "
+        f"-b {better} would take {steps + 1} steps and leave out {num_images - (steps + 1) * better}"
+    )
 
 
 def run_dir_of(cfg: argparse.Namespace) -> Path:

@@ -276,3 +276,29 @@ def test_bn_momentum_and_eps_reach_every_batchnorm(data, tmp_path, capsys):
     assert "bn_momentum=1.0; this run has bn_momentum=None" in capsys.readouterr().err
     assert train.cli(argv(data, tmp_path / "nobn", "--epochs", "1", "--bn-eps", "1e-3")) == 0
     assert "warning: --bn-eps: simple_cnn has no BatchNorm layer; ignored" in capsys.readouterr().err
+
+
+def test_a_batch_that_leaves_out_much_of_an_epoch_is_said_once_at_start(data, tmp_path, capsys):
+    """40 train images, -b 32: one step per epoch, 8 images (20%) never in it; said once, with a better -b."""
+    out = tmp_path / "big_batch"
+    assert train.cli(argv(data, out, "--epochs", "2", "-b", "32")) == 0
+    err = capsys.readouterr().err
+    expected = (
+        "-b/--batch-size 32: an epoch is 1 step(s) of 32 of the 40 train images; the other 8 (20%) are left out of "
+        "every epoch (others each epoch). -b 20 would take 2 steps and leave out 0"
+    )
+    assert err.count(expected) == 1, err
+    assert (out / "log.txt").read_text().count(expected) == 1
+    assert train.cli(argv(data, tmp_path / "even", "--epochs", "1")) == 0  # -b 8: 5 steps, nothing left out
+    assert "left out" not in capsys.readouterr().err
+
+
+def test_the_demo_recipe_leaves_out_little_of_an_epoch():
+    from partialconv.config import drop_last_warning
+    from partialconv.data.demo import make_demo_dataset
+
+    recipe = yaml.safe_load((Path(train.DEMO_CONFIG)).read_text())
+    defaults = make_demo_dataset.__defaults__  # train_per_class, val_per_class, size, seed
+    images = 10 * defaults[0]
+    assert drop_last_warning(images, recipe["batch_size"], images // recipe["batch_size"]) is None
+    assert drop_last_warning(360, 192, 1) is not None and drop_last_warning(360, 120, 3) is None
