@@ -46,7 +46,9 @@ from partialconv.engine.runlog import RunLogger
 from partialconv.fileio import WriteError, write_text_atomic
 from partialconv.losses.inpainting import (
     DEFAULT_WEIGHTS,
+    NO_VGG_FLAGS,
     VGG16_FILE,
+    VGG_FETCH,
     InpaintingLoss,
     default_vgg_weights_path,
     vgg_file_is_torchvisions,
@@ -102,7 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=str(default_vgg_weights_path()),
         help="torchvision's ImageNet VGG-16 state_dict for the perceptual/style losses, read only when one of them "
         "has a non-zero weight; a file named vgg16-<sha256 prefix>.pth (torchvision's name) is checked against "
-        "that prefix, any other is used with a warning (default: %(default)s)",
+        "that prefix, any other is used with a warning (default: %(default)s). Fetch it once on a machine with "
+        f"internet access ({VGG_FETCH}); without it: {NO_VGG_FLAGS}",
     )
     p.add_argument(
         "--loss-weights",
