@@ -89,6 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     seed_everything(cfg.seed)
     run_dir = run_dir_of(cfg)
     eval_weights = eval_checkpoint(cfg, run_dir, flags_given(argv, DEMO_CONFIG)) if cfg.evaluate else None
+    # what a stopped run advises (before an elastic restart may set --resume): the command as typed resumes already
+    resume_advice = "rerun the same command (it has --resume auto)" if cfg.resume == "auto" else None
     restart_note = None
     if not cfg.evaluate:  # torchrun --max-restarts: a restarted group continues its own newest checkpoint
         cfg.resume, cfg.overwrite, restart_note = elastic_restart_resume(run_dir, cfg.resume, cfg.overwrite)
@@ -101,10 +103,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ConfigError(f"{RUN_DIR_FLAGS} {run_dir}: cannot create the run directory ({e.strerror})") from e
         remove_temp_files(run_dir)  # of writes a kill interrupted; nobody else writes here now
     with lock if owner else contextlib.nullcontext():
-        return run(cfg, dist, run_dir, restart_note, eval_weights)
+        return run(cfg, dist, run_dir, restart_note, eval_weights, resume_advice)
 
 
-def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None) -> int:
+def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None, resume_advice=None) -> int:
     """The run itself, in a run directory this process holds (or, off rank 0, whose holder it works with)."""
     # every rank, before rank 0 may write anything
     replace = not cfg.evaluate and check_fresh_start(run_dir, cfg.resume, cfg.overwrite, "--prefix or --output-dir")
@@ -211,7 +213,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
                 )
                 if result.preempted and result.steps_done < steps_per_epoch:
                     save_mid(result.steps_done)
-                    return preempted_exit(preemption, log, run_dir, epoch, result.steps_done)
+                    return preempted_exit(preemption, log, run_dir, epoch, result.steps_done, resume_advice)
                 # The epoch's training is saved before validation: a stop or kill during validation loses only the
                 # validation, which the resume runs again.
                 save_mid(steps_per_epoch, {"seconds": result.seconds, "images": result.images})
@@ -242,7 +244,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
             log_epoch(log, cfg, epoch, train, val, best_acc1, record)
             start_step = 0
             if result.preempted:
-                return preempted_exit(preemption, log, run_dir, epoch + 1, 0)
+                return preempted_exit(preemption, log, run_dir, epoch + 1, 0, resume_advice)
     log.info(f"done: {cfg.epochs} epochs, best val acc@1 {best_acc1:.3f}; checkpoints in {run_dir}")
     log.close()
     return 0
@@ -349,12 +351,15 @@ def save_mid_epoch(
         save_run_checkpoint(run_dir, state)
 
 
-def preempted_exit(preemption: Preemption, log: RunLogger, run_dir: Path, epoch: int, step: int) -> int:
-    """``epoch``: 0-based, with ``step`` of its steps done (0: ``epoch`` epochs completed)."""
+def preempted_exit(
+    preemption: Preemption, log: RunLogger, run_dir: Path, epoch: int, step: int, advice: Optional[str] = None
+) -> int:
+    """``epoch``: 0-based, with ``step`` of its steps done (0: ``epoch`` epochs completed). ``advice``: how to
+    resume, when the command's own words are not "the same command plus --resume auto"."""
     where = f"epoch {epoch + 1} step {step}" if step else f"the end of epoch {epoch}"
     log.info(
         f"preempted by {preemption.name}: stopped at {where}, checkpoint written to {run_dir / LAST}; "
-        "resume with the same command plus --resume auto"
+        + (advice or "resume with the same command plus --resume auto")
     )
     log.close()
     return preemption.exit_code

@@ -28,7 +28,7 @@ from .data import (
 )
 from .data.loaders import resolve_workers
 from .data.presets import AUTO_AUGMENT
-from .engine.cli import one_line
+from .engine.cli import DefaultsHelpFormatter, one_line
 from .engine.optim import OPTIMISERS
 from .layers import PADDINGS
 from .models import is_model, list_models, split_pd_name
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="train.py",
         description="Train or evaluate an image classifier (ImageNet layout) with zero/partial/reflect/replicate "
         "padding. With no --data_train/--data_val it trains on a small embedded demo dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         allow_abbrev=False,  # a prefix of a flag is an error, never silently another flag (--model vs --model-ema)
     )
     # pytorch/examples' `train.py DIR`: DIR/train and DIR/val (SUPPRESS: absent, it sets nothing; _resolve folds it)

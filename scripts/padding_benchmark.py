@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Optional
 
 from partialconv.analysis import PADDING_ORDER, ReportError, load_run, run_status, write_report
-from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR
+from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, DefaultsHelpFormatter
 from partialconv.models import is_model, split_pd_name
 from partialconv.models._registry import unknown_model_message
 
@@ -83,7 +83,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
         prog="python -m scripts.padding_benchmark",
         description="Train every (arch, padding, run) of a padding comparison with train.py, resumably, then "
         "write results.md/results.csv/figures at the results root. train.py flags go after `--`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         epilog="example: %(prog)s --archs resnet50 --root results/padding --data_train T --data_val V "
         "-- --epochs 90 --amp bf16",
     )

@@ -13,6 +13,7 @@ checkpoint is written, exit 143/138/130; the same command plus --resume auto con
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import sys
 import time
@@ -244,7 +245,7 @@ def main(argv=None) -> int:
     args.workers = resolve_workers(args.workers, info.is_main, "-j/--workers")
     out_dir = Path(args.output_dir)
     replace = check_fresh_start(out_dir, args.resume, args.overwrite)  # every rank, before anything is written
-    log = RunLogger(out_dir, info.is_main, timestamps=False)
+    log = RunLogger(out_dir, info.is_main)  # log.txt lines carry the time, as train.py's
     try:
         return _train(args, info, device, out_dir, log, replace)
     finally:
@@ -304,6 +305,7 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
 
     model.train()
     sums, count, t0 = None, 0, time.perf_counter()
+    session = t0  # the ETA follows this session's pace, validations included (train.py's rule)
     with Preemption() as preemption:
         it = iter(train_loader)
         for iteration in range(start + 1, args.iters + 1):
@@ -321,7 +323,7 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
                 log.info(
                     f"iter {iteration}/{args.iters} "
                     + " ".join(f"{k} {v:.4f}" for k, v in means.items())
-                    + f" | {ips:.1f} img/s"
+                    + f" | {ips:.1f} img/s | eta {eta(args.iters - iteration, iteration - start, session)}"
                 )
                 if log.tb is not None:
                     for k, v in means.items():
@@ -357,6 +359,11 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
                 return preemption.exit_code
     log.info(f"done: {args.iters} iterations; checkpoint {out_dir / LAST}")
     return 0
+
+
+def eta(left: int, done: int, since: float) -> datetime.timedelta:
+    """Time for ``left`` more steps at the pace of the ``done`` steps since ``since`` (perf_counter)."""
+    return datetime.timedelta(seconds=round(left * (time.perf_counter() - since) / max(done, 1)))
 
 
 def cli(argv=None) -> int:

@@ -124,7 +124,7 @@ def test_auto_resume_falls_back_to_previous_checkpoint(straight, data, tmp_path,
 def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(straight, data, tmp_path):
     out = tmp_path / "preempted"
     cmd = [sys.executable, "-u", str(ROOT / "train.py"), *args(data, out), "--epochs", "2", "-p", "1"]
-    cmd += ["--no-tensorboard"]
+    cmd += ["--no-tensorboard", "--resume", "auto"]  # as padding_benchmark runs it: a fresh start, resumable as typed
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in proc.stdout:
@@ -138,7 +138,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(straight, data, tmp_p
     rest, _ = proc.communicate(timeout=120)
     output = "".join(seen) + rest
     assert proc.returncode == 143, output
-    assert "preempted by SIGTERM" in output and "--resume auto" in output
+    assert "preempted by SIGTERM" in output and "; rerun the same command (it has --resume auto)" in output
     ckpt = read_checkpoint(out / "checkpoint.pth.tar")
     assert ckpt["epoch"] == 0 and 1 <= ckpt["step"] < 20  # stopped inside epoch 1, after the current step
     assert not (out / "metrics.jsonl").exists() or not metrics(out)

@@ -302,3 +302,13 @@ def test_the_demo_recipe_leaves_out_little_of_an_epoch():
     images = 10 * defaults[0]
     assert drop_last_warning(images, recipe["batch_size"], images // recipe["batch_size"]) is None
     assert drop_last_warning(360, 192, 1) is not None and drop_last_warning(360, 120, 3) is None
+
+
+def test_help_states_each_default_once(capsys):
+    """argparse appended "(default: None)" to flags whose text already says their default ("the model's own")."""
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: the model's own) (default" not in text and "(default: None)" not in text
+    assert "--bn-eps BN_EPS epsilon of every BatchNorm (default: the model's own) " in text
+    assert "-b BATCH_SIZE, --batch-size BATCH_SIZE global batch size, split over processes (default: 192)" in text

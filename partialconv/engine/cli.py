@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from typing import Callable, Optional, Sequence, TypeVar
 
-__all__ = ["run_cli", "one_line", "EXIT_USER_ERROR", "EXIT_FAILED"]
+__all__ = ["run_cli", "one_line", "EXIT_USER_ERROR", "EXIT_FAILED", "DefaultsHelpFormatter"]
 
 # Every program's exit codes, one rule (docs/training.md#exit-codes): 2 when the user must change something before
 # the same command can work (a flag or config file, the data, a checkpoint file, an output path that cannot be
@@ -16,6 +17,18 @@ EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
 
 Argv = TypeVar("Argv")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default, said once: not appended to a help text that already says its default
+    ("default: the model's own"), nor for a default of None (the flag's "not set", which the text explains)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is None:
+            return text
+        return super()._get_help_string(action) or text
+
 
 # torch re-raises a DataLoader worker's exception in the main process as the same type, with the message
 # "Caught <Type> in DataLoader worker process <n>.\nOriginal Traceback (most recent call last):\n..." (torch/_utils.py
