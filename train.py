@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import yaml
 from torch import nn
 
 from partialconv.checkpoint import CheckpointError, extract_state_dict, load_state, read_checkpoint, unwrap_model
@@ -55,10 +56,12 @@ from partialconv.engine.preemption import Preemption
 from partialconv.engine.run_lock import RunDirBusy, RunDirLock
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import (
+    ENVIRONMENT_FILE,
     check_input_size,
     configure_backends,
     override_batchnorm,
     prepare_model,
+    run_environment,
     seed_everything,
 )
 from partialconv.engine.trainer import (
@@ -175,6 +178,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
         log.truncate_metrics(start_epoch, last_record)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+        write_text_atomic(run_dir / ENVIRONMENT_FILE, yaml.safe_dump(run_environment(dist.device, dist.world_size)))
     log.info(
         f"{cfg.arch} ({cfg.padding} padding, {cfg.num_classes} classes) on {dist.world_size} x {dist.device}; "
         f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images; run dir {run_dir}"

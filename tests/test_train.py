@@ -80,6 +80,8 @@ def test_run_directory_contents(straight, data):
     assert {"config.yaml", "log.txt", "metrics.jsonl", "checkpoint.pth.tar", "model_best.pth.tar"} <= {
         p.name for p in straight.iterdir()
     }
+    environment = yaml.safe_load((straight / "environment.yaml").read_text())
+    assert environment["torch"] == torch.__version__ and environment["device"] == "cpu"
     assert any((straight / "tb").glob("events.out.tfevents.*"))
     lines = metrics(straight)
     assert [m["epoch"] for m in lines] == [1, 2] and lines[-1]["epochs"] == 2
