@@ -32,8 +32,8 @@ def run_environment(device: torch.device, world_size: int) -> dict[str, object]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion (str subclass) that yaml.safe_dump refuses
+        "torchvision": str(torchvision.__version__),
         "device": device.type,
         "device_name": name,
         "processes": world_size,
