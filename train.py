@@ -244,7 +244,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
             state["epoch_record"] = record
             if dist.is_main:
                 snapshot = epoch + 1 if cfg.save_every and (epoch + 1) % cfg.save_every == 0 else None
-                save_run_checkpoint(run_dir, state, is_best=is_best, snapshot_epoch=snapshot)
+                save_run_checkpoint(run_dir, state, is_best, snapshot, keep_previous=cfg.keep_prev)
             log_epoch(log, cfg, epoch, train, val, best_acc1, record)
             start_step = 0
             if result.preempted:
@@ -352,7 +352,7 @@ def save_mid_epoch(
     if epoch_train is not None:
         state["epoch_train"] = epoch_train
     if is_main:
-        save_run_checkpoint(run_dir, state)
+        save_run_checkpoint(run_dir, state, keep_previous=config.get("keep_prev", True))
 
 
 def preempted_exit(

@@ -305,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-p", "--print-freq", type=int, default=10, help="steps between progress lines")
     g.add_argument("--save-every", type=int, default=0, help="also keep checkpoint_epoch<N>.pth.tar every N epochs")
     g.add_argument(
+        "--keep-prev",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the checkpoint before the last as checkpoint.prev.pth.tar (the fallback if the last cannot be "
+        "read); --no-keep-prev saves one checkpoint's disk space",
+    )
+    g.add_argument(
         "--checkpoint-every-minutes",
         type=float,
         default=30.0,

@@ -101,6 +101,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "OUTPUT_DIR/replaced-<time>/, nothing is deleted",
     )
     p.add_argument(
+        "--keep-prev",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the checkpoint before the last as checkpoint.prev.pth.tar (the fallback if the last cannot be "
+        "read); --no-keep-prev saves one checkpoint's disk space",
+    )
+    p.add_argument(
         "--vgg-weights",
         default=str(default_vgg_weights_path()),
         help="torchvision's ImageNet VGG-16 state_dict for the perceptual/style losses, read only when one of them "
@@ -212,6 +219,7 @@ def save_state(
             "scaler": scaler.state_dict(),
             "config": config,
         },
+        keep_previous=args.keep_prev,
     )
 
 

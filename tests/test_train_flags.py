@@ -312,3 +312,16 @@ def test_help_states_each_default_once(capsys):
     assert "(default: the model's own) (default" not in text and "(default: None)" not in text
     assert "--bn-eps BN_EPS epsilon of every BatchNorm (default: the model's own) " in text
     assert "-b BATCH_SIZE, --batch-size BATCH_SIZE global batch size, split over processes (default: 192)" in text
+
+
+def test_no_keep_prev_keeps_one_checkpoint_less(data, tmp_path):
+    """--no-keep-prev: no checkpoint.prev.pth.tar (also one left by an earlier session is removed on resume); the
+    last checkpoint and model_best stay and resume as usual."""
+    kept, lean = tmp_path / "kept", tmp_path / "lean"
+    assert train.cli(argv(data, kept, "--epochs", "2")) == 0
+    assert (kept / "checkpoint.prev.pth.tar").is_file()
+    assert train.cli(argv(data, lean, "--epochs", "2", "--no-keep-prev")) == 0
+    assert not (lean / "checkpoint.prev.pth.tar").exists()
+    assert {"checkpoint.pth.tar", "model_best.pth.tar"} <= {p.name for p in lean.iterdir()}
+    assert train.cli(argv(data, kept, "--epochs", "3", "--resume", "auto", "--no-keep-prev")) == 0
+    assert not (kept / "checkpoint.prev.pth.tar").exists() and [r["epoch"] for r in records(kept)] == [1, 2, 3]
