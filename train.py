@@ -21,7 +21,9 @@ from torch import nn
 
 from partialconv.checkpoint import CheckpointError, extract_state_dict, load_state, read_checkpoint, unwrap_model
 from partialconv.config import (
+    DATA_IDENTITY_KEY,
     ConfigError,
+    check_same_data,
     compare_resumed_config,
     config_to_yaml,
     data_errors_as_flags,
@@ -50,13 +52,14 @@ from partialconv.engine.checkpointing import (
     save_run_checkpoint,
 )
 from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, run_cli
-from partialconv.engine.distributed import barrier, cleanup, init_distributed
+from partialconv.engine.distributed import barrier, cleanup, init_distributed, shared_store_restart_warning
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
-from partialconv.engine.run_lock import RunDirBusy, RunDirLock
+from partialconv.engine.run_lock import EXIT_RUN_DIR_BUSY, RunDirBusy, RunDirLock
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import (
     ENVIRONMENT_FILE,
+    broadcast_buffers,
     check_input_size,
     configure_backends,
     override_batchnorm,
@@ -80,14 +83,13 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 # What the user fixes before the same command can work (exit 2); a NaN/Inf loss is the run failing (exit 1).
 USER_ERRORS = (ConfigError, DataError, CheckpointError, WriteError)
 RUN_DIR_FLAGS = "--prefix or --output-dir"
-EXIT_RUN_DIR_BUSY = 75  # EX_TEMPFAIL: another process has the run directory; padding_benchmark retries it later
 
 
 @data_errors_as_flags()  # the data layer's errors, also those of DataLoader workers, in flag names
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_config(argv, demo_config=DEMO_CONFIG)
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, cfg.dist_timeout)
     configure_backends(cfg, dist.device)
     seed_everything(cfg.seed)
     run_dir = run_dir_of(cfg)
@@ -136,6 +138,9 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
         return evaluate_only(cfg, model, loaders, dist, eval_weights, log)
     if restart_note:
         log.info(restart_note)
+    store_warning = shared_store_restart_warning()
+    if store_warning:
+        log.warn(store_warning)
     ckpt, ckpt_path = find_resume_checkpoint(cfg.resume, run_dir, log.warn)
     if ckpt is not None:  # an unfit file is refused before it could pass for a finished run
         load_resume_weights(ckpt, model, ckpt_path, cfg.arch)
@@ -143,6 +148,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
         complete_run_files(run_dir, ckpt, Path(ckpt_path), log.warn)  # best/snapshot a kill left unmade
     if ckpt is not None and isinstance(ckpt.get("config"), dict):
         changed = compare_resumed_config(ckpt["config"], cfg, str(ckpt_path))
+        check_same_data(ckpt["config"].get(DATA_IDENTITY_KEY), loaders.identity, str(ckpt_path))
         if changed:
             log.info(f"resuming {ckpt_path} with changed settings: {'; '.join(changed)}")
     elif ckpt is not None:
@@ -181,7 +187,9 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
         write_text_atomic(run_dir / ENVIRONMENT_FILE, yaml.safe_dump(run_environment(dist.device, dist.world_size)))
     log.info(
         f"{cfg.arch} ({cfg.padding} padding, {cfg.num_classes} classes) on {dist.world_size} x {dist.device}; "
-        f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images; run dir {run_dir}"
+        f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images"
+        + (f" ({loaders.identity})" if loaders.identity else "")
+        + f"; run dir {run_dir}"
     )
     dropped = drop_last_warning(len(loaders.train.dataset), cfg.batch_size, steps_per_epoch)
     if dropped:
@@ -189,6 +197,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
 
     with Preemption(cfg.checkpoint_every_minutes) as preemption:
         config = vars(cfg).copy()
+        config[DATA_IDENTITY_KEY] = loaders.identity  # the data itself (shard fingerprints), checked on resume
         for epoch in range(start_epoch, cfg.epochs):
             epoch_start = time.time()
             meter = EpochMeter(dist.device)
@@ -218,6 +227,9 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
                 if result.preempted and result.steps_done < steps_per_epoch:
                     save_mid(result.steps_done)
                     return preempted_exit(preemption, log, run_dir, epoch, result.steps_done, resume_advice)
+                # Every rank validates rank 0's BatchNorm statistics, the ones saved (DDP syncs them before each
+                # forward, so the last step left each rank its own), also after a resume from the save below.
+                broadcast_buffers(model)
                 # The epoch's training is saved before validation: a stop or kill during validation loses only the
                 # validation, which the resume runs again.
                 save_mid(steps_per_epoch, {"seconds": result.seconds, "images": result.images})
@@ -238,6 +250,8 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
             record = last_record = epoch_record(
                 cfg, epoch, lr, train, val, best_acc1, result, dist.world_size, epoch_start
             )
+            if loaders.identity:
+                record[DATA_IDENTITY_KEY] = loaders.identity
             if ema_val:
                 record.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
             state = run_state(model, optim, epoch + 1, 0, best_acc1, config)
@@ -374,7 +388,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     what the user must fix (flags, config, data, checkpoint files, output paths), 1 for a failed run (NaN/Inf loss);
     75 when another process holds the run directory."""
     errors = [(RunDirBusy, EXIT_RUN_DIR_BUSY), (USER_ERRORS, EXIT_USER_ERROR), (NonFiniteLossError, EXIT_FAILED)]
-    return run_cli(main, argv, "train.py", errors, cleanup=cleanup)
+    return run_cli(main, argv, "train.py", errors, cleanup=cleanup, timeout_flag="--dist-timeout")
 
 
 if __name__ == "__main__":

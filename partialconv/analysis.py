@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from .config import RECIPE_FLAGS, build_parser
+from .config import RECIPE_FLAGS, build_parser, implied_by_version
 from .engine.setup import ENVIRONMENT_FILE
 from .fileio import write_bytes_atomic
 from .layers import PADDINGS
@@ -90,6 +90,7 @@ class RunResult:
     best_epoch: int
     config: dict[str, Any] = field(default_factory=dict)  # the run's config.yaml ({} when it has none)
     environment: dict[str, Any] = field(default_factory=dict)  # its environment.yaml: versions, devices ({}: none)
+    data_identity: str = ""  # metrics.jsonl's data_identity (shard index fingerprints), "" for image folders
 
     @property
     def finished(self) -> bool:
@@ -110,11 +111,11 @@ class RunResult:
         """What must match for two runs to be the same experiment (see RECIPE_KEYS)."""
         if not self.config:
             return (("epochs", self.epochs_planned),)
-        # a key missing from an older run's config.yaml had train.py's default (the flag did not exist yet)
-        defaults = _flag_defaults()
-        return tuple(
-            (k, self.epochs_planned if k == "epochs" else self.config.get(k, defaults.get(k))) for k in RECIPE_KEYS
-        )
+        # a key missing from an older run's config.yaml: what that version did, else train.py's default
+        config = {**_flag_defaults(), **self.config, **implied_by_version(self.config)}
+        keys = tuple((k, self.epochs_planned if k == "epochs" else config.get(k)) for k in RECIPE_KEYS)
+        # other data at the same path (shards rewritten from other images) is another experiment
+        return keys + ((("data_identity", self.data_identity),) if self.data_identity else ())
 
     @property
     def continues(self) -> Optional[str]:
@@ -406,6 +407,7 @@ def load_run(run_dir: Path) -> tuple[Optional[RunResult], list[str]]:
             best_epoch=int(best["epoch"]),
             config=config,
             environment=environment,
+            data_identity=str(last.get("data_identity", "")),
         ),
         problems,
     )

@@ -26,10 +26,12 @@ from .data import (
     ensure_demo_dataset,
     get_backend,
 )
+from .data.backends import is_url
 from .data.loaders import resolve_workers
-from .data.presets import AUTO_AUGMENT
+from .data.presets import AUTO_AUGMENT, INTERPOLATIONS
 from .engine.cli import DefaultsHelpFormatter, one_line
-from .engine.optim import OPTIMISERS
+from .engine.distributed import DEFAULT_TIMEOUT_MINUTES
+from .engine.optim import LR_SCHEDULES, LR_UPDATES, OPTIMISERS, STEP_ORIGINS, WARMUP_METHODS
 from .layers import PADDINGS
 from .models import is_model, list_models, split_pd_name
 from .models._registry import unknown_model_message
@@ -46,6 +48,7 @@ __all__ = [
     "check_seed_flags",
     "check_values",
     "compare_resumed_config",
+    "implied_by_version",
     "data_errors_as_flags",
     "data_params",
     "drop_last_warning",
@@ -98,13 +101,18 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "norm_weight_decay": (lambda v: v >= 0, ">= 0 (or unset: --weight-decay)"),
     "bias_weight_decay": (lambda v: v >= 0, ">= 0 (or unset: --weight-decay)"),
     "clip_grad_norm": (lambda v: v > 0, "> 0 (or unset: no clipping)"),
-    "lr_warmup_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "lr_warmup_decay": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "lr_min": (lambda v: v >= 0, ">= 0"),
     "random_erase": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data_cache_limit": (lambda v: v > 0, "> 0 (GB; or unset: no limit)"),
     "mixup_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
     "cutmix_alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
     "model_ema_steps": (lambda v: v >= 1, ">= 1"),
     "model_ema_decay": (lambda v: 0 < v < 1, "in (0, 1)"),
     "ra_reps": (lambda v: v >= 1, ">= 1"),
+    "ra_magnitude": (lambda v: 0 <= v <= 30, "in [0, 30] (RandAugment's 31 magnitude bins)"),
+    "augmix_severity": (lambda v: 1 <= v <= 10, "in [1, 10]"),
+    "dist_timeout": (lambda v: 0 < v <= 10080, "in (0, 10080] (minutes: at most a week)"),
 }
 
 # Destinations that only make sense for one invocation: not accepted from a YAML file, not saved in config.yaml.
@@ -135,7 +143,13 @@ RECIPE_FLAGS = (
     "clip_grad_norm",
     "lr_warmup_method",
     "lr_warmup_decay",
+    "lr_update",
+    "lr_step_origin",
+    "lr_min",
     "auto_augment",
+    "ra_magnitude",
+    "augmix_severity",
+    "interpolation",
     "random_erase",
     "mixup_alpha",
     "cutmix_alpha",
@@ -160,7 +174,16 @@ EXPERIMENT_KEYS = (
     "amp",
 )
 # Differences not worth a log line on resume (they differ by construction or are resolved into another key).
-_RESUME_QUIET = ("config", "resume", "overwrite", "amp_opt_level", "start_epoch", "evaluate")
+_RESUME_QUIET = ("config", "resume", "overwrite", "amp_opt_level", "start_epoch", "evaluate", "dist_timeout")
+
+
+# torchvision's --lr-scheduler names (its train.py lower-cases them) for ours.
+_REFERENCE_SCHEDULES = {"steplr": "step", "cosineannealinglr": "cosine"}
+
+
+def _schedule_name(value: str) -> str:
+    """``--lr-schedule``/``--lr-scheduler`` value: ours, or torchvision's name of the same schedule (any case)."""
+    return _REFERENCE_SCHEDULES.get(value.lower(), value)
 
 
 class _ListModels(argparse.Action):
@@ -223,8 +246,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("data")
-    g.add_argument("--data_train", "--data-train", dest="data_train", default=None, help="ImageFolder train dir")
-    g.add_argument("--data_val", "--data-val", dest="data_val", default=None, help="ImageFolder val dir")
+    g.add_argument(
+        "--data_train",
+        "--data-train",
+        dest="data_train",
+        default=None,
+        help="train split: an ImageFolder dir, or a shard dir/URL (index.json from python -m scripts.write_shards; "
+        "http(s)://, s3://, gs://, any fsspec URL)",
+    )
+    g.add_argument("--data_val", "--data-val", dest="data_val", default=None, help="val split, as --data_train")
+    g.add_argument(
+        "--data-cache",
+        default=None,
+        metavar="DIR",
+        help="node-local cache of shards read from URLs (fetched whole, once per node); default: "
+        "<tmpdir>/partialconv-shards-<uid>",
+    )
+    g.add_argument(
+        "--data-cache-limit",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="size limit of --data-cache: least recently used shards are evicted; default: none",
+    )
     g.add_argument("--data-path", default=None, metavar="DIR", help=_DATA_PATH_HELP + " (torchvision references)")
     g.add_argument(
         "-j",
@@ -236,9 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--data-backend",
-        choices=backend_names(),
+        choices=[*backend_names(), "auto"],
         default="pil",
-        help="; ".join(f"{name}: {get_backend(name).help}" for name in backend_names()),
+        help="; ".join(f"{name}: {get_backend(name).help}" for name in backend_names())
+        + "; auto: shards for a URL or a directory holding index.json, else pil",
     )
     g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
     g.add_argument(
@@ -260,10 +305,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.1, help="peak learning rate")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="weight decay")
-    g.add_argument("--lr-schedule", choices=("step", "cosine"), default="step", help="learning-rate schedule")
-    g.add_argument("--lr-step-size", type=int, default=30, help="step schedule: epochs between decays")
+    g.add_argument(
+        "--lr-schedule",
+        "--lr-scheduler",
+        type=_schedule_name,
+        choices=LR_SCHEDULES,
+        default="step",
+        help="learning-rate schedule (torchvision's names steplr and cosineannealinglr are accepted)",
+    )
+    g.add_argument(
+        "--lr-step-size",
+        type=int,
+        default=30,
+        help="step schedule: epochs between decays, counted as --lr-step-origin says",
+    )
     g.add_argument("--lr-gamma", type=float, default=0.1, help="step schedule: decay factor")
-    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up from 0 (per iteration)")
+    g.add_argument(
+        "--warmup-epochs",
+        "--lr-warmup-epochs",
+        type=float,
+        default=0.0,
+        help="warm-up epochs (--lr-warmup-method, --lr-warmup-decay); fractions allowed with --lr-update iteration",
+    )
     g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     g.add_argument(
         "--bn-momentum",
@@ -329,6 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--tensorboard", action=argparse.BooleanOptionalAction, default=True, help="TensorBoard event files in tb/"
     )
+    g.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_MINUTES,
+        metavar="MINUTES",
+        help="under torchrun: how long a collective waits for the other ranks; a rank that hung or died turns "
+        "into one error line naming the waiting rank and a non-zero exit (torchrun then stops or restarts the group)",
+    )
 
     # NVIDIA main.py's launch flags, accepted so a seed command line gets a one-line answer instead of argparse's.
     g = p.add_argument_group("seed (NVIDIA main.py) flags")
@@ -355,6 +426,19 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
         "AutoAugment imagenet); pil backend",
     )
     g.add_argument(
+        "--ra-magnitude", type=int, default=9, metavar="M", help="--auto-augment ra: RandAugment's magnitude"
+    )
+    g.add_argument(
+        "--augmix-severity", type=int, default=3, metavar="S", help="--auto-augment augmix: AugMix's severity"
+    )
+    g.add_argument(
+        "--interpolation",
+        choices=INTERPOLATIONS,
+        default="bilinear",
+        help="resampling of the train crop, the policy and the eval resize (torchvision's InterpolationMode); pil "
+        "backend (the others resize bilinearly)",
+    )
+    g.add_argument(
         "--random-erase", type=float, default=0.0, metavar="P", help="RandomErasing probability; pil backend"
     )
     g.add_argument("--mixup-alpha", type=float, default=0.0, metavar="A", help="MixUp alpha per batch (0: off)")
@@ -379,23 +463,48 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="WD",
-        help="weight decay of normalisation layers' parameters; default: --weight-decay",
+        help="weight decay of normalisation layers' parameters (their biases take --bias-weight-decay when it is "
+        "set, as in torchvision); default: --weight-decay",
     )
     g.add_argument(
         "--bias-weight-decay",
         type=float,
         default=None,
         metavar="WD",
-        help="weight decay of the other layers' biases; default: --weight-decay",
+        help="weight decay of every parameter named bias, norm layers' included; default: --weight-decay",
     )
     g.add_argument("--clip-grad-norm", type=float, default=None, metavar="N", help="clip the total gradient norm to N")
     g.add_argument(
         "--lr-warmup-method",
-        choices=("linear", "constant"),
+        choices=WARMUP_METHODS,
         default="linear",
-        help="--warmup-epochs shape: linear from 0, or constant at --lr-warmup-decay x lr",
+        help="--warmup-epochs shape: linear from --lr-warmup-decay x lr up to lr, or constant at that LR",
     )
-    g.add_argument("--lr-warmup-decay", type=float, default=0.01, help="constant warm-up: the LR factor during warm-up")
+    g.add_argument(
+        "--lr-warmup-decay",
+        type=float,
+        default=0.01,
+        metavar="F",
+        help="warm-up: the linear ramp's start factor / the constant factor (torchvision's; 0: a ramp from 0)",
+    )
+    g.add_argument(
+        "--lr-update",
+        choices=LR_UPDATES,
+        default="iteration",
+        help="how often the LR changes: every iteration (smooth ramp and cosine), or once per epoch as torchvision's "
+        "reference scheduler does (its exact curve; whole --warmup-epochs)",
+    )
+    g.add_argument(
+        "--lr-step-origin",
+        choices=STEP_ORIGINS,
+        default="warmup",
+        help="step schedule: count --lr-step-size from the end of warm-up (torchvision's SequentialLR: with 5 warm-up "
+        "epochs and step size 30, decays at epochs 35 and 65) or from epoch 0 (decays at 30 and 60: runs before this "
+        "flag)",
+    )
+    g.add_argument(
+        "--lr-min", type=float, default=0.0, help="cosine schedule: the LR it ends at (CosineAnnealingLR's eta_min)"
+    )
 
 
 def _add_ra_flags(p: argparse.ArgumentParser) -> None:
@@ -488,13 +597,20 @@ def check_values(
     :class:`ConfigError` ``"{where}: key 'lr_schedule': invalid choice: ..."`` on the first bad key."""
     parser = parser or build_parser()
     actions = {a.dest: a for a in parser._actions}
+    # a flag's other long names are keys too (lr_warmup_epochs: torchvision's name of warmup_epochs)
+    aliases = {o.lstrip("-").replace("-", "_"): a.dest for a in parser._actions for o in a.option_strings}
     out = {}
+    given: dict[str, Any] = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
+        dest = dest if dest in actions else aliases.get(dest, dest)
         if dest in CLI_ONLY and dest in actions:
             raise ConfigError(f"{where}: key {key!r}: a command-line flag only (--{dest.replace('_', '-')})")
         if dest not in actions:
             raise ConfigError(f"{where}: unknown key {key!r}")
+        if dest in given:
+            raise ConfigError(f"{where}: keys {given[dest]!r} and {key!r} are the same option ({dest})")
+        given[dest] = key
         try:
             out[dest] = _flag_value(parser, actions[dest], value)
             _check_value(dest, out[dest])
@@ -585,6 +701,11 @@ def _resolve(cfg: argparse.Namespace) -> argparse.Namespace:
             raise ConfigError(f"--device {cfg.device}: CUDA is not available here (use --device cpu or auto)")
         if index >= torch.cuda.device_count():
             raise ConfigError(f"--device {cfg.device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if cfg.lr_update == "epoch" and cfg.warmup_epochs != int(cfg.warmup_epochs):
+        raise ConfigError(
+            f"--warmup-epochs {cfg.warmup_epochs}: --lr-update epoch changes the LR once per epoch; give whole "
+            "epochs, or use --lr-update iteration"
+        )
     if cfg.overwrite and cfg.resume:
         raise ConfigError("--overwrite starts the run over; it does not go with --resume")
     _fold_data_path(cfg)
@@ -693,15 +814,57 @@ def config_to_yaml(cfg: argparse.Namespace) -> str:
     return yaml.safe_dump({k: v for k, v in sorted(vars(cfg).items()) if k not in CLI_ONLY}, sort_keys=False)
 
 
+# What a config written before an option existed meant: the option's value that reproduces that version's
+# behaviour. A resumed run keeps it (see compare_resumed_config), the padding report pools by it.
+_BEFORE_OPTION = {
+    "lr_update": "iteration",
+    "lr_step_origin": "start",  # the step schedule counted its epochs from 0, warm-up included
+    "lr_min": 0.0,
+    "ra_magnitude": 9,
+    "augmix_severity": 3,
+    "interpolation": "bilinear",
+}
+
+
+def implied_by_version(saved: dict[str, Any]) -> dict[str, Any]:
+    """The values a config saved by an older version (``saved``: a checkpoint's or a run's ``config.yaml``) implies
+    for the options it lacks, or whose meaning changed since: before ``lr_update`` existed the linear warm-up ramped
+    from 0 whatever ``lr_warmup_decay`` said (it was the constant warm-up's factor only)."""
+    implied = {k: v for k, v in _BEFORE_OPTION.items() if k not in saved}
+    if "lr_update" not in saved and saved.get("lr_warmup_method", "linear") == "linear":
+        implied["lr_warmup_decay"] = 0.0
+    return implied
+
+
 def compare_resumed_config(saved: dict[str, Any], cfg: argparse.Namespace, source: str) -> list[str]:
     """Check a resumed run's resolved ``cfg`` against the config its checkpoint (``source``, for messages) was
     trained with. Raises :class:`ConfigError` listing every :data:`EXPERIMENT_KEYS` difference (and an ``epochs``
     change under the cosine schedule); returns the other differences as ``"key old -> new"`` for the log.
 
-    The saved config goes through :func:`check_values` first; keys this version does not know are ignored."""
-    known = {a.dest for a in build_parser()._actions} - set(CLI_ONLY)
-    old = check_values({k: v for k, v in saved.items() if k in known}, where=f"{source}: config")
+    The saved config goes through :func:`check_values` first; keys this version does not know are ignored. Options
+    the checkpoint's version did not have (:func:`implied_by_version`) take the value that version behaved as, in
+    ``cfg`` too, when this run left them at their defaults: an existing run resumes unchanged, and the returned
+    lines name each such option. Set on this command line to something else, they are refused like any change."""
+    parser = build_parser()
+    known = {a.dest for a in parser._actions} - set(CLI_ONLY)
+    old = check_values({k: v for k, v in saved.items() if k in known}, parser, where=f"{source}: config")
     new = vars(cfg)
+    kept = []
+    for key, value in implied_by_version(saved).items():
+        old[key] = value
+        if new.get(key) != value and new.get(key) == parser.get_default(key):
+            kept.append(f"{key} {value} kept (the checkpoint's version had that behaviour; new runs: {new[key]})")
+            new[key] = value
+    if (
+        "lr_update" not in saved
+        and old.get("norm_weight_decay") is not None
+        and old.get("bias_weight_decay") is not None
+    ):
+        raise ConfigError(
+            f"--resume {source}: the checkpoint's version gave norm layers' biases --norm-weight-decay; this one gives "
+            "them --bias-weight-decay, as torchvision does, so its optimizer state does not fit the new parameter "
+            "groups. Finish that run with the version that started it, or start a new run"
+        )
     refused = [k for k in EXPERIMENT_KEYS if k in old and not _same(k, old[k], new.get(k))]
     if old.get("lr_schedule") == "cosine" and "epochs" in old and old["epochs"] != cfg.epochs:
         refused.append("epochs")  # the cosine curve is laid out over the total: the rest would follow another one
@@ -713,15 +876,33 @@ def compare_resumed_config(saved: dict[str, Any], cfg: argparse.Namespace, sourc
             "experiment: resume with the checkpoint's values, or start a new run (another --prefix or --output-dir, "
             "or --overwrite)"
         )
-    return [
+    return kept + [
         f"{k} {old[k]} -> {new[k]}"
         for k in sorted(old)
         if k in new and k not in _RESUME_QUIET and not _same(k, old[k], new[k])
     ]
 
 
+# The key under which a run's checkpoint config (not config.yaml: it is no flag) and metrics.jsonl lines record what
+# its data is beyond the paths (Loaders.identity: the shard indexes' fingerprints; "" for image folders).
+DATA_IDENTITY_KEY = "data_identity"
+
+
+def check_same_data(saved: Optional[str], current: str, source: str) -> None:
+    """Refuse to resume a run whose data, at the same paths, is another dataset than the checkpoint's (a shard
+    directory or URL rewritten from other images): the order and position of the run would no longer be its own."""
+    if saved and current and saved != current:
+        raise ConfigError(
+            f"--resume {source}: the checkpoint was trained on other data at these paths ({saved}); "
+            f"--data_train/--data_val now hold {current}. Resume on the checkpoint's data, or start a new run "
+            "(another --prefix or --output-dir, or --overwrite)"
+        )
+
+
 def _same(key: str, old: Any, new: Any) -> bool:
     if key in ("data_train", "data_val") and old is not None and new is not None:
+        if is_url(old) or is_url(new):
+            return str(old).rstrip("/") == str(new).rstrip("/")
         return Path(old).resolve() == Path(new).resolve()  # data/train and /abs/data/train are the same data
     return old == new
 
@@ -744,6 +925,11 @@ DATA_OPTIONS: dict[str, tuple[str, str]] = {
     "random_erase": ("random_erase", "--random-erase"),
     "ra_sampler": ("ra_sampler", "--ra-sampler"),
     "ra_reps": ("ra_reps", "--ra-reps"),
+    "ra_magnitude": ("ra_magnitude", "--ra-magnitude"),
+    "augmix_severity": ("augmix_severity", "--augmix-severity"),
+    "interpolation": ("interpolation", "--interpolation"),
+    "cache_dir": ("data_cache", "--data-cache"),
+    "cache_limit_gb": ("data_cache_limit", "--data-cache-limit"),
 }
 DATA_FLAGS = {field: flag for field, (_, flag) in DATA_OPTIONS.items()}
 

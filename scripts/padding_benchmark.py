@@ -7,6 +7,10 @@ Every run is a train.py run in <root>/<arch>/<padding>/run<k>/ (seed k + --seed-
 padding, so paddings are compared on equal terms). Finished runs are skipped and interrupted ones are resumed
 (--resume auto): stop the benchmark at any time (Ctrl-C) and run the same command again to continue.
 
+Several benchmarks may share one root (e.g. started on several machines over a shared file system): each run
+directory is locked by the train.py that trains it, so a run another instance is training is left to it and
+checked again later; every run is trained once, and each instance ends when the whole matrix is done.
+
 Exit codes: 0 every run attempted finished; 1 at least one run failed (each is named with its log); 2 bad arguments;
 130/143 interrupted by SIGINT/SIGTERM (runs were stopped with SIGTERM so train.py saves a resumable checkpoint).
 """
@@ -28,6 +32,7 @@ from typing import IO, Optional
 
 from partialconv.analysis import PADDING_ORDER, ReportError, load_run, run_status, write_report
 from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, DefaultsHelpFormatter
+from partialconv.engine.run_lock import EXIT_RUN_DIR_BUSY, lock_holder
 from partialconv.models import is_model, split_pd_name
 from partialconv.models._registry import unknown_model_message
 
@@ -133,7 +138,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
     if (args.data_train is None) != (args.data_val is None):
         parser.error("--data_train and --data_val go together (give both, or neither for train.py's demo data)")
     for flag, path in (("--data_train", args.data_train), ("--data_val", args.data_val)):
-        if path is not None and not Path(path).is_dir():
+        if path is not None and "://" not in path and not Path(path).is_dir():  # a URL: train.py's shards backend
             parser.error(f"{flag} {path}: not a directory")
     if args.root.exists() and not args.root.is_dir():
         parser.error(f"--root {args.root}: exists and is not a directory")
@@ -271,7 +276,27 @@ class Runner:
         self.stop = _Stop()
         self.failed: list[tuple[Job, str]] = []
         self.succeeded: list[Job] = []
+        self.elsewhere: list[Job] = []  # finished by another process sharing the root
         self.durations: list[float] = []
+        self.deferred: dict[str, tuple[int, Job]] = {}  # runs another process is training: checked again later
+
+    def _defer(self, position: int, job: Job, total: int, holder: Optional[str]) -> None:
+        self.deferred[job.name] = (position, job)
+        who = holder or "another process"
+        print(f"[{position}/{total}] busy    {job.name}: trained by {who}; checked again later", flush=True)
+
+    def _recheck_deferred(self, pending: deque, total: int) -> None:
+        """Runs whose lock is free again: finished by the other process, or (it stopped) to be resumed here."""
+        for name, (position, job) in list(self.deferred.items()):
+            if lock_holder(job.run_dir) is not None:
+                continue
+            del self.deferred[name]
+            job.status = run_status(job.run_dir)
+            if job.status == "finished":
+                self.elsewhere.append(job)
+                print(f"[{position}/{total}] done    {job.name} by another process", flush=True)
+            else:
+                pending.append((position, job))
 
     def _launch(self, job: Job, slot: int, position: int, total: int) -> Optional[_Active]:
         """Start one run; None (reported as a failure) when its directory or process cannot be set up."""
@@ -316,6 +341,9 @@ class Runner:
             print(f"{head} done    {job.name} in {took:.1f} s: best val top-1 {run.best_acc1:.2f}{self._eta(total)}")
             sys.stdout.flush()
             return
+        if code == EXIT_RUN_DIR_BUSY and not self.stop.signum:  # another process took the run since we looked
+            self._defer(active.position, job, total, lock_holder(job.run_dir))
+            return
         if code == 0:
             why = "exited 0 but metrics.jsonl does not record the last epoch"
         elif code in (138, 143, -signal.SIGTERM, -signal.SIGKILL) and self.stop.signum:
@@ -349,18 +377,27 @@ class Runner:
         pending = deque(enumerate(jobs, 1))
         active: dict[int, _Active] = {}
         kill_at: Optional[float] = None
+        recheck_at = 0.0
         try:
-            while pending or active:
+            while pending or active or self.deferred:
                 if self.stop.signum and kill_at is None:
                     pending.clear()
+                    self.deferred.clear()
                     print(f"padding_benchmark: stopping {len(active)} run(s) (SIGTERM, checkpoint)...", flush=True)
                     self._signal_all(active, signal.SIGTERM)
                     kill_at = time.monotonic() + self.args.kill_timeout
                 if kill_at is not None and (self.stop.count > 1 or time.monotonic() > kill_at):
                     self._signal_all(active, signal.SIGKILL)
+                if self.deferred and time.monotonic() >= recheck_at:
+                    self._recheck_deferred(pending, len(jobs))
+                    recheck_at = time.monotonic() + 1.0
                 while pending and len(active) < len(self.slots):
                     slot = next(i for i in range(len(self.slots)) if i not in active)
                     position, job = pending.popleft()
+                    holder = lock_holder(job.run_dir)
+                    if holder is not None:
+                        self._defer(position, job, len(jobs), holder)
+                        continue
                     launched = self._launch(job, slot, position, len(jobs))
                     if launched is not None:
                         active[slot] = launched
@@ -422,7 +459,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     left = len(todo) - len(limited)
     print(
         f"padding_benchmark: {len(runner.succeeded)} run(s) finished, {len(runner.failed)} failed, "
-        f"{counts['finished']} skipped" + (f", {left} not started (--max-runs {args.max_runs})" if left else ""),
+        f"{counts['finished']} skipped"
+        + (f", {len(runner.elsewhere)} finished by another process" if runner.elsewhere else "")
+        + (f", {left} not started (--max-runs {args.max_runs})" if left else ""),
         flush=True,
     )
     for job, why in runner.failed:

@@ -28,6 +28,9 @@ RDZV_PORT=${RDZV_PORT:-29500}
 # every torch >= 2.4, and gives the ranks time to write the checkpoint before torchrun kills them.
 export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-120}
+# With torchrun --max-restarts over several nodes, torch's default shared rendezvous store hands a restarted
+# group the previous group's addresses and it hangs in its set-up (pytorch/pytorch#135712): one store per group.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 PREEMPTED=0
 trap 'PREEMPTED=1; kill -TERM "$SRUN_PID" 2>/dev/null' USR1 TERM
 

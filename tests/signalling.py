@@ -61,10 +61,43 @@ def child_with_env(parent_pid: int, assignment: str) -> int:
         if not entry.name.isdigit():
             continue
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            ppid = _parent_of(int(entry.name))
             env = (entry / "environ").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue  # ended meanwhile, or not ours to read
         if ppid == parent_pid and wanted in env:
             return int(entry.name)
     raise AssertionError(f"no child of {parent_pid} with {assignment}")
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (torchrun's ranks run in sessions of their own, their DataLoader workers
+    below them): what a test must end besides the launcher's own process group."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = _parent_of(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        below = [p for p, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``'s process group and every process below it (the cleanup of a test that launched it in a
+    session of its own); SIGKILL also ends a process that a test stopped with SIGSTOP."""
+    pids = descendants(pid)
+    for kill in (lambda: os.killpg(pid, signal.SIGKILL), *(lambda p=p: os.kill(p, signal.SIGKILL) for p in pids)):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -56,6 +56,7 @@ def one_error_line(capsys) -> str:
         ("overwrite: true", "key 'overwrite': a command-line flag only (--overwrite)"),
         ("bn_momentum: 0", "key 'bn_momentum': must be in (0, 1] (or unset: the model's own); got 0"),
         ("bn-eps: -1e-5", "key 'bn-eps': must be > 0 (or unset: the model's own); got -1e-05"),
+        ("dist_timeout: 0", "key 'dist_timeout': must be in (0, 10080] (minutes: at most a week); got 0"),
     ],
 )
 def test_bad_yaml_value_is_one_line_naming_file_and_key(data, tmp_path, capsys, yaml_text, message):
@@ -115,6 +116,8 @@ def test_checkpoint_config_gets_the_same_checks():
         (["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1]; got 1.5"),
         (["--bn-momentum", "1.5"], "--bn-momentum must be in (0, 1] (or unset: the model's own); got 1.5"),
         (["--bn-eps", "0"], "--bn-eps must be > 0 (or unset: the model's own); got 0"),
+        (["--dist-timeout", "-1"], "--dist-timeout must be in (0, 10080] (minutes: at most a week); got -1.0"),
+        (["--dist-timeout", "nan"], "--dist-timeout must be in (0, 10080] (minutes: at most a week); got nan"),
     ],
 )
 def test_bad_flag_value_is_one_line(data, tmp_path, capsys, monkeypatch, flags, message):

@@ -122,10 +122,10 @@ def test_unknown_backend_is_one_clear_error(folder):
     params = DataParams(folder / "train", folder / "val", 4, 0, backend="webdataset")
     with pytest.raises(DataError) as raised:
         build_loaders(params, CPU)
-    assert str(raised.value) == "data backend webdataset: unknown (registered: pil, gpu, pil_fast, or auto)"
+    assert str(raised.value) == "data backend webdataset: unknown (registered: pil, gpu, pil_fast, shards, or auto)"
     assert (
         data_error_message(raised.value)
-        == "--data-backend webdataset: unknown (registered: pil, gpu, pil_fast, or auto)"
+        == "--data-backend webdataset: unknown (registered: pil, gpu, pil_fast, shards, or auto)"
     )
     with pytest.raises(TypeError, match="takes DataParams"):  # the argparse namespace is the CLI's, not the library's
         build_loaders(parse_config(["--data_train", str(folder / "train"), "--data_val", str(folder / "val")]), CPU)

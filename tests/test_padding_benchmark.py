@@ -253,3 +253,28 @@ def test_report_matches_the_metrics_files(matrix):
         import matplotlib.image
 
         assert matplotlib.image.imread(root / name).shape[0] > 100
+
+
+def test_two_benchmarks_on_one_root_train_every_run_once(tmp_path):
+    """Two real benchmark processes started together on one root (as on two machines sharing a file system): they
+    split the matrix through the run directories' locks; every run is trained by exactly one of them, once."""
+    from partialconv.data.demo import make_demo_dataset
+
+    data = make_demo_dataset(tmp_path / "data", train_per_class=2, val_per_class=1, size=32)
+    root = tmp_path / "results"
+    cmd = [*BENCH, "--archs", "simple_cnn", "--paddings", "zero", "partial", "--runs", "2", "--root", str(root)]
+    cmd += ["--device", "cpu", "--data_train", str(data / "train"), "--data_val", str(data / "val"), "--no-report"]
+    cmd += ["--", *TRAIN_FLAGS, "--epochs", "2"]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    names = [f"simple_cnn/{pad}/run{k}" for pad in ("zero", "partial") for k in (1, 2)]
+    for name in names:
+        trained = [out for out in outs if re.search(rf"\] done    {name} in ", out)]
+        assert len(trained) == 1, (name, outs)  # trained by one instance; the other skipped or waited for it
+        run = root / name
+        assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+        log = (run / "log.txt").read_text()
+        assert "resumed from" not in log and log.count("Epoch 2/2:") == 1, log

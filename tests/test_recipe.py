@@ -93,8 +93,8 @@ def test_norm_and_bias_weight_decay_make_groups():
     assert isinstance(optim.optimizer, torch.optim.AdamW)
     groups = {g["weight_decay"]: {id(p) for p in g["params"]} for g in optim.optimizer.param_groups}
     bn, conv, lin = model[1], model[0], model[3]
-    assert groups[0.0] == {id(bn.weight), id(bn.bias)}
-    assert groups[0.5] == {id(conv.bias), id(lin.bias)}
+    assert groups[0.0] == {id(bn.weight)}
+    assert groups[0.5] == {id(conv.bias), id(bn.bias), id(lin.bias)}  # the bias key first, as torchvision
     assert groups[1e-4] == {id(conv.weight), id(lin.weight)}
     plain = build_optimisation(cfg(), model, model, torch.device("cpu"), 4).optimizer
     assert isinstance(plain, torch.optim.SGD) and len(plain.param_groups) == 1  # flags absent: as before
@@ -116,8 +116,10 @@ def test_clip_grad_norm_caps_the_gradient():
 def test_constant_warmup_then_schedule():
     f = lr_factor(cfg(warmup_epochs=1, lr_warmup_method="constant", lr_warmup_decay=0.01), 4)
     assert [f(i) for i in range(5)] == [0.01, 0.01, 0.01, 0.01, 1.0]
-    linear = lr_factor(cfg(warmup_epochs=1), 4)
+    linear = lr_factor(cfg(warmup_epochs=1, lr_warmup_decay=0.0), 4)
     assert [linear(i) for i in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    from_start_factor = lr_factor(cfg(warmup_epochs=1, lr_warmup_decay=0.2), 4)
+    assert [from_start_factor(i) for i in range(5)] == pytest.approx([0.4, 0.6, 0.8, 1.0, 1.0])
 
 
 @pytest.mark.parametrize("policy", AUTO_AUGMENT)
@@ -153,7 +155,12 @@ def test_random_erase_erases():
         (["--clip-grad-norm", "0"], "--clip-grad-norm must be > 0"),
         (["--norm-weight-decay", "-1"], "--norm-weight-decay must be >= 0"),
         (["--random-erase", "1.5"], "--random-erase must be in [0, 1]"),
-        (["--lr-warmup-decay", "0"], "--lr-warmup-decay must be in (0, 1]"),
+        (["--lr-warmup-decay", "1.5"], "--lr-warmup-decay must be in [0, 1]"),
+        (["--lr-min", "-1"], "--lr-min must be >= 0"),
+        (["--ra-magnitude", "31"], "--ra-magnitude must be in [0, 30]"),
+        (["--augmix-severity", "0"], "--augmix-severity must be in [1, 10]"),
+        (["--lr-scheduler", "exponentiallr"], "invalid choice"),
+        (["--interpolation", "cubic"], "invalid choice"),
     ],
 )
 def test_values_checked_from_flags(argv, message, capsys):

@@ -29,3 +29,18 @@ def test_modern_recipe_flags_split_groups_and_missing_keys_mean_the_default(tmp_
     assert sorted(cells) == ["opt=adamw, mixup_alpha=0.0", "opt=sgd, mixup_alpha=0.0", "opt=sgd, mixup_alpha=0.2"]
     assert cells["opt=sgd, mixup_alpha=0.0"].n == 2  # the old run pooled with the explicit defaults
     assert cells["opt=adamw, mixup_alpha=0.0"].n == 1 and cells["opt=sgd, mixup_alpha=0.2"].n == 1
+
+
+def test_runs_on_other_data_at_the_same_path_are_separate_groups(tmp_path):
+    """metrics.jsonl's data_identity (shard index fingerprints, issue 22) is part of the recipe; runs on image folders
+    (no identity) pool as before."""
+    for name, seed, identity in (("a1", 1, "shards train A val V"), ("a2", 2, "shards train A val V")):
+        write_run(tmp_path, name, seed, 50.0)
+        path = tmp_path / "resnet18" / "zero" / name / "metrics.jsonl"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "data_identity": identity}) + "\n")
+    write_run(tmp_path, "b", 3, 60.0)
+    path = tmp_path / "resnet18" / "zero" / "b" / "metrics.jsonl"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "data_identity": "shards train B val V"}) + "\n")
+    runs, _ = collect_runs(tmp_path)
+    cells = {c.recipe: c.n for c in summarize(runs)}
+    assert cells == {"data_identity=shards train A val V": 2, "data_identity=shards train B val V": 1}

@@ -2,7 +2,10 @@
 
 Expected values are written out by hand from the documented recipe, never computed by the code under test:
 warm-up multiplies by (it + 1) / warmup_iters; step divides by 1/gamma every ``lr_step_size`` *epochs* (counted from
-epoch 0); cosine goes from 1 after warm-up to exactly 0 at the end of the last epoch.
+epoch 0); cosine goes from 1 after warm-up to exactly 0 at the end of the last epoch. These are the per-iteration
+rules of runs before issue 25 (``--lr-warmup-decay 0 --lr-step-origin start``), which resumed runs keep; the
+reference's rules (start factor, steps counted from the end of warm-up, per-epoch updates):
+tests/test_torchvision_rules.py.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def cfg(schedule: str, epochs: int, warmup: float = 0.0, step_size: int = 30, ga
         label_smoothing=0.0,
         channels_last=False,
         train_crop_size=8,
+        lr_warmup_decay=0.0,
+        lr_step_origin="start",
     )
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "choose_backend",
     "get_backend",
     "register_backend",
+    "is_url",
     "unregister_backend",
 ]
 
@@ -56,6 +57,7 @@ class Splits:
     val: Dataset
     classes: list[str]  # index = target
     warnings: Sequence[str] = ()  # printed once by rank 0 as "warning: ..." (e.g. the hidden files a scan skipped)
+    identity: str = ""  # what the data is, beyond its paths (e.g. the shard indexes' fingerprints); "" if unknown
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,12 @@ class Backend:
     make_loader: Callable[[Dataset, SeededSampler, LoaderSpec], Iterable[Batch]] = torch_loader
     detect: Optional[Callable[[Path], bool]] = None
     help: str = ""  # one line for --data-backend's help
+    reads_urls: bool = False  # paths may be URLs (scheme://...): detect then gets the URL as a str
+
+
+def is_url(path: str) -> bool:
+    """Whether a data path is a URL (``scheme://...``, ``file://`` too: read through fsspec like any other)."""
+    return "://" in str(path)
 
 
 def register_backend(backend: Backend, replace: bool = False) -> Backend:
@@ -94,11 +102,31 @@ def get_backend(name: str) -> Backend:
 
 def choose_backend(params: DataParams) -> Backend:
     """``params.backend`` by name; for ``"auto"``, the first backend whose ``detect`` recognises what
-    ``params.train_dir`` holds, else :data:`DEFAULT_BACKEND`."""
+    ``params.train_dir`` holds, else :data:`DEFAULT_BACKEND`. A URL (either split) is read only by a backend that
+    ``reads_urls``."""
+    url = next((p for p in (params.train_dir, params.val_dir) if is_url(p)), None)
     if params.backend != "auto":
-        return get_backend(params.backend)
-    root = Path(params.train_dir)
+        backend = get_backend(params.backend)
+        if url is not None and not backend.reads_urls:
+            readers = [b.name for b in _BACKENDS.values() if b.reads_urls]
+            raise DataError(
+                Param("backend", backend.name),
+                f" reads local paths, not {url} (URLs are read by: {', '.join(readers) or 'none'}, or auto)",
+            )
+        root = Path(params.train_dir)
+        if url is None and not (backend.detect is not None and backend.detect(root)):
+            other = next((b for b in _BACKENDS.values() if b.detect is not None and b.detect(root)), None)
+            if other is not None:  # e.g. pil on a shard directory: say so instead of "no class folders"
+                raise DataError(
+                    Param("train_dir", root), f" holds {other.name} data, not {backend.name}'s: use ",
+                    Param("backend", other.name), " or auto",
+                )  # fmt: skip
+        return backend
     for backend in _BACKENDS.values():
-        if backend.detect is not None and backend.detect(root):
+        if url is not None and not backend.reads_urls:
+            continue
+        if backend.detect is not None and backend.detect(params.train_dir if url else Path(params.train_dir)):
             return backend
+    if url is not None:
+        raise DataError(Param("train_dir", params.train_dir), ": no data backend reads this URL")
     return get_backend(DEFAULT_BACKEND)

@@ -9,27 +9,20 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
 
 from .backends import Backend, Splits
-from .errors import BadImageError, refuse_augmentation
-from .fast_pil import FastTrainCrop, eval_crop_uint8
+from .decode import SampleDecode, split_decoders
+from .fast_pil import FastTrainCrop
 from .image_folder import check_image_folders, ignored_message, scan_image_folder
 from .imageio import open_rgb
 from .loaders import collate_hwc_uint8
 from .params import DataParams
-from .presets import eval_transform, train_transform
-from .sampler import seeded_draws
 
 __all__ = ["PIL_BACKEND", "PIL_FAST_BACKEND", "ClassificationFolder", "FastTrainFolder", "open_image_folders"]
-
-# What PIL raises for a file that is not an image, is truncated or is otherwise undecodable.
-_BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class ClassificationFolder(ImageFolder):
@@ -39,14 +32,20 @@ class ClassificationFolder(ImageFolder):
     from a generator seeded with it (the caller's global RNG is left untouched). A sample that cannot be decoded
     returns ``None`` with ``on_bad_image="skip"`` (:func:`~partialconv.data.loaders.collate_skipping_bad` drops and
     counts it) and raises :class:`~partialconv.data.errors.BadImageError` naming the file with ``"error"``.
+    Decoding is :class:`~partialconv.data.decode.SampleDecode`'s, the same as the shard backend's.
     """
 
-    def __init__(self, root: Union[str, Path], transform: Optional[Callable] = None, on_bad_image: str = "skip"):
+    def __init__(
+        self,
+        root: Union[str, Path],
+        transform: Optional[Callable] = None,
+        on_bad_image: str = "skip",
+        decode: Optional[SampleDecode] = None,
+    ):
         self.ignored: list[str] = []  # hidden entries skipped by the scan (find_classes/make_dataset below)
         super().__init__(str(root), transform=transform, loader=open_rgb)
-        if on_bad_image not in ("skip", "error"):
-            raise ValueError(f"on_bad_image must be skip or error; got {on_bad_image!r}")
-        self.on_bad_image = on_bad_image
+        self.decode = decode if decode is not None else SampleDecode(transform, on_bad_image)
+        self.on_bad_image = self.decode.on_bad_image
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         classes, class_to_idx, self._scanned, self.ignored = scan_image_folder(directory)
@@ -58,65 +57,30 @@ class ClassificationFolder(ImageFolder):
     def __getitem__(self, key: Union[int, tuple[int, int]]):
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, target = self.samples[index]
-        try:
-            image = self.loader(path)
-        except _BAD_IMAGE_ERRORS as e:
-            if self.on_bad_image == "error":
-                raise BadImageError.of(path, e) from e
-            # stderr, not warnings.warn: worker processes have no warning filters, and each file must be named
-            print(f"warning: skipping bad image {path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            return None
-        if self.transform is not None:
-            with seeded_draws(seed):
-                image = self.transform(image)
-        return image, target
+        image = self.decode(path, path, seed)
+        return None if image is None else (image, target)
 
 
 class FastTrainFolder(ClassificationFolder):
-    """The train split of the ``pil`` backend: :class:`~partialconv.data.fast_pil.FastTrainCrop` decodes each file
-    (at a reduced DCT scale where the crop allows) straight to a (crop, crop, 3) uint8 tensor; batches are collated
-    by :func:`~partialconv.data.loaders.collate_hwc_uint8` and normalised on the device by ``batch_to_device``.
-    Same keys, seeds, crop draws and bad-image policy as :class:`ClassificationFolder` with ``train_transform``."""
+    """The train split of the ``pil_fast`` backend: :class:`~partialconv.data.fast_pil.FastTrainCrop` decodes each
+    file (at a reduced DCT scale where the crop allows) straight to a (crop, crop, 3) uint8 tensor; batches are
+    collated by :func:`~partialconv.data.loaders.collate_hwc_uint8` and normalised on the device by
+    ``batch_to_device``. Same keys, seeds, crop draws and bad-image policy as :class:`ClassificationFolder` with
+    ``train_transform``."""
 
     collate_fn = staticmethod(collate_hwc_uint8)
 
     def __init__(self, root: Union[str, Path], crop: FastTrainCrop, on_bad_image: str = "skip"):
-        super().__init__(root, transform=None, on_bad_image=on_bad_image)
+        super().__init__(root, on_bad_image=on_bad_image, decode=SampleDecode(on_bad_image=on_bad_image, crop=crop))
         self.crop = crop
-
-    def __getitem__(self, key: Union[int, tuple[int, int]]):
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        path, target = self.samples[index]
-        try:
-            with seeded_draws(seed):
-                image = self.crop(path)
-        except _BAD_IMAGE_ERRORS as e:
-            if self.on_bad_image == "error":
-                raise BadImageError.of(path, e) from e
-            print(f"warning: skipping bad image {path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            return None
-        return image, target
 
 
 def _open_folders(params: DataParams, fast: bool) -> Splits:
     classes = check_image_folders(params.train_dir, params.val_dir)
-    if fast:
-        refuse_augmentation(params.auto_augment, params.random_erase, "pil_fast")
-        crop = FastTrainCrop(params.train_crop_size, params.train_min_scale)
-        train: ClassificationFolder = FastTrainFolder(params.train_dir, crop, params.on_bad_image)
-        val = ClassificationFolder(
-            params.val_dir, eval_crop_uint8(params.val_resize_size, params.val_crop_size), params.on_bad_image
-        )
-        val.collate_fn = collate_hwc_uint8  # uint8 batches, normalised by batch_to_device
-    else:
-        train = ClassificationFolder(
-            params.train_dir,
-            train_transform(params.train_crop_size, params.train_min_scale, params.auto_augment, params.random_erase),
-            params.on_bad_image,
-        )
-        val = ClassificationFolder(
-            params.val_dir, eval_transform(params.val_resize_size, params.val_crop_size), params.on_bad_image
-        )
+    train_decode, val_decode, collate = split_decoders(params, fast)
+    train = ClassificationFolder(params.train_dir, train_decode.transform, decode=train_decode)
+    val = ClassificationFolder(params.val_dir, val_decode.transform, decode=val_decode)
+    train.collate_fn = val.collate_fn = collate
     message = ignored_message(train.ignored + val.ignored)
     return Splits(train, val, classes, warnings=(message,) if message else ())
 
@@ -127,8 +91,8 @@ def open_image_folders(params: DataParams) -> Splits:
 
 
 def open_fast_folders(params: DataParams) -> Splits:
-    """The ``pil_fast`` backend's splits: the fast uint8 train pipeline (:class:`FastTrainFolder`) and the ``pil``
-    backend's eval crop as uint8 (:func:`~partialconv.data.fast_pil.eval_crop_uint8`)."""
+    """The ``pil_fast`` backend's splits: the fast uint8 train pipeline (:class:`FastTrainFolder`'s crop) and the
+    ``pil`` backend's eval crop as uint8 (:func:`~partialconv.data.fast_pil.eval_crop_uint8`)."""
     return _open_folders(params, fast=True)
 
 

@@ -29,6 +29,11 @@ PARAM_NAMES: dict[str, str] = {
     "random_erase": "random erase probability",
     "ra_sampler": "repeated augmentation",
     "ra_reps": "repeated augmentation copies",
+    "ra_magnitude": "RandAugment magnitude",
+    "augmix_severity": "AugMix severity",
+    "interpolation": "interpolation",
+    "cache_dir": "shard cache",
+    "cache_limit_gb": "shard cache limit (GB)",
 }
 
 
@@ -68,8 +73,15 @@ class BadImageError(DataError):
         return cls(f"bad image {path}: {type(error).__name__}: {error}")
 
 
-def refuse_augmentation(auto_augment: object, random_erase: float, backend: str) -> None:
-    """For a backend whose train path has no policy augmentation: one error naming the option that asks for it."""
+def refuse_augmentation(
+    auto_augment: object, random_erase: float, backend: str, interpolation: str = "bilinear"
+) -> None:
+    """For a backend whose train path has no policy augmentation and resamples bilinearly: one error naming the
+    option that asks for more."""
+    if interpolation != "bilinear":
+        raise DataError(
+            Param("interpolation", interpolation), ": ", Param("backend", backend), " resizes bilinearly (use pil)"
+        )
     if auto_augment is None and not random_erase > 0:
         return
     option = Param("auto_augment", auto_augment) if auto_augment else Param("random_erase", random_erase)

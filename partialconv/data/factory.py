@@ -13,6 +13,7 @@ from .errors import PARAM_NAMES, DataError, Param
 from .gpu_decode import GPU_BACKEND
 from .loaders import Loaders, LoaderSpec, resolve_workers, seeded_samplers
 from .params import DataParams
+from .shards import SHARDS_BACKEND
 
 if TYPE_CHECKING:  # data must not import engine at run time (imports flow engine -> data)
     from ..engine.distributed import DistInfo
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # data must not import engine at run time (imports flow engin
 __all__ = ["build_loaders"]
 
 # The built-in backends, in the order "auto" asks them (the first is the default; see backends.DEFAULT_BACKEND).
-for _backend in (PIL_BACKEND, GPU_BACKEND, PIL_FAST_BACKEND):
+for _backend in (PIL_BACKEND, GPU_BACKEND, PIL_FAST_BACKEND, SHARDS_BACKEND):
     register_backend(_backend)
 
 
@@ -50,6 +51,7 @@ def build_loaders(params: DataParams, dist: DistInfo) -> Loaders:
         train_sampler=train_sampler,
         classes=list(splits.classes),
         backend=backend.name,
+        identity=splits.identity,
     )
     if dist.is_main:
         for message in splits.warnings:

@@ -43,10 +43,11 @@ def draft_scale(crop_w: int, crop_h: int, out_size: int) -> int:
 
 
 class FastTrainCrop:
-    """Path -> (crop, crop, 3) uint8 tensor: RandomResizedCrop(crop, scale, ratio) + horizontal flip, drawn from
-    torch's global generator (the caller seeds it per sample, as for ``train_transform``).
+    """Path or bytes -> (crop, crop, 3) uint8 tensor: RandomResizedCrop(crop, scale, ratio) + horizontal flip,
+    drawn from torch's global generator (the caller seeds it per sample, as for ``train_transform``).
 
-    Decoding happens here (the dataset passes the path), because the decode scale depends on the drawn crop.
+    Decoding happens here (the dataset passes the path or the bytes), because the decode scale depends on the drawn
+    crop.
     """
 
     def __init__(self, crop_size: int, min_scale: float = RRC_SCALE[0], use_draft: bool = True) -> None:
@@ -62,9 +63,13 @@ class FastTrainCrop:
         flip = bool(torch.rand(1) < 0.5)
         return top, left, h, w, flip
 
-    def __call__(self, path: Union[str, os.PathLike]) -> torch.Tensor:
-        with open(path, "rb") as f:
-            data = f.read()
+    def __call__(self, source: Union[str, os.PathLike, bytes]) -> torch.Tensor:
+        """``source``: the image file's path, or its bytes (a tar-shard member)."""
+        if isinstance(source, (bytes, bytearray)):
+            data = bytes(source)
+        else:
+            with open(source, "rb") as f:
+                data = f.read()
         if data[:3] == _JPEG_MAGIC:
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size  # from the header, before any decoding

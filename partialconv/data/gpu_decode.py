@@ -314,7 +314,7 @@ def _encoded_loader(dataset: EncodedImageFolder, sampler, batch: int, workers: i
 def open_encoded_folders(params: DataParams) -> Splits:
     """The ``gpu`` backend's splits: the ImageFolder checks, then datasets of undecoded file bytes."""
     classes = check_image_folders(params.train_dir, params.val_dir)
-    refuse_augmentation(params.auto_augment, params.random_erase, "gpu")
+    refuse_augmentation(params.auto_augment, params.random_erase, "gpu", params.interpolation)
     if params.train_min_scale != RRC_SCALE[0]:
         scale = Param("train_min_scale", params.train_min_scale)
         raise DataError(scale, ": ", Param("backend", "gpu"), f" crops with scale {RRC_SCALE}")

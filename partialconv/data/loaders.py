@@ -53,6 +53,7 @@ class Loaders:
     train_sampler: SeededSampler
     classes: list[str]
     backend: str = ""  # the backend that built them (the one picked for "auto")
+    identity: str = ""  # the data beyond its paths (Splits.identity: shard index fingerprints), "" if unknown
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from .errors import DataError, Param
-from .presets import RRC_SCALE
+from .presets import INTERPOLATIONS, RRC_SCALE, policy_interpolations
 
 __all__ = ["DataParams"]
 
@@ -37,6 +37,11 @@ class DataParams:
     random_erase: float = 0.0  # RandomErasing probability (0: off)
     ra_sampler: bool = False  # repeated augmentation of the train order (SeededSampler's repeats)
     ra_reps: int = 3  # copies of each image under ra_sampler
+    ra_magnitude: int = 9  # RandAugment's magnitude (auto_augment "ra"), torchvision's default
+    augmix_severity: int = 3  # AugMix's severity (auto_augment "augmix"), torchvision's default
+    interpolation: str = "bilinear"  # resampling of the crop, the eval resize and the policy (presets.INTERPOLATIONS)
+    cache_dir: Optional[str] = None  # where shards read from URLs are kept on this node (None: a temp-dir default)
+    cache_limit_gb: Optional[float] = None  # the cache's size limit (least recently used shards go first)
 
     def __post_init__(self) -> None:
         # Paths are kept as text (messages, config files); os.PathLike callers are welcome.
@@ -48,8 +53,24 @@ class DataParams:
             raise DataError(Param("workers", self.workers), " must be >= 0")
         if self.on_bad_image not in ("skip", "error"):
             raise DataError(Param("on_bad_image", self.on_bad_image), " must be skip or error")
+        if self.cache_limit_gb is not None and not self.cache_limit_gb > 0:
+            raise DataError(Param("cache_limit_gb", self.cache_limit_gb), " must be > 0")
         if self.ra_reps < 1:
             raise DataError(Param("ra_reps", self.ra_reps), " must be >= 1")
+        if not 0 <= self.ra_magnitude <= 30:
+            raise DataError(Param("ra_magnitude", self.ra_magnitude), " must be in [0, 30] (RandAugment's 31 bins)")
+        if not 1 <= self.augmix_severity <= 10:
+            raise DataError(Param("augmix_severity", self.augmix_severity), " must be in [1, 10]")
+        if self.interpolation not in INTERPOLATIONS:
+            raise DataError(
+                Param("interpolation", self.interpolation), f": expected one of {', '.join(INTERPOLATIONS)}"
+            )
+        if self.interpolation not in policy_interpolations(self.auto_augment):
+            allowed = ", ".join(policy_interpolations(self.auto_augment))
+            policy = Param("auto_augment", self.auto_augment)
+            raise DataError(
+                Param("interpolation", self.interpolation), ": the ", policy, f" resamples with {allowed} only"
+            )
 
     @property
     def train_repeats(self) -> int:

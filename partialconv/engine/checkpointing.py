@@ -222,17 +222,25 @@ def elastic_restart_resume(
     """``(resume, overwrite, note)`` for this process: under ``torchrun --max-restarts``, a restarted worker group
     (``TORCHELASTIC_RESTART_COUNT`` > 0) continues the run directory's newest checkpoint written by this job, whatever
     the command line said (a fresh start must not be refused, nor an ``--overwrite`` start its own progress).
-    A checkpoint older than the job's agent is a previous run's: then the command line's flags stand."""
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) <= 0:
+    A checkpoint older than the job's agent is a previous run's: then the command line's flags stand.
+
+    ``TORCHELASTIC_RESTART_COUNT`` is each agent's own count: with several nodes, the agent whose workers failed
+    counts a restart, while another node's agent restarts its healthy workers for the membership change with the
+    count unchanged (pytorch/pytorch#135712, #147064). So any worker of an agent allowed to restart
+    (``TORCHELASTIC_MAX_RESTARTS`` > 0) looks for a checkpoint of this job; in a job's first group there is none."""
+    count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if count <= 0 and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) <= 0:
         return resume, overwrite, None
     ours = [p for p in (run_dir / LAST, run_dir / PREVIOUS) if p.is_file()]
     started = _agent_start_time()
     if started is not None:
         ours = [p for p in ours if p.stat().st_mtime >= started - 1.0]
+    elif count <= 0:  # no agent start to tell this job's checkpoints from a previous run's
+        ours = []
     if not ours:
         return resume, overwrite, None
-    restart = os.environ["TORCHELASTIC_RESTART_COUNT"]
-    return "auto", False, f"elastic restart {restart}: continuing from the newest checkpoint in {run_dir}"
+    what = f"elastic restart {count}" if count > 0 else "elastic restart (another node's workers failed)"
+    return "auto", False, f"{what}: continuing from the newest checkpoint in {run_dir}"
 
 
 def find_resume_checkpoint(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import traceback
+from pathlib import Path
+from types import TracebackType
 from typing import Callable, Optional, Sequence, TypeVar
 
 __all__ = ["run_cli", "one_line", "EXIT_USER_ERROR", "EXIT_FAILED", "DefaultsHelpFormatter"]
@@ -62,17 +65,63 @@ def _peer_failure(e: BaseException) -> bool:
     return isinstance(e, dist_errors) or (isinstance(e, RuntimeError) and bool(_PEER_FAILURE.search(str(e))))
 
 
+# What a collective raises on a rank that waited longer than the process group's timeout for the others: gloo's
+# "Timed out waiting Nms for recv operation to complete", the store's and NCCL's "timeout"/"timed out".
+_TIMED_OUT = re.compile(r"timed out|timeout", re.I)
+_ROOT = Path(__file__).resolve().parents[2]
+_DISTRIBUTED = Path(__file__).resolve().with_name("distributed.py").relative_to(_ROOT)
+
+
+def _waiting_in(tb: Optional[TracebackType]) -> str:
+    """Where this project's code waited in ``tb``: the innermost frame of its code as ``function (file:line)``,
+    after the collective helper of engine/distributed.py that it called, if any."""
+    frames = []
+    for frame, line in traceback.walk_tb(tb):
+        path = Path(frame.f_code.co_filename)
+        if path.is_relative_to(_ROOT) and "site-packages" not in path.parts:
+            frames.append((frame.f_code.co_name, path.relative_to(_ROOT), line))
+    if not frames:
+        return ""
+    helper = frames.pop()[0] + " in " if frames and frames[-1][1] == _DISTRIBUTED and len(frames) > 1 else ""
+    name, path, line = frames[-1]
+    return f"{helper}{name} ({path}:{line})"
+
+
+def _timeout_line(e: BaseException, timeout_flag: Optional[str]) -> Optional[str]:
+    """One line for a collective that timed out on this rank (None for any other error): the rank, where it waited,
+    for how long, and the backend's own words."""
+    from .distributed import collective_timeout
+
+    timeout = collective_timeout()
+    if timeout is None or not isinstance(e, RuntimeError) or not _TIMED_OUT.search(str(e)):
+        return None
+    import torch.distributed as dist
+
+    where = _waiting_in(e.__traceback__)
+    limit = f"{timeout.total_seconds() / 60:g} min" + (f" ({timeout_flag})" if timeout_flag else "")
+    first = str(e).strip().splitlines()[0]
+    first = re.sub(r"^\[[^\]]*\] ", "", first)  # gloo's "[/path/to/source.cc:78] " prefix
+    return (
+        f"rank {dist.get_rank()} of {dist.get_world_size()}: no answer from the other ranks within {limit}"
+        + (f" in {where}" if where else "")
+        + f": a rank hung or died ({first})"
+    )
+
+
 def run_cli(
     main: Callable[[Argv], int],
     argv: Argv,
     prog: str,
     errors: Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], int]],
     cleanup: Optional[Callable[[], None]] = None,
+    timeout_flag: Optional[str] = None,
 ) -> int:
     """``main(argv)``'s exit code; an exception matching one of ``errors`` (``(types, exit_code)`` pairs, the first
     match wins) prints ``"{prog}: error: {e}"`` on stderr and returns that code instead. Anything else propagates
     with its traceback (a bug, not a user error); in a distributed run, so does a collective that failed because
-    another rank did (one line: that rank's own error line is the one to read). ``cleanup`` runs in every case."""
+    another rank did (one line: that rank's own error line is the one to read) and one that timed out waiting for
+    the others (one line naming the rank; ``timeout_flag``: the program's flag that sets the timeout). ``cleanup``
+    runs in every case."""
     try:
         return main(argv)
     except Exception as e:
@@ -80,6 +129,10 @@ def run_cli(
             if isinstance(e, types):
                 print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
                 return code
+        timed_out = _timeout_line(e, timeout_flag)
+        if timed_out is not None:
+            print(f"{prog}: error: {timed_out}", file=sys.stderr)
+            return EXIT_FAILED
         if _peer_failure(e):
             import torch.distributed as dist
 

@@ -21,9 +21,19 @@ __all__ = [
     "barrier",
     "all_reduce_sum",
     "cpu_group",
+    "collective_timeout",
+    "shared_store_restart_warning",
     "global_count",
     "cleanup",
+    "DEFAULT_TIMEOUT_MINUTES",
 ]
+
+# How long a collective may wait for the other ranks before it fails (train.py --dist-timeout). torch's own default
+# (30 min for gloo) would keep a group whose rank hung idle for half an hour before torchrun can restart it.
+DEFAULT_TIMEOUT_MINUTES = 10.0
+
+_timeout: Optional[timedelta] = None  # what init_distributed gave the process group (cpu_group's too)
+_cpu_group = None
 
 
 @dataclass(frozen=True)
@@ -58,8 +68,10 @@ def _pick_device(requested: Optional[str], local_rank: int) -> torch.device:
     return device
 
 
-def init_distributed(device: Optional[str] = None, timeout_minutes: float = 30.0) -> DistInfo:
-    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU), or none."""
+def init_distributed(device: Optional[str] = None, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> DistInfo:
+    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU), or none.
+    ``timeout_minutes``: how long any collective (also those of :func:`cpu_group`) waits for the other ranks."""
+    global _timeout
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -67,7 +79,8 @@ def init_distributed(device: Optional[str] = None, timeout_minutes: float = 30.0
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes), **kwargs)
+        _timeout = timedelta(minutes=timeout_minutes)
+        dist.init_process_group(backend=backend, timeout=_timeout, **kwargs)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=dev)
 
 
@@ -91,7 +104,24 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-_cpu_group = None
+def collective_timeout() -> Optional[timedelta]:
+    """The timeout :func:`init_distributed` gave every collective; None without a process group made there."""
+    return _timeout if dist.is_initialized() else None
+
+
+def shared_store_restart_warning() -> Optional[str]:
+    """A warning for a torchrun job that may restart its workers through torch's shared rendezvous store (the
+    default since torch 2.5), None otherwise. Its keys outlive a failed group, so a restarted group can read the
+    previous group's addresses and hang in its process-group setup until the timeout (pytorch/pytorch#135712; seen
+    here with gloo on one and on two agents): TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives every group a store of its
+    own."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(env.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) <= 0:
+        return None
+    return (
+        "torchrun --max-restarts with torch's shared rendezvous store: a restarted group can hang in its setup "
+        "(pytorch/pytorch#135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (on every node)"
+    )
 
 
 def cpu_group():
@@ -99,7 +129,8 @@ def cpu_group():
     made on first use, which is a collective: every rank must first ask for it at the same point of the program."""
     global _cpu_group
     if _cpu_group is None:
-        _cpu_group = dist.new_group(backend="gloo")
+        # new_group does not inherit init_process_group's timeout (it takes the backend's default, 30 min for gloo)
+        _cpu_group = dist.new_group(backend="gloo", timeout=_timeout)
     return _cpu_group
 
 
@@ -114,7 +145,7 @@ def global_count(n: int) -> int:
 
 
 def cleanup() -> None:
-    global _cpu_group
+    global _cpu_group, _timeout
     if dist.is_initialized():
         dist.destroy_process_group()
-    _cpu_group = None
+    _cpu_group = _timeout = None

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-__all__ = ["LOCK_NAME", "RunDirBusy", "RunDirLock", "lock_holder"]
+__all__ = ["EXIT_RUN_DIR_BUSY", "LOCK_NAME", "RunDirBusy", "RunDirLock", "lock_holder"]
 
 LOCK_NAME = ".lock"
+EXIT_RUN_DIR_BUSY = 75  # EX_TEMPFAIL, train.py's exit code for a busy run directory: padding_benchmark comes back later
 _UNSUPPORTED = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from ..data.sampler import seeded_draws
 from .amp import AMP_DTYPES, autocast
 from .distributed import global_count
 from .metrics import EpochMeter
-from .optim import build_optimizer
+from .optim import LRSchedule, build_optimizer
 from .preemption import Preemption
 from .runlog import Progress
 
@@ -35,6 +34,7 @@ __all__ = [
     "EpochResult",
     "build_optimisation",
     "lr_factor",
+    "lr_schedule_of",
     "seek_schedule",
     "train_step",
     "train_one_epoch",
@@ -72,26 +72,27 @@ class Optimisation:
         return autocast(self.device, self.amp_dtype)
 
 
+def lr_schedule_of(cfg: argparse.Namespace) -> LRSchedule:
+    """The config's :class:`~partialconv.engine.optim.LRSchedule`. A namespace without the newer keys (older
+    callers) gets this version's defaults; a resumed run's missing keys are settled by the resume check."""
+    lr_min = getattr(cfg, "lr_min", 0.0)
+    return LRSchedule(
+        schedule=cfg.lr_schedule,
+        epochs=cfg.epochs,
+        warmup_epochs=cfg.warmup_epochs,
+        step_size=cfg.lr_step_size,
+        gamma=cfg.lr_gamma,
+        warmup_method=getattr(cfg, "lr_warmup_method", "linear"),
+        warmup_decay=getattr(cfg, "lr_warmup_decay", 0.01),
+        update=getattr(cfg, "lr_update", "iteration"),
+        step_origin=getattr(cfg, "lr_step_origin", "warmup"),
+        min_factor=lr_min / cfg.lr if cfg.lr > 0 else 0.0,  # every group has the peak LR --lr
+    )
+
+
 def lr_factor(cfg: argparse.Namespace, steps_per_epoch: int) -> Callable[[int], float]:
-    """Multiplier of ``cfg.lr`` at a global iteration: warm-up, then step (/gamma every step_size epochs)
-    or cosine to 0 at ``cfg.epochs``. Stepped per iteration, so warm-up is smooth at any epoch count.
-
-    Warm-up (``--lr-warmup-method``): linear from 0 (the default, as before the flag), or constant at
-    ``cfg.lr_warmup_decay`` x lr (torchvision's ConstantLR warm-up)."""
-    warmup = cfg.warmup_epochs * steps_per_epoch
-    total = cfg.epochs * steps_per_epoch
-    constant = getattr(cfg, "lr_warmup_method", "linear") == "constant"
-    constant_factor = getattr(cfg, "lr_warmup_decay", 0.01)
-
-    def factor(it: int) -> float:
-        if it < warmup:
-            return constant_factor if constant else (it + 1) / warmup
-        if cfg.lr_schedule == "step":
-            return cfg.lr_gamma ** ((it // steps_per_epoch) // cfg.lr_step_size)
-        progress = (it - warmup) / max(1.0, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+    """Multiplier of ``cfg.lr`` at a global iteration (:class:`~partialconv.engine.optim.LRSchedule`)."""
+    return lr_schedule_of(cfg).factor_fn(steps_per_epoch)
 
 
 def seek_schedule(optim: Optimisation, iteration: int) -> None:

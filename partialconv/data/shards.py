@@ -1,0 +1,477 @@
+"""The ``shards`` backend: an ImageFolder split stored as WebDataset tar shards plus an index, read map-style.
+
+``python -m scripts.write_shards SRC OUT`` writes ``OUT/shard-NNNNNN.tar`` (members ``<key>.<ext>``, the image
+file's original bytes, and ``<key>.cls``, its class index as text, in ImageFolder's sorted order) and
+``OUT/index.json``, written last:
+
+- ``classes``: the class names (index = target); ``source_fingerprint``: sha256 of the source list (relative path,
+  class and size of every file, and the classes);
+- ``shards``: per shard its ``name``, ``size`` and ``sha256``;
+- ``samples``: columns ``name`` (the file's path in the source folder), ``shard``, ``offset`` and ``size`` (where
+  the image member's bytes lie in its shard) and ``class``;
+- ``fingerprint``: sha256 of all of the above, what a run records as the identity of its data.
+
+Sample ``i`` is one ``pread`` of ``size`` bytes at ``offset`` in its shard, decoded by the same
+:class:`~partialconv.data.decode.SampleDecode` as the image-folder backends: the seeded sampler, exact validation,
+per-sample augmentation seeds and mid-epoch resume carry over, and a run on shards is the run on the folder.
+
+A URL (``https://host/imagenet/train``, ``s3://bucket/train``: any fsspec URL; http(s) through the standard
+library, so no aiohttp is needed) is read through a node-local cache (:class:`ShardCache`): each shard is fetched
+whole on first use, once per node (a lock per shard), checked against the index's size and sha256, and read by
+offset from there; the least recently used shards are evicted beyond the cache's size limit.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Optional, Union
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..fileio import write_text_atomic
+from .backends import Backend, Splits, is_url
+from .decode import SampleDecode, split_decoders
+from .errors import DataError, Param
+from .params import DataParams
+
+__all__ = [
+    "FORMAT",
+    "INDEX_NAME",
+    "VERSION",
+    "SHARDS_BACKEND",
+    "ShardCache",
+    "ShardIndex",
+    "ShardSamples",
+    "ShardStore",
+    "default_cache_dir",
+    "index_fingerprint",
+    "locked",
+    "open_shard_splits",
+    "sha256_file",
+]
+
+INDEX_NAME = "index.json"
+FORMAT = "partialconv-shards"
+VERSION = 1
+DOWNLOAD_TRIES = 3
+RETRY_DELAYS = (1.0, 3.0)  # seconds before the 2nd and 3rd try
+_CHUNK = 1 << 20
+
+
+def default_cache_dir() -> str:
+    """A node-local default for the shard cache: the system temp dir (node-local on clusters, unlike $HOME)."""
+    return os.path.join(tempfile.gettempdir(), f"partialconv-shards-{os.getuid()}")
+
+
+def sha256_file(path: Union[str, os.PathLike]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def index_fingerprint(body: dict[str, Any]) -> str:
+    """sha256 of an index's content (everything but the fingerprint itself), canonical JSON."""
+    content = {k: v for k, v in body.items() if k != "fingerprint"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """A split's index (``index.json``), sample columns as numpy arrays (no per-sample Python objects, so forked
+    DataLoader workers do not copy them page by page through reference counts)."""
+
+    classes: list[str]
+    shards: list[dict[str, Any]]  # name, size, sha256
+    names: np.ndarray  # bytes: each sample's path in the source folder (for messages)
+    shard: np.ndarray
+    offset: np.ndarray
+    size: np.ndarray
+    target: np.ndarray
+    source_fingerprint: str
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    @classmethod
+    def parse(cls, data: bytes, where: str) -> ShardIndex:
+        """The index from its file's bytes; ``where`` names it in the :class:`ValueError` of a damaged one."""
+        try:
+            body = json.loads(data)
+            if body.get("format") != FORMAT or body.get("version") != VERSION:
+                raise ValueError(f"not a {FORMAT} v{VERSION} index")
+            samples = body["samples"]
+            index = cls(
+                classes=[str(c) for c in body["classes"]],
+                shards=[
+                    {"name": str(s["name"]), "size": int(s["size"]), "sha256": str(s["sha256"])} for s in body["shards"]
+                ],
+                names=np.array([n.encode() for n in samples["name"]], dtype=bytes),
+                shard=np.asarray(samples["shard"], dtype=np.int32),
+                offset=np.asarray(samples["offset"], dtype=np.int64),
+                size=np.asarray(samples["size"], dtype=np.int64),
+                target=np.asarray(samples["class"], dtype=np.int64),
+                source_fingerprint=str(body["source_fingerprint"]),
+                fingerprint=str(body["fingerprint"]),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{where}: damaged shard index ({type(e).__name__}: {e})") from None
+        n = len(index.target)
+        if not (len(index.names) == len(index.shard) == len(index.offset) == len(index.size) == n):
+            raise ValueError(f"{where}: damaged shard index (sample columns of different lengths)")
+        if n and (index.shard.min() < 0 or index.shard.max() >= len(index.shards)):
+            raise ValueError(f"{where}: damaged shard index (a sample names a shard it does not list)")
+        if n and (index.target.min() < 0 or index.target.max() >= len(index.classes)):
+            raise ValueError(f"{where}: damaged shard index (a class index out of range)")
+        return index
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+
+@contextmanager
+def _open_url(url: str) -> Iterator[IO[bytes]]:
+    """A readable binary stream of ``url``: http(s) through urllib (fsspec's HTTP filesystem needs aiohttp, which
+    torch does not bring), any other scheme (s3://, gs://, ...) through fsspec and the user's s3fs/gcsfs."""
+    if urllib.parse.urlsplit(url).scheme in ("http", "https"):
+        with urllib.request.urlopen(url, timeout=60) as response:
+            yield response
+        return
+    import fsspec  # comes with torch
+
+    with fsspec.open(url, "rb") as f:
+        yield f
+
+
+def read_url(url: str, tries: int = DOWNLOAD_TRIES) -> bytes:
+    """The whole content of ``url``, retried; raises :class:`OSError` naming the URL after the last try."""
+    for attempt in range(tries):
+        try:
+            with _open_url(url) as f:
+                return f.read()
+        except FileNotFoundError:  # fsspec's answer for a missing object: no use asking again
+            raise
+        except urllib.error.HTTPError as e:
+            if e.code in (404, 410):
+                raise FileNotFoundError(url) from None
+            last = e  # other answers (403 while credentials propagate, 5xx) may pass
+            if attempt + 1 < tries:
+                time.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+        except Exception as e:  # noqa: BLE001 - any transport error is retried, then named with the URL
+            last = e
+            if attempt + 1 < tries:
+                time.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+    raise OSError(f"{url}: could not be read after {tries} tries ({type(last).__name__}: {last})")
+
+
+@contextmanager
+def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` (created if needed): held by one process of the node at a time and
+    released by the kernel if the holder dies. Yields False when ``blocking`` is off and another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN) and not blocking:
+                yield False
+                return
+            raise
+        yield True
+    finally:
+        os.close(fd)  # also releases the lock
+
+
+class ShardCache:
+    """A node-local directory of whole shards fetched from URLs, at most ``limit_bytes`` in all (None: no limit).
+
+    One subdirectory per source (a hash of its base URL). ``path(base, shard)`` returns the local copy of one shard,
+    fetching it first if needed: under a lock per shard file, so the ranks and DataLoader workers of a node download
+    it once; to a temp name, renamed when its size and sha256 match the index. A copy found in the cache is checked
+    before use: its size, and its sha256 unless a ``.ok`` note written after the last check still matches the
+    file's size and modification time. Beyond the limit, the least recently used shards that no process is fetching
+    are evicted first (use is recorded in the file's mtime)."""
+
+    def __init__(self, root: Union[str, os.PathLike], limit_bytes: Optional[int] = None) -> None:
+        self.root = Path(root)
+        self.limit_bytes = limit_bytes
+
+    def folder(self, base: str) -> Path:
+        folder = self.root / hashlib.sha256(base.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        note = folder / "SOURCE"
+        if not note.exists():  # which URL the hashed name stands for, for a person looking at the cache
+            write_text_atomic(note, base + "\n")
+        return folder
+
+    def path(self, base: str, shard: dict[str, Any]) -> Path:
+        folder = self.folder(base)
+        local = folder / shard["name"]
+        with locked(folder / f".{shard['name']}.lock"):
+            if not self._valid(local, shard):
+                self._evict(shard["size"], keep=local)
+                self._download(_join(base, shard["name"]), local, shard)
+            os.utime(local)  # most recently used (the note is keyed by mtime: rewritten below)
+            self._write_note(local, shard)
+        return local
+
+    def _note(self, local: Path) -> Path:
+        return local.with_name(f".{local.name}.ok")
+
+    def _write_note(self, local: Path, shard: dict[str, Any]) -> None:
+        st = local.stat()
+        self._note(local).write_text(
+            json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": shard["sha256"]})
+        )
+
+    def _valid(self, local: Path, shard: dict[str, Any]) -> bool:
+        try:
+            st = local.stat()
+        except FileNotFoundError:
+            return False
+        if st.st_size == shard["size"]:
+            try:
+                note = json.loads(self._note(local).read_text())
+                if note == {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": shard["sha256"]}:
+                    return True
+            except (OSError, ValueError):
+                pass
+            if sha256_file(local) == shard["sha256"]:
+                return True
+        print(
+            f"warning: cached shard {local} does not match its index (size or sha256): fetching it again",
+            file=sys.stderr,
+            flush=True,
+        )
+        local.unlink()
+        return False
+
+    def _download(self, url: str, local: Path, shard: dict[str, Any]) -> None:
+        for stale in local.parent.glob(f".{local.name}.*.part"):  # a killed fetch's (this shard's lock is ours)
+            stale.unlink(missing_ok=True)
+        last = "?"
+        for attempt in range(DOWNLOAD_TRIES):
+            tmp = local.with_name(f".{local.name}.{os.getpid()}.part")
+            try:
+                digest, size = hashlib.sha256(), 0
+                with _open_url(url) as src, open(tmp, "wb") as dst:
+                    while chunk := src.read(_CHUNK):
+                        digest.update(chunk)
+                        dst.write(chunk)
+                        size += len(chunk)
+                if size != shard["size"]:
+                    last = f"got {size} of {shard['size']} bytes"
+                elif digest.hexdigest() != shard["sha256"]:
+                    last = "sha256 differs from the index"
+                else:
+                    os.replace(tmp, local)
+                    return
+            except Exception as e:  # noqa: BLE001 - any transport error is retried, then named with the URL
+                last = f"{type(e).__name__}: {e}"
+            finally:
+                tmp.unlink(missing_ok=True)
+            if attempt + 1 < DOWNLOAD_TRIES:
+                time.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+        raise DataError(f"shard {url}: download failed after {DOWNLOAD_TRIES} tries ({last})")
+
+    def _evict(self, incoming: int, keep: Path) -> None:
+        if self.limit_bytes is None:
+            return
+        cached = []
+        for f in self.root.glob("*/*.tar"):
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            cached.append((st.st_mtime_ns, st.st_size, f))
+        total = sum(size for _, size, _ in cached) + incoming
+        for _, size, f in sorted(cached):
+            if total <= self.limit_bytes:
+                break
+            if f == keep:
+                continue
+            with locked(f.with_name(f".{f.name}.lock"), blocking=False) as mine:
+                if mine:  # a process that has it open keeps reading it (unlinked inode); others fetch it again
+                    f.unlink(missing_ok=True)
+                    self._note(f).unlink(missing_ok=True)
+                    total -= size
+
+
+class ShardStore:
+    """Reads byte ranges of one split's shards: from ``location`` (a directory) or through ``cache`` (a URL).
+    Files are opened once per process, lazily; ``opened`` and ``bytes_read`` count what this process did."""
+
+    def __init__(self, location: str, index: ShardIndex, cache: Optional[ShardCache] = None) -> None:
+        self.location = location
+        self.index = index
+        self.cache = cache
+        self._fds: dict[int, int] = {}
+        self.opened = 0
+        self.bytes_read = 0
+
+    def __getstate__(self) -> dict[str, Any]:  # file descriptors do not travel to spawned workers
+        return {**self.__dict__, "_fds": {}}
+
+    def shard_path(self, shard: int) -> Path:
+        entry = self.index.shards[shard]
+        if self.cache is not None:
+            return self.cache.path(self.location, entry)
+        return Path(self.location) / entry["name"]
+
+    def _fd(self, shard: int) -> int:
+        fd = self._fds.get(shard)
+        if fd is None:
+            path = self.shard_path(shard)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise DataError(f"shard {path}: {e.strerror}") from None
+            size, expected = os.fstat(fd).st_size, self.index.shards[shard]["size"]
+            if size != expected:
+                os.close(fd)
+                raise DataError(f"shard {path}: {size} bytes, the index says {expected} (an incomplete copy?)")
+            self._fds[shard] = fd
+            self.opened += 1
+        return fd
+
+    def read(self, shard: int, offset: int, size: int) -> bytes:
+        data = os.pread(self._fd(shard), size, offset)
+        if len(data) != size:
+            raise DataError(f"shard {self.index.shards[shard]['name']} in {self.location}: short read at {offset}")
+        self.bytes_read += size
+        return data
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+class ShardSamples(Dataset):
+    """A split's samples from its shards, following the sample protocol: ``dataset[(i, seed)]`` is
+    ``(image, target)`` decoded and augmented by ``decode`` (the image-folder backends' own), or ``None`` for an
+    undecodable image under ``on_bad_image="skip"``. A shard that cannot be read or fetched is a
+    :class:`~partialconv.data.errors.DataError` whatever the policy: it is not a bad image."""
+
+    def __init__(self, store: ShardStore, decode: SampleDecode, collate_fn: Callable) -> None:
+        self.store = store
+        self.index = store.index
+        self.decode = decode
+        self.collate_fn = collate_fn
+        self.classes = store.index.classes
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def targets(self) -> list[int]:
+        return self.index.target.tolist()
+
+    def name(self, i: int) -> str:
+        shard = self.index.shards[int(self.index.shard[i])]["name"]
+        return f"{_join(self.store.location, shard)}:{self.index.names[i].decode()}"
+
+    def __getitem__(self, key: Union[int, tuple[int, int]]):
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        data = self.store.read(int(self.index.shard[i]), int(self.index.offset[i]), int(self.index.size[i]))
+        image = self.decode(data, self.name(i), seed)
+        return None if image is None else (image, int(self.index.target[i]))
+
+
+def load_index(location: str, param: str) -> ShardIndex:
+    """The index of the split at ``location`` (directory or URL); a :class:`DataError` naming ``param`` if absent
+    or damaged."""
+    where = _join(location, INDEX_NAME)
+    try:
+        if is_url(location):
+            data = read_url(where)
+        else:
+            data = (Path(location) / INDEX_NAME).read_bytes()
+    except FileNotFoundError:
+        raise DataError(
+            Param(param, location), f": no {INDEX_NAME} (write one with python -m scripts.write_shards)"
+        ) from None
+    except OSError as e:
+        raise DataError(Param(param, location), f": {e}") from None
+    try:
+        return ShardIndex.parse(data, where)
+    except ValueError as e:
+        raise DataError(Param(param, location), f": {e}") from None
+
+
+def detect_shards(path: Union[str, Path]) -> bool:
+    """``auto``: a URL (only shards are read from URLs) or a directory holding an index."""
+    return is_url(str(path)) or (Path(path) / INDEX_NAME).is_file()
+
+
+def dataset_identity(train: ShardIndex, val: ShardIndex) -> str:
+    """What a run records as its data: both splits' index fingerprints."""
+    return f"shards train {train.fingerprint} val {val.fingerprint}"
+
+
+def open_shard_splits(params: DataParams) -> Splits:
+    """The ``shards`` backend's splits: both indexes loaded and checked (same classes), then the decode of the
+    image-folder backends over shard bytes: the fast uint8 pipeline (``pil_fast``'s), or ``pil``'s when policy
+    augmentation (auto-augment, random erasing) or a non-bilinear interpolation is asked for."""
+    cache = None
+    if is_url(params.train_dir) or is_url(params.val_dir):
+        limit = None if params.cache_limit_gb is None else int(params.cache_limit_gb * 1e9)
+        cache = ShardCache(params.cache_dir or default_cache_dir(), limit)
+    indexes = {name: load_index(getattr(params, name), name) for name in ("train_dir", "val_dir")}
+    train_index, val_index = indexes["train_dir"], indexes["val_dir"]
+    if train_index.classes != val_index.classes:
+        raise DataError(
+            Param("train_dir", params.train_dir), " and ", Param("val_dir", params.val_dir), " have different classes"
+        )
+    fast = params.auto_augment is None and not params.random_erase > 0 and params.interpolation == "bilinear"
+    train_decode, val_decode, collate = split_decoders(params, fast)
+
+    def store(location: str, index: ShardIndex) -> ShardStore:
+        return ShardStore(location, index, cache if is_url(location) else None)
+
+    warnings = []
+    remote = sum(
+        sum(s["size"] for s in i.shards)
+        for p, i in ((params.train_dir, train_index), (params.val_dir, val_index))
+        if is_url(p)
+    )
+    if cache is not None and cache.limit_bytes is not None and remote > cache.limit_bytes:
+        warnings.append(
+            f"the shard cache limit ({cache.limit_bytes / 1e9:g} GB) is below the {remote / 1e9:.1f} GB of shards this "
+            "run reads: every epoch visits all shards, so evicted shards will be fetched again and again"
+        )
+    return Splits(
+        ShardSamples(store(params.train_dir, train_index), train_decode, collate),
+        ShardSamples(store(params.val_dir, val_index), val_decode, collate),
+        train_index.classes,
+        warnings=warnings,
+        identity=dataset_identity(train_index, val_index),
+    )
+
+
+SHARDS_BACKEND = Backend(
+    "shards",
+    open_shard_splits,
+    detect=detect_shards,
+    reads_urls=True,
+    help="WebDataset tar shards with an index (python -m scripts.write_shards), a directory or any fsspec URL "
+    "(fetched into --data-cache); read by offset, same images, crops and order as the folder they came from",
+)
