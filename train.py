@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import yaml
 from torch import nn
 
-from partialconv.checkpoint import CheckpointError, load_checkpoint
+from partialconv.checkpoint import CheckpointError, extract_state_dict, load_state, read_checkpoint, unwrap_model
 from partialconv.config import (
     DATA_IDENTITY_KEY,
     ConfigError,
@@ -26,6 +27,9 @@ from partialconv.config import (
     compare_resumed_config,
     config_to_yaml,
     data_errors_as_flags,
+    drop_last_warning,
+    eval_sizes_from_run,
+    flags_given,
     loaders_from_config,
     parse_config,
     resolve_data_dirs,
@@ -47,18 +51,20 @@ from partialconv.engine.checkpointing import (
     run_state,
     save_run_checkpoint,
 )
-from partialconv.engine.cli import run_cli
+from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, run_cli
 from partialconv.engine.distributed import barrier, cleanup, init_distributed, shared_store_restart_warning
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
 from partialconv.engine.run_lock import EXIT_RUN_DIR_BUSY, RunDirBusy, RunDirLock
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import (
+    ENVIRONMENT_FILE,
     broadcast_buffers,
     check_input_size,
     configure_backends,
     override_batchnorm,
     prepare_model,
+    run_environment,
     seed_everything,
 )
 from partialconv.engine.trainer import (
@@ -74,17 +80,22 @@ from partialconv.fileio import WriteError, write_text_atomic
 from partialconv.models import create_model
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLossError, WriteError)
+# What the user fixes before the same command can work (exit 2); a NaN/Inf loss is the run failing (exit 1).
+USER_ERRORS = (ConfigError, DataError, CheckpointError, WriteError)
 RUN_DIR_FLAGS = "--prefix or --output-dir"
 
 
 @data_errors_as_flags()  # the data layer's errors, also those of DataLoader workers, in flag names
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_config(argv, demo_config=DEMO_CONFIG)
     dist = init_distributed(cfg.device, cfg.dist_timeout)
     configure_backends(cfg, dist.device)
     seed_everything(cfg.seed)
     run_dir = run_dir_of(cfg)
+    eval_weights = eval_checkpoint(cfg, run_dir, flags_given(argv, DEMO_CONFIG)) if cfg.evaluate else None
+    # what a stopped run advises (before an elastic restart may set --resume): the command as typed resumes already
+    resume_advice = "rerun the same command (it has --resume auto)" if cfg.resume == "auto" else None
     restart_note = None
     if not cfg.evaluate:  # torchrun --max-restarts: a restarted group continues its own newest checkpoint
         cfg.resume, cfg.overwrite, restart_note = elastic_restart_resume(run_dir, cfg.resume, cfg.overwrite)
@@ -97,10 +108,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ConfigError(f"{RUN_DIR_FLAGS} {run_dir}: cannot create the run directory ({e.strerror})") from e
         remove_temp_files(run_dir)  # of writes a kill interrupted; nobody else writes here now
     with lock if owner else contextlib.nullcontext():
-        return run(cfg, dist, run_dir, restart_note)
+        return run(cfg, dist, run_dir, restart_note, eval_weights, resume_advice)
 
 
-def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
+def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None, resume_advice=None) -> int:
     """The run itself, in a run directory this process holds (or, off rank 0, whose holder it works with)."""
     # every rank, before rank 0 may write anything
     replace = not cfg.evaluate and check_fresh_start(run_dir, cfg.resume, cfg.overwrite, "--prefix or --output-dir")
@@ -124,7 +135,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
     if override_batchnorm(model, cfg.bn_momentum, cfg.bn_eps) == 0 and bn_flags:
         log.warn(f"{' and '.join(bn_flags)}: {cfg.arch} has no BatchNorm layer; ignored")
     if cfg.evaluate:
-        return evaluate_only(cfg, model, loaders, dist, run_dir, log)
+        return evaluate_only(cfg, model, loaders, dist, eval_weights, log)
     if restart_note:
         log.info(restart_note)
     store_warning = shared_store_restart_warning()
@@ -173,12 +184,16 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
         log.truncate_metrics(start_epoch, last_record)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+        write_text_atomic(run_dir / ENVIRONMENT_FILE, yaml.safe_dump(run_environment(dist.device, dist.world_size)))
     log.info(
         f"{cfg.arch} ({cfg.padding} padding, {cfg.num_classes} classes) on {dist.world_size} x {dist.device}; "
         f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images"
         + (f" ({loaders.identity})" if loaders.identity else "")
         + f"; run dir {run_dir}"
     )
+    dropped = drop_last_warning(len(loaders.train.dataset), cfg.batch_size, steps_per_epoch)
+    if dropped:
+        log.warn(dropped)
 
     with Preemption(cfg.checkpoint_every_minutes) as preemption:
         config = vars(cfg).copy()
@@ -211,7 +226,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
                 )
                 if result.preempted and result.steps_done < steps_per_epoch:
                     save_mid(result.steps_done)
-                    return preempted_exit(preemption, log, run_dir, epoch, result.steps_done)
+                    return preempted_exit(preemption, log, run_dir, epoch, result.steps_done, resume_advice)
                 # Every rank validates rank 0's BatchNorm statistics, the ones saved (DDP syncs them before each
                 # forward, so the last step left each rank its own), also after a resume from the save below.
                 broadcast_buffers(model)
@@ -243,11 +258,11 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
             state["epoch_record"] = record
             if dist.is_main:
                 snapshot = epoch + 1 if cfg.save_every and (epoch + 1) % cfg.save_every == 0 else None
-                save_run_checkpoint(run_dir, state, is_best=is_best, snapshot_epoch=snapshot)
+                save_run_checkpoint(run_dir, state, is_best, snapshot, keep_previous=cfg.keep_prev)
             log_epoch(log, cfg, epoch, train, val, best_acc1, record)
             start_step = 0
             if result.preempted:
-                return preempted_exit(preemption, log, run_dir, epoch + 1, 0)
+                return preempted_exit(preemption, log, run_dir, epoch + 1, 0, resume_advice)
     log.info(f"done: {cfg.epochs} epochs, best val acc@1 {best_acc1:.3f}; checkpoints in {run_dir}")
     log.close()
     return 0
@@ -285,17 +300,29 @@ def epoch_record(
     }
 
 
-def evaluate_only(cfg, model, loaders, dist, run_dir: Path, log: RunLogger) -> int:
-    """``-e``: top-1/top-5 of the ``--resume`` checkpoint (``auto``: the run directory's last) or ``--pretrained``."""
-    if cfg.resume:
-        load_checkpoint(model, run_dir / LAST if cfg.resume == "auto" else cfg.resume)
+def eval_checkpoint(cfg, run_dir: Path, given: set[str]) -> tuple[object, Path, str]:
+    """``-e``: the checkpoint to evaluate (``--resume``, ``auto``: the run directory's last; or ``--pretrained``),
+    read once, its path, and the eval sizes, which become those of the run that wrote it (``eval_sizes_from_run``:
+    top-1 at another resolution is another number)."""
+    how = "--resume" if cfg.resume else "--pretrained"
+    path = Path(run_dir / LAST if cfg.resume == "auto" else cfg.resume or cfg.pretrained)
+    ckpt = read_checkpoint(path)
+    saved = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return ckpt, path, eval_sizes_from_run(cfg, saved, str(path), given, how)
+
+
+def evaluate_only(cfg, model, loaders, dist, weights: tuple[object, Path, str], log: RunLogger) -> int:
+    """``-e``: top-1/top-5 of the checkpoint ``eval_checkpoint`` read, at the sizes it chose."""
+    ckpt, path, sizes = weights
+    target = unwrap_model(model)
+    load_state(target, extract_state_dict(ckpt, path, target.state_dict().keys()), path)
     model, _ = prepare_model(model, cfg, dist)
     val = evaluate(
         model, loaders.val, nn.CrossEntropyLoss(), dist.device, AMP_DTYPES[cfg.amp], cfg.channels_last,
         print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main,
     )  # fmt: skip
     log.info(
-        f"evaluate {cfg.arch} ({cfg.padding} padding) on {int(val['count'])} images of {cfg.data_val}: "
+        f"evaluate {cfg.arch} ({cfg.padding} padding) on {int(val['count'])} images of {cfg.data_val} at {sizes}: "
         f"top-1 {val['acc1']:.3f} top-5 {val['acc5']:.3f} loss {val['loss']:.4f}"
     )
     return 0
@@ -339,24 +366,28 @@ def save_mid_epoch(
     if epoch_train is not None:
         state["epoch_train"] = epoch_train
     if is_main:
-        save_run_checkpoint(run_dir, state)
+        save_run_checkpoint(run_dir, state, keep_previous=config.get("keep_prev", True))
 
 
-def preempted_exit(preemption: Preemption, log: RunLogger, run_dir: Path, epoch: int, step: int) -> int:
-    """``epoch``: 0-based, with ``step`` of its steps done (0: ``epoch`` epochs completed)."""
+def preempted_exit(
+    preemption: Preemption, log: RunLogger, run_dir: Path, epoch: int, step: int, advice: Optional[str] = None
+) -> int:
+    """``epoch``: 0-based, with ``step`` of its steps done (0: ``epoch`` epochs completed). ``advice``: how to
+    resume, when the command's own words are not "the same command plus --resume auto"."""
     where = f"epoch {epoch + 1} step {step}" if step else f"the end of epoch {epoch}"
     log.info(
         f"preempted by {preemption.name}: stopped at {where}, checkpoint written to {run_dir / LAST}; "
-        "resume with the same command plus --resume auto"
+        + (advice or "resume with the same command plus --resume auto")
     )
     log.close()
     return preemption.exit_code
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """``main`` with expected failures as one ``error:`` line and exit code 1 (2 for bad flags/config, 75 when another
-    process holds the run directory)."""
-    errors = [(RunDirBusy, EXIT_RUN_DIR_BUSY), (ConfigError, 2), (EXPECTED_ERRORS, 1)]
+    """``main`` with expected failures as one ``error:`` line and the exit code of the rule in engine/cli.py: 2 for
+    what the user must fix (flags, config, data, checkpoint files, output paths), 1 for a failed run (NaN/Inf loss);
+    75 when another process holds the run directory."""
+    errors = [(RunDirBusy, EXIT_RUN_DIR_BUSY), (USER_ERRORS, EXIT_USER_ERROR), (NonFiniteLossError, EXIT_FAILED)]
     return run_cli(main, argv, "train.py", errors, cleanup=cleanup, timeout_flag="--dist-timeout")
 
 

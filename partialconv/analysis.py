@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from .config import RECIPE_FLAGS, build_parser, implied_by_version
+from .engine.setup import ENVIRONMENT_FILE
 from .fileio import write_bytes_atomic
 from .layers import PADDINGS
 from .models import pytorch_official, split_pd_name
@@ -88,6 +89,7 @@ class RunResult:
     best_acc5: float  # top-5 of the epoch with the best top-1 (the model_best checkpoint)
     best_epoch: int
     config: dict[str, Any] = field(default_factory=dict)  # the run's config.yaml ({} when it has none)
+    environment: dict[str, Any] = field(default_factory=dict)  # its environment.yaml: versions, devices ({}: none)
     data_identity: str = ""  # metrics.jsonl's data_identity (shard index fingerprints), "" for image folders
 
     @property
@@ -382,6 +384,14 @@ def load_run(run_dir: Path) -> tuple[Optional[RunResult], list[str]]:
             config = loaded
         elif loaded is not None:
             problems.append(f"{config_path}: expected a mapping of option: value; recipe unknown")
+    environment: dict[str, Any] = {}
+    env_path = Path(run_dir) / ENVIRONMENT_FILE
+    if env_path.is_file():
+        try:
+            loaded_env = yaml.safe_load(env_path.read_text(encoding="utf-8", errors="replace"))
+            environment = loaded_env if isinstance(loaded_env, dict) else {}
+        except yaml.YAMLError:
+            problems.append(f"{env_path}: not valid YAML; versions and devices unknown")
     seed = first.get("seed")
     return (
         RunResult(
@@ -396,6 +406,7 @@ def load_run(run_dir: Path) -> tuple[Optional[RunResult], list[str]]:
             best_acc5=float(best["val_acc5"]),
             best_epoch=int(best["epoch"]),
             config=config,
+            environment=environment,
             data_identity=str(last.get("data_identity", "")),
         ),
         problems,
@@ -578,6 +589,67 @@ def _csv_text(cells: Sequence[CellSummary]) -> str:
     return out.getvalue()
 
 
+def _values(runs: Sequence[RunResult], get) -> str:
+    """The distinct values ``get(run)`` takes over ``runs``, with how many runs have each when they differ."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        value = get(r)
+        text = "not recorded" if value is None else f"`{value}`"
+        counts[text] = counts.get(text, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{v} ({n} runs)" for v, n in counts.items())
+
+
+def _what_was_run(cells: Sequence[CellSummary]) -> list[str]:
+    """results.md's "What was run" section: data, sizes, epochs, batch, the recipe, software and devices of the
+    finished runs, each a single value or the values with their run counts (from config.yaml/environment.yaml)."""
+    runs = [r for c in cells for r in c.finished]
+    if not runs:
+        return []
+    defaults = _flag_defaults()
+
+    def conf(key: str):
+        return lambda r: r.config.get(key, defaults.get(key)) if r.config else None
+
+    changed = sorted(
+        k
+        for k in RECIPE_FLAGS
+        if k not in _HEADER_KEYS and any(r.config and r.config.get(k, defaults.get(k)) != defaults.get(k) for r in runs)
+    )
+
+    def env(key: str):
+        return lambda r: r.environment.get(key)
+
+    archs = sorted({r.arch for r in runs})
+    paddings = sorted({r.padding for r in runs}, key=_padding_key)
+    lines = ["## What was run", ""]
+    lines += [f"- **runs**: {len(runs)} finished ({', '.join(archs)} x {', '.join(paddings)})"]
+    lines += [f"- **data**: train {_values(runs, conf('data_train'))}, val {_values(runs, conf('data_val'))}"]
+    lines += [f"- **classes**: {_values(runs, conf('num_classes'))}"]
+    lines += [
+        f"- **image sizes**: train crop {_values(runs, conf('train_crop_size'))}, eval resize "
+        f"{_values(runs, conf('val_resize_size'))} / crop {_values(runs, conf('val_crop_size'))}"
+    ]
+    lines += [f"- **epochs**: {_values(runs, lambda r: r.epochs_planned)}; **batch** (global): "
+              f"{_values(runs, conf('batch_size'))}"]  # fmt: skip
+    recipe = ", ".join(f"{k} {_values(runs, conf(k))}" for k in ("opt", "lr", "lr_schedule", "weight_decay"))
+    lines += [f"- **recipe**: {recipe}" + "".join(f", {k} {_values(runs, conf(k))}" for k in changed)]
+    lines += [
+        f"- **software**: torch {_values(runs, env('torch'))}, torchvision {_values(runs, env('torchvision'))}, "
+        f"Python {_values(runs, env('python'))}"
+    ]
+    lines += [
+        f"- **devices**: {_values(runs, env('device_name'))} x {_values(runs, env('processes'))} process(es) per run"
+    ]
+    return [*lines, ""]
+
+
+# Recipe flags the header names on their own line (the others are listed only where a run changed them).
+_HEADER_KEYS = ("batch_size", "train_crop_size", "val_resize_size", "val_crop_size", "opt", "lr", "lr_schedule")
+_HEADER_KEYS += ("weight_decay",)
+
+
 def _markdown_text(
     root: Path, cells: Sequence[CellSummary], figures: Sequence[Path], problems: Sequence[str], notes: Sequence[str]
 ) -> str:
@@ -603,6 +675,7 @@ def _markdown_text(
         "top-1 of the zero-padded model (IMAGENET1K_V1 weights). Both are shown only for ImageNet-1k runs "
         "(config.yaml `num_classes: 1000`, or runs without a config.yaml).",
         "",
+        *_what_was_run(cells),
     ]
     head = ["arch", "padding"] + [f"run{i}" for i in range(1, width + 1)]
     head += ["average", "last-epoch avg", "diff", "stdev", "n", "p (Welch)", "p (paired)", "95% CI of diff"]
@@ -731,10 +804,17 @@ def plot_top1_bars(cells: Sequence[CellSummary], path: Path) -> dict[str, Any]:
     values += [c.published.average for _, c in published]
     low, high = min(values), max(values)
     margin = 0.18 * max(high - low, 1.0)
-    bottom, top = max(0.0, low - margin), high + 2 * margin  # room for the averages written at the top
+    bottom, top = max(0.0, low - margin), high + 2 * margin  # room for the averages written above the bars
     ax.set_ylim(bottom, top)
+    pad = 0.02 * (top - bottom)
     for x, c in placed:
-        ax.text(x, top - 0.02 * (top - bottom), f"{c.mean1:.2f}", ha="center", va="top", fontsize=7, rotation=90)
+        # Each average sits just above its own bar (error bar, run dots and published marker included), not at
+        # the top of the axis where it floats away from a low bar.
+        above = max([c.mean1 + (c.std1 or 0.0), *c.acc1] + ([c.published.average] if c.published else []))
+        ax.text(
+            x, above + pad, f"{c.mean1:.2f}", ha="center", va="bottom", fontsize=7, rotation=90,
+            gid=f"label:{_group_name(c)}:{c.padding}",
+        )  # fmt: skip
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("best val top-1 (%)")
     ax.set_title(
@@ -772,13 +852,22 @@ def _drawn(ax, groups: Sequence[str]) -> dict[str, Any]:
         if kind in ("runs", "published"):
             group, padding = rest.rsplit(":", 1)
             out[kind] += [(group, padding, float(y)) for y in line.get_ydata()]
+    out["labels"] = []  # (group, padding, text, y of the text's bottom)
+    for text in ax.texts:
+        kind, _, rest = (text.get_gid() or "").partition(":")
+        if kind == "label":
+            group, padding = rest.rsplit(":", 1)
+            out["labels"].append((group, padding, text.get_text(), float(text.get_position()[1])))
     return out
+
+
+_MEAN_OFFSET = 0.22  # the mean and CI bar of a category: just right of its dots (jittered within +-0.15)
 
 
 def plot_paired_diffs(cells: Sequence[CellSummary], path: Path) -> dict[str, Any]:
     """Per-seed difference of best top-1 to the same network's zero padding: one dot per seed, the mean (bar
-    marker) and its 95% CI (paired t), a line at 0. Returns {"<group> <padding>": {"diffs": [...], "mean": m,
-    "ci": (low, high)}}, read back from the artists."""
+    marker) and its 95% CI (paired t), a line at 0. Returns {"<group> <padding>": {"diffs": [...], "dots_x": [...],
+    "mean": m, "mean_x": x, "ci": (low, high), "xlim": (left, right)}}, read back from the artists."""
     plt = _pyplot()
     shown = [c for c in cells if c.paired is not None and c.paired.n]
     colors = _padding_colors([c.padding for c in cells])  # the same colour per padding as in the bar chart
@@ -791,7 +880,7 @@ def plot_paired_diffs(cells: Sequence[CellSummary], path: Path) -> dict[str, Any
         low, high = c.paired.ci_low, c.paired.ci_high
         yerr = None if low is None else [[c.paired.mean_diff - low], [high - c.paired.mean_diff]]
         ax.errorbar(
-            [i + 0.3],
+            [i + _MEAN_OFFSET],
             [c.paired.mean_diff],
             yerr=yerr,
             fmt="_",
@@ -802,6 +891,9 @@ def plot_paired_diffs(cells: Sequence[CellSummary], path: Path) -> dict[str, Any
             label=f"mean:{name}",
         )
     ax.axhline(0.0, color="grey", lw=1, ls="--")
+    # Each category spans one unit around its tick: with a single pair, autoscaling would put the dots at the left
+    # edge and the mean at the right one.
+    ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=8)
     ax.set_ylabel("best top-1 minus zero padding (points)")
     ax.set_title("Per-seed difference to zero padding (dots: seeds; bar: mean, 95% CI)", fontsize=9)
@@ -811,11 +903,14 @@ def plot_paired_diffs(cells: Sequence[CellSummary], path: Path) -> dict[str, Any
         kind, _, name = (line.get_gid() or "").partition(":")
         if kind == "dots":
             data.setdefault(name, {})["diffs"] = [float(y) for y in line.get_ydata()]
+            data[name]["dots_x"] = [float(x) for x in line.get_xdata()]
+            data[name]["xlim"] = tuple(float(v) for v in ax.get_xlim())
     for container in ax.containers:
         kind, _, name = (container.get_label() or "").partition(":")
         if kind == "mean":
             mean = float(container.lines[0].get_ydata()[0])
             data[name]["mean"] = mean
+            data[name]["mean_x"] = float(container.lines[0].get_xdata()[0])
             segs = container.lines[2][0].get_segments() if container.has_yerr else []
             data[name]["ci"] = (float(segs[0][0][1]), float(segs[0][1][1])) if segs else None
     _save_figure(fig, path)

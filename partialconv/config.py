@@ -29,7 +29,7 @@ from .data import (
 from .data.backends import is_url
 from .data.loaders import resolve_workers
 from .data.presets import AUTO_AUGMENT, INTERPOLATIONS
-from .engine.cli import one_line
+from .engine.cli import DefaultsHelpFormatter, one_line
 from .engine.distributed import DEFAULT_TIMEOUT_MINUTES
 from .engine.optim import LR_SCHEDULES, LR_UPDATES, OPTIMISERS, STEP_ORIGINS, WARMUP_METHODS
 from .layers import PADDINGS
@@ -51,6 +51,9 @@ __all__ = [
     "implied_by_version",
     "data_errors_as_flags",
     "data_params",
+    "drop_last_warning",
+    "eval_sizes_from_run",
+    "flags_given",
     "loaders_from_config",
     "resolve_data_dirs",
 ]
@@ -201,17 +204,24 @@ class _ListModels(argparse.Action):
         parser.exit(0)
 
 
+_DATA_PATH_HELP = "ImageFolder root with train/ and val/: the same as --data_train DIR/train --data_val DIR/val"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train.py",
         description="Train or evaluate an image classifier (ImageNet layout) with zero/partial/reflect/replicate "
         "padding. With no --data_train/--data_val it trains on a small embedded demo dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
+        allow_abbrev=False,  # a prefix of a flag is an error, never silently another flag (--model vs --model-ema)
     )
+    # pytorch/examples' `train.py DIR`: DIR/train and DIR/val (SUPPRESS: absent, it sets nothing; _resolve folds it)
+    p.add_argument("data_dir", nargs="?", default=argparse.SUPPRESS, metavar="DIR", help=_DATA_PATH_HELP)
     g = p.add_argument_group("model")
     g.add_argument(
         "-a",
         "--arch",
+        "--model",
         default="resnet18",
         help="classifier name: ours (resnet50, vgg16_bn), any torchvision classifier (convnext_tiny, "
         "efficientnet_b0), timm/<name> with timm installed; a pd prefix means partial padding (pdconvnext_tiny)",
@@ -259,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GB",
         help="size limit of --data-cache: least recently used shards are evicted; default: none",
     )
+    g.add_argument("--data-path", default=None, metavar="DIR", help=_DATA_PATH_HELP + " (torchvision references)")
     g.add_argument(
         "-j",
         "--workers",
@@ -352,9 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over in a run directory that holds a run: its files are moved into <run dir>/replaced-<time>/ "
         "(without this flag such a start is refused)",
     )
-    g.add_argument("-e", "--evaluate", action="store_true", help="only evaluate (--resume or --pretrained weights)")
+    g.add_argument(
+        "-e", "--evaluate", "--test-only", action="store_true", help="only evaluate (--resume or --pretrained weights)"
+    )
     g.add_argument("-p", "--print-freq", type=int, default=10, help="steps between progress lines")
     g.add_argument("--save-every", type=int, default=0, help="also keep checkpoint_epoch<N>.pth.tar every N epochs")
+    g.add_argument(
+        "--keep-prev",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the checkpoint before the last as checkpoint.prev.pth.tar (the fallback if the last cannot be "
+        "read); --no-keep-prev saves one checkpoint's disk space",
+    )
     g.add_argument(
         "--checkpoint-every-minutes",
         type=float,
@@ -648,7 +668,8 @@ def parse_config(argv: Optional[Sequence[str]] = None, demo_config: Optional[Pat
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     first, _ = parser.parse_known_args(argv)
-    if first.config is None and first.data_train is None and first.data_val is None and demo_config is not None:
+    no_data = all(getattr(first, k, None) is None for k in ("data_train", "data_val", "data_path", "data_dir"))
+    if first.config is None and no_data and demo_config is not None:
         first.config = str(demo_config)
     if first.config:
         parser.set_defaults(**_load_yaml(first.config, parser), config=first.config)
@@ -688,11 +709,97 @@ def _resolve(cfg: argparse.Namespace) -> argparse.Namespace:
         )
     if cfg.overwrite and cfg.resume:
         raise ConfigError("--overwrite starts the run over; it does not go with --resume")
+    _fold_data_path(cfg)
     if (cfg.data_train is None) != (cfg.data_val is None):
         raise ConfigError("--data_train and --data_val go together (give both, or neither for the demo dataset)")
     if cfg.evaluate and not (cfg.resume or cfg.pretrained):
         raise ConfigError("-e/--evaluate needs weights: --resume PATH or --pretrained PATH")
     return cfg
+
+
+def flags_given(argv: Sequence[str], demo_config: Optional[Path] = None) -> set[str]:
+    """The destinations ``argv`` sets: by a flag, or by a key of its ``--config`` file (``demo_config``, the recipe a
+    bare ``python train.py`` gets, is not the user's)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    ns, _ = parser.parse_known_args(list(argv))
+    given = set(vars(ns)) - {"config"}
+    config = getattr(ns, "config", None)
+    if config and (demo_config is None or Path(config).resolve() != Path(demo_config).resolve()):
+        given |= set(_load_yaml(config, build_parser()))
+    return given
+
+
+EVAL_SIZE_FLAGS = {"val_resize_size": "--val-resize-size", "val_crop_size": "--val-crop-size"}
+
+
+def eval_sizes_from_run(
+    cfg: argparse.Namespace, saved: Optional[dict[str, Any]], source: str, given: set[str], how: str
+) -> str:
+    """``-e``: evaluate at the eval sizes of the run that wrote the checkpoint (``saved``, its training config).
+
+    A size the command does not set is taken from ``saved``. One it sets to another value is refused with
+    ``how="--resume"`` (a ConfigError naming both) and kept with ``how="--pretrained"`` (the way to evaluate a
+    run's weights at other sizes on purpose). Returns the words for the log: the sizes used and where they come
+    from."""
+    saved = saved if isinstance(saved, dict) else {}
+    run = {k: saved[k] for k in EVAL_SIZE_FLAGS if isinstance(saved.get(k), int)}
+    changed = {k: getattr(cfg, k) for k in run if k in given and getattr(cfg, k) != run[k]}
+    if changed and how == "--resume":
+        was = " ".join(f"{EVAL_SIZE_FLAGS[k]} {v}" for k, v in run.items())
+        now = " ".join(f"{EVAL_SIZE_FLAGS[k]} {v}" for k, v in changed.items())
+        raise ConfigError(
+            f"-e --resume {source}: its run evaluates at {was}; this command sets {now}: drop the flag to use the "
+            f"run's sizes, or evaluate at other sizes on purpose with --pretrained {source}"
+        )
+    for k, v in run.items():
+        if k not in changed:
+            setattr(cfg, k, v)
+    sizes = f"resize {cfg.val_resize_size}, crop {cfg.val_crop_size}"
+    if not run:
+        return f"{sizes} (the flags: {source} stores no run config)"
+    if changed:
+        used = " ".join(f"{EVAL_SIZE_FLAGS[k]} {v}" for k, v in run.items())
+        return f"{sizes} (the flags; the checkpoint's run used {used})"
+    return f"{sizes} (the checkpoint's run)"
+
+
+def _fold_data_path(cfg: argparse.Namespace) -> None:
+    """The positional DIR (pytorch/examples) and ``--data-path DIR`` (torchvision references) become
+    ``--data_train DIR/train --data_val DIR/val``; the config keeps only those two (one spelling of the data in
+    config.yaml and in the resume check)."""
+    positional = vars(cfg).pop("data_dir", None)
+    if positional is not None and cfg.data_path is not None and Path(positional) != Path(cfg.data_path):
+        raise ConfigError(f"DIR {positional} and --data-path {cfg.data_path}: two data roots; give one")
+    root, cfg.data_path = positional or cfg.data_path, None
+    if root is None:
+        return
+    name = "DIR" if positional is not None else "--data-path"
+    for dest, flag, sub in (("data_train", "--data_train", "train"), ("data_val", "--data_val", "val")):
+        given = getattr(cfg, dest)
+        if given is not None and Path(given) != Path(root) / sub:
+            raise ConfigError(f"{name} {root} means {flag} {Path(root) / sub}; it conflicts with {flag} {given}")
+        setattr(cfg, dest, str(Path(root) / sub))
+
+
+# The share of the train set an epoch may leave out (the last, partial global batch) before train.py says so.
+DROP_LAST_WARN_SHARE = 0.10
+
+
+def drop_last_warning(num_images: int, batch_size: int, steps: int) -> Optional[str]:
+    """The start-of-run warning when the whole global batches of an epoch (``steps`` of ``batch_size``) leave out
+    more than :data:`DROP_LAST_WARN_SHARE` of the ``num_images`` train images (None otherwise), with a batch size
+    that leaves out fewer: one more step, the set split evenly over it."""
+    dropped = num_images - steps * batch_size
+    if dropped <= DROP_LAST_WARN_SHARE * num_images:
+        return None
+    better = num_images // (steps + 1)
+    return (
+        f"-b/--batch-size {batch_size}: an epoch is {steps} step(s) of {batch_size} of the {num_images} train images; "
+        f"the other {dropped} ({100 * dropped / num_images:.0f}%) are left out of every epoch (others each epoch). "
+        f"-b {better} would take {steps + 1} steps and leave out {num_images - (steps + 1) * better}"
+    )
 
 
 def run_dir_of(cfg: argparse.Namespace) -> Path:

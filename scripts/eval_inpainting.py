@@ -46,7 +46,7 @@ from partialconv.data.masks import (
     hole_ratio,
 )
 from partialconv.engine.amp import AMP_DTYPES
-from partialconv.engine.cli import run_cli
+from partialconv.engine.cli import EXIT_USER_ERROR, run_cli
 from partialconv.engine.distributed import init_distributed
 from partialconv.engine.image_metrics import l1_percent, psnr, ssim
 from partialconv.engine.inpainting_inference import inpaint, load_inpainting_model
@@ -58,6 +58,7 @@ METRICS = (("l1", "L1 (%)", 2), ("psnr", "PSNR", 2), ("ssim", "SSIM", 3))
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix of a flag is an error, never another flag
         prog="python -m scripts.eval_inpainting",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -187,7 +188,12 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError, WriteError), 2)])
+    return run_cli(
+        main,
+        argv,
+        Path(__file__).name,
+        [((CheckpointError, FileNotFoundError, ValueError, WriteError), EXIT_USER_ERROR)],
+    )
 
 
 if __name__ == "__main__":

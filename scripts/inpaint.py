@@ -37,7 +37,7 @@ from partialconv.checkpoint import CheckpointError
 from partialconv.data.inpainting import IMAGE_EXTENSIONS, load_image
 from partialconv.data.masks import generate_mask, list_images, load_mask_png, save_mask_png
 from partialconv.engine.amp import AMP_DTYPES
-from partialconv.engine.cli import run_cli
+from partialconv.engine.cli import EXIT_USER_ERROR, run_cli
 from partialconv.engine.distributed import init_distributed
 from partialconv.engine.inpainting_inference import inpaint, load_inpainting_model
 from partialconv.fileio import WriteError, atomic_write
@@ -45,7 +45,10 @@ from partialconv.fileio import WriteError, atomic_write
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m scripts.inpaint", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,  # a prefix of a flag is an error, never another flag
+        prog="python -m scripts.inpaint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="train_inpainting.py checkpoint (or a plain state_dict)")
     p.add_argument("--input", required=True, help="an image file or a folder of images (recursive)")
@@ -168,7 +171,12 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError, WriteError), 2)])
+    return run_cli(
+        main,
+        argv,
+        Path(__file__).name,
+        [((CheckpointError, FileNotFoundError, ValueError, WriteError), EXIT_USER_ERROR)],
+    )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import IO, Optional
 
 from partialconv.analysis import PADDING_ORDER, ReportError, load_run, run_status, write_report
+from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, DefaultsHelpFormatter
 from partialconv.engine.run_lock import EXIT_RUN_DIR_BUSY, lock_holder
 from partialconv.models import is_model, split_pd_name
 from partialconv.models._registry import unknown_model_message
@@ -95,10 +96,11 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
     cut = argv.index("--") if "--" in argv else len(argv)
     own, passthrough = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix of a flag is an error, never another flag
         prog="python -m scripts.padding_benchmark",
         description="Train every (arch, padding, run) of a padding comparison with train.py, resumably, then "
         "write results.md/results.csv/figures at the results root. train.py flags go after `--`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         epilog="example: %(prog)s --archs resnet50 --root results/padding --data_train T --data_val V "
         "-- --epochs 90 --amp bf16",
     )
@@ -434,7 +436,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         slots = gpu_slots(device, gpus, args.parallel, args.gpus_per_run)
     except UsageError as e:
         print(f"padding_benchmark: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     jobs = plan_matrix(args.archs, args.paddings, args.runs, args.root, args.seed_offset)
     todo = [j for j in jobs if j.status != "finished"]
     counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "partial", "new")}
@@ -459,7 +461,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if not TRAIN.is_file():
         print(f"padding_benchmark: error: {TRAIN} not found", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     runner = Runner(slots, device, args, passthrough)
     signum = runner.run(limited)
     if signum:
@@ -482,7 +484,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"padding_benchmark: report {files.markdown}", flush=True)
         except ReportError as e:
             print(f"padding_benchmark: no report: {e}", file=sys.stderr)
-    return 1 if runner.failed else 0
+    return EXIT_FAILED if runner.failed else 0
 
 
 if __name__ == "__main__":

@@ -27,10 +27,12 @@ import sys
 from pathlib import Path
 
 from partialconv.analysis import ReportError, write_report
+from partialconv.engine.cli import EXIT_USER_ERROR
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix of a flag is an error, never another flag
         prog="python -m scripts.padding_report",
         description="Tables (markdown, CSV) and figures comparing paddings over multiple train.py runs.",
     )
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         files = write_report(args.root, args.out)
     except ReportError as e:
         print(f"padding_report: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     for problem in files.problems:
         print(f"padding_report: warning: skipped {problem}", file=sys.stderr)
     for note in files.warnings:

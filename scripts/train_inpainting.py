@@ -25,6 +25,7 @@ if __name__ == "__main__" and not __package__:
     os.execv(sys.executable, [sys.executable, *_FLAGS, "-m", "scripts.train_inpainting", *sys.argv[1:]])
 
 import argparse
+import datetime
 import math
 import sys
 import time
@@ -50,7 +51,7 @@ from partialconv.engine.checkpointing import (
     move_run_aside,
     save_run_checkpoint,
 )
-from partialconv.engine.cli import run_cli
+from partialconv.engine.cli import EXIT_USER_ERROR, run_cli
 from partialconv.engine.image_grid import image_grid
 from partialconv.engine.inpainting import evaluate, train_step
 from partialconv.engine.preemption import Preemption
@@ -58,7 +59,9 @@ from partialconv.engine.runlog import RunLogger
 from partialconv.fileio import WriteError, write_text_atomic
 from partialconv.losses.inpainting import (
     DEFAULT_WEIGHTS,
+    NO_VGG_FLAGS,
     VGG16_FILE,
+    VGG_FETCH,
     InpaintingLoss,
     default_vgg_weights_path,
     vgg_file_is_torchvisions,
@@ -72,6 +75,7 @@ DEMO_DEFAULTS = {"image_size": 128, "iters": 20, "batch_size": 2, "log_every": 5
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,  # a prefix of a flag is an error, never another flag
         prog="python -m scripts.train_inpainting",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -109,11 +113,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         "OUTPUT_DIR/replaced-<time>/, nothing is deleted",
     )
     p.add_argument(
+        "--keep-prev",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the checkpoint before the last as checkpoint.prev.pth.tar (the fallback if the last cannot be "
+        "read); --no-keep-prev saves one checkpoint's disk space",
+    )
+    p.add_argument(
         "--vgg-weights",
         default=str(default_vgg_weights_path()),
         help="torchvision's ImageNet VGG-16 state_dict for the perceptual/style losses, read only when one of them "
         "has a non-zero weight; a file named vgg16-<sha256 prefix>.pth (torchvision's name) is checked against "
-        "that prefix, any other is used with a warning (default: %(default)s)",
+        "that prefix, any other is used with a warning (default: %(default)s). Fetch it once on a machine with "
+        f"internet access ({VGG_FETCH}); without it: {NO_VGG_FLAGS}",
     )
     p.add_argument(
         "--loss-weights",
@@ -219,6 +231,7 @@ def save_state(
             "scaler": scaler.state_dict(),
             "config": config,
         },
+        keep_previous=args.keep_prev,
     )
 
 
@@ -252,7 +265,7 @@ def main(argv=None) -> int:
     args.workers = resolve_workers(args.workers, info.is_main, "-j/--workers")
     out_dir = Path(args.output_dir)
     replace = check_fresh_start(out_dir, args.resume, args.overwrite)  # every rank, before anything is written
-    log = RunLogger(out_dir, info.is_main, timestamps=False)
+    log = RunLogger(out_dir, info.is_main)  # log.txt lines carry the time, as train.py's
     try:
         return _train(args, info, device, out_dir, log, replace)
     finally:
@@ -312,6 +325,7 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
 
     model.train()
     sums, count, t0 = None, 0, time.perf_counter()
+    session = t0  # the ETA follows this session's pace, validations included (train.py's rule)
     with Preemption() as preemption:
         it = iter(train_loader)
         for iteration in range(start + 1, args.iters + 1):
@@ -329,7 +343,7 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
                 log.info(
                     f"iter {iteration}/{args.iters} "
                     + " ".join(f"{k} {v:.4f}" for k, v in means.items())
-                    + f" | {ips:.1f} img/s"
+                    + f" | {ips:.1f} img/s | eta {eta(args.iters - iteration, iteration - start, session)}"
                 )
                 if log.tb is not None:
                     for k, v in means.items():
@@ -367,9 +381,19 @@ def _train(args, info: dist.DistInfo, device: torch.device, out_dir: Path, log: 
     return 0
 
 
+def eta(left: int, done: int, since: float) -> datetime.timedelta:
+    """Time for ``left`` more steps at the pace of the ``done`` steps since ``since`` (perf_counter)."""
+    return datetime.timedelta(seconds=round(left * (time.perf_counter() - since) / max(done, 1)))
+
+
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    return run_cli(main, argv, Path(__file__).name, [((CheckpointError, FileNotFoundError, ValueError, WriteError), 2)])
+    return run_cli(
+        main,
+        argv,
+        Path(__file__).name,
+        [((CheckpointError, FileNotFoundError, ValueError, WriteError), EXIT_USER_ERROR)],
+    )
 
 
 if __name__ == "__main__":

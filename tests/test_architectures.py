@@ -272,7 +272,7 @@ def test_pretrained_safetensors_file_as_timm_and_hugging_face_ship_them(tmp_path
     broken.write_bytes((tmp_path / "model.safetensors").read_bytes()[:200])
     argv = ["-a", "pdtimm/test_resnet", "--pretrained", str(broken), "--output-dir", str(tmp_path / "run")]
     argv += ["--device", "cpu", "--epochs", "1"]
-    assert train.cli(argv) == 1  # train.py's exit status for an unusable file (2: a bad flag value)
+    assert train.cli(argv) == 2  # an unusable file is the user's to fix, as a bad flag value
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{broken}: cannot be read as safetensors" in err[0], err
 

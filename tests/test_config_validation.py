@@ -142,7 +142,7 @@ def bad_data(data, tmp_path) -> tuple[Path, Path]:
 def test_error_in_a_dataloader_worker_is_one_line_naming_the_file(bad_data, tmp_path, capsys, monkeypatch, workers):
     root, truncated = bad_data
     argv = [*args(root, tmp_path / "run"), "-a", "simple_cnn", "--on-bad-image", "error", "-j", workers]
-    assert train.cli(argv) == 1
+    assert train.cli(argv) == 2
     line = one_error_line(capsys)
     assert line.startswith(f"train.py: error: bad image {truncated}: ") and "--on-bad-image skip" in line, line
     # Only the expected errors are shortened: a bug in a worker still propagates with torch's whole message.

@@ -196,7 +196,7 @@ def test_a_registered_backend_trains_with_train_py_unchanged(toy, tmp_path, caps
     capsys.readouterr()
     toy_json = json.loads((toy / TOY_MARKER).read_text())
     (toy / TOY_MARKER).write_text(json.dumps({**toy_json, "bad": list(range(10))}))  # every step draws a bad one
-    assert train.cli([*argv, "--output-dir", str(tmp_path / "err"), "--on-bad-image", "error"]) == 1
+    assert train.cli([*argv, "--output-dir", str(tmp_path / "err"), "--on-bad-image", "error"]) == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert line.startswith("train.py: error: bad image toy[") and line.endswith(
         "]: ValueError: unreadable (use --on-bad-image skip)"

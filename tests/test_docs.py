@@ -199,3 +199,14 @@ def test_citation_file_names_both_papers():
     setup_license = re.search(r"^license\s*=\s*(\S+)", (ROOT / "setup.cfg").read_text(encoding="utf-8"), re.M)
     assert setup_license and setup_license.group(1) == cff["license"] == "BSD-3-Clause"
     assert license_text.startswith("BSD 3-Clause License")
+
+
+def test_setup_and_test_times_state_the_machine_and_its_load():
+    """A wall time measured on an idle machine read as a promise on a busy one: each time the README and
+    docs/testing.md give for the demo and the suite says on which machine and at which load average."""
+    readme = " ".join(README.read_text(encoding="utf-8").split())
+    demo = readme[readme.index("**The demo**") :].split(" - ")[0]
+    assert len(re.findall(r"load average [~\d]", demo)) >= 2, demo  # the idle figure and a loaded one
+    testing = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    timed = [p for p in testing.split("\n\n") if re.search(r"\b\d+ (?:min|minutes)\b", p)]
+    assert timed and all("idle" in p and "load average" in p for p in timed), timed

@@ -77,7 +77,10 @@ def test_val_data_is_the_validation_folder(photos, vgg_file, tmp_path):
 
 
 def logged_terms(run: Path) -> dict[str, float]:
-    line = next(s for s in (run / "log.txt").read_text().splitlines() if s.startswith("iter 1/1 "))
+    full = next(s for s in (run / "log.txt").read_text().splitlines() if "iter 1/1 " in s)
+    # log.txt lines start with the time, as train.py's; progress lines end with the ETA
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d iter 1/1 .* img/s \| eta 0:00:00", full), full
+    line = full[full.index("iter 1/1 ") :]
     return {k: float(v) for k, v in re.findall(r"(\w+) (-?[\d.]+)(?= |$)", line.split(" | ")[0][len("iter 1/1 ") :])}
 
 

@@ -235,6 +235,12 @@ def test_programs_fail_with_one_clear_line(tmp_path, photos, capsys):
     assert train.cli(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.pth: no such file" in err and "--vgg-weights PATH" in err
+    # the way out offline, and how to fetch the file once, are in the line and in --help
+    assert "train without those terms: --loss-weights perceptual=0,style_out=0,style_comp=0" in err
+    assert "curl -LO https://download.pytorch.org/models/vgg16-397923af.pth" in err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    assert "--loss-weights perceptual=0,style_out=0,style_comp=0" in " ".join(capsys.readouterr().out.split())
     inpaint = load_script("inpaint")
     argv = [
         "--checkpoint",

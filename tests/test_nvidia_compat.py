@@ -253,7 +253,7 @@ def test_resume_with_unfit_checkpoint_is_one_line(data, tmp_path, capsys, case, 
         arch, classes = ("simple_cnn_bn", 5) if case == "other_classes" else ("resnet18", 10)
         model, opt = nvidia_train(arch, steps=1, num_classes=classes)
         save_like_main_py(path, model, opt, arch, 1, 1.0)
-    assert train.cli(args(data, tmp_path / "run", "--epochs", "1", "--resume", str(path))) == 1
+    assert train.cli(args(data, tmp_path / "run", "--epochs", "1", "--resume", str(path))) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("train.py: error: ") and str(path) in err
     assert re.search(expected, err), err

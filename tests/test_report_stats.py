@@ -310,3 +310,64 @@ def test_a_run_resumed_from_another_directory_is_a_continuation(tmp_path):
         ("b", f"resumed from {first / 'checkpoint.pth.tar'}: continues another run")
     ]
     assert notes == [f"{tmp_path / 'b'}: not counted in resnet18/zero: {cell.excluded[0][1]}"]
+
+
+LAYOUTS = {  # the report's commonest shapes: one zero-vs-partial pair, one arch in 4 paddings, 3 archs
+    "one pair": (["resnet18"], ["zero", "partial"], 1),
+    "one arch x 4 paddings": (["resnet18"], ["zero", "partial", "reflect", "replicate"], 3),
+    "three archs": (["resnet18", "resnet50", "vgg16_bn"], ["zero", "partial"], 3),
+}
+
+
+def layout_root(tmp_path: Path, case: str) -> Path:
+    archs, paddings, runs = LAYOUTS[case]
+    for a, arch in enumerate(archs):
+        for p, padding in enumerate(paddings):
+            for seed in range(runs):
+                top = 50.0 + 10 * a + 0.7 * p + [0.0, 0.9, -0.4][seed]
+                write_run(tmp_path, f"{arch}/{padding}/run{seed}", arch, padding, seed, [top - 9, top], config={})
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", LAYOUTS)
+def test_figure_labels_and_means_sit_by_their_data(case, tmp_path):
+    """top1_bar.png: each average is written just above its own bar (not at the top of the axis, far above a low
+    bar); paired_diff_to_zero.png: each mean and CI bar stands next to its dots, inside the axis (with one pair,
+    autoscaling put the dots at the left edge and the mean at the right one)."""
+    cells = summarize(collect_runs(layout_root(tmp_path, case))[0])
+    bars = plot_top1_bars(cells, tmp_path / "bar.png")
+    bottom, top = bars["ylim"]
+    heights = {(g, p): h for g, p, h in bars["bars"]}
+    assert len(bars["labels"]) == len(heights)
+    for group, padding, text, y in bars["labels"]:
+        cell = next(c for c in cells if c.arch == group and c.padding == padding)
+        published = [cell.published.average] if cell.published else []  # NVIDIA's marker, for resnet50/vgg16_bn
+        own_top = max([cell.mean1 + (cell.std1 or 0.0), *cell.acc1, *published])
+        assert text == f"{heights[(group, padding)]:.2f}"
+        assert own_top < y <= own_top + 0.05 * (top - bottom) and y < top, (group, padding, y, own_top, top)
+    diffs = plot_paired_diffs(cells, tmp_path / "diff.png")
+    assert len(diffs) == len(heights) - len(LAYOUTS[case][0])  # every non-zero padding of every arch
+    for name, got in diffs.items():
+        left, right = got["xlim"]
+        centre = statistics.fmean(got["dots_x"])
+        assert abs(got["mean_x"] - centre) <= 0.3, (name, got)
+        assert left + 0.3 <= min(got["dots_x"]) and got["mean_x"] <= right - 0.15, (name, got)
+
+
+def test_results_md_says_what_was_run(tmp_path):
+    root = layout_root(tmp_path, "one pair")
+    for run in root.rglob("config.yaml"):
+        config = yaml.safe_load(run.read_text())
+        config |= {"data_train": "/d/train", "data_val": "/d/val", "num_classes": 6, "train_crop_size": 64}
+        config |= {"val_resize_size": 72, "val_crop_size": 64, "label_smoothing": 0.1}
+        run.write_text(yaml.safe_dump(config))
+        environment = {"torch": "2.5.1", "torchvision": "0.20.1", "python": "3.11.2", "processes": 2}
+        (run.parent / "environment.yaml").write_text(yaml.safe_dump({**environment, "device_name": "NVIDIA H200"}))
+    text = write_report(root).markdown.read_text()
+    head = text[text.index("## What was run") : text.index("| arch |")]
+    assert "- **runs**: 2 finished (resnet18 x zero, partial)" in head
+    assert "- **data**: train `/d/train`, val `/d/val`" in head and "- **classes**: `6`" in head
+    assert "- **image sizes**: train crop `64`, eval resize `72` / crop `64`" in head
+    assert "- **epochs**: `2`; **batch** (global): `256`" in head
+    assert "lr `0.1`" in head and "label_smoothing `0.1`" in head  # a flag off its default is named
+    assert "torch `2.5.1`, torchvision `0.20.1`" in head and "`NVIDIA H200` x `2` process(es)" in head

@@ -107,7 +107,7 @@ def test_checkpoint_on_full_disk_is_one_line_and_the_last_checkpoint_stays(
 
     out = tmp_path / "run"
     monkeypatch.setattr(torch, "save", save)
-    assert train.cli(args(data, out, "--epochs", "2")) == 1
+    assert train.cli(args(data, out, "--epochs", "2")) == 2
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1, lines
     assert str(out / "checkpoint.pth.tar") in lines[0] and "no space left" in lines[0]
@@ -130,7 +130,7 @@ def test_metrics_line_on_full_disk_fails_loudly_and_resume_records_it(data, stra
 
     out = tmp_path / "run"
     monkeypatch.setattr(os, "write", short_write)
-    assert train.cli(args(data, out, "--epochs", "2")) == 1
+    assert train.cli(args(data, out, "--epochs", "2")) == 2
     monkeypatch.setattr(os, "write", real_write)
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and str(out / "metrics.jsonl") in lines[0] and "no space left" in lines[0], lines
@@ -168,7 +168,7 @@ def test_tensorboard_event_on_full_disk_is_one_line_and_earlier_events_stay(data
     out = tmp_path / "run"
     flags = [f for f in args(data, out, "--epochs", "2") if f != "--no-tensorboard"]
     monkeypatch.setattr(os, "write", short_write)
-    assert train.cli(flags) == 1
+    assert train.cli(flags) == 2
     monkeypatch.setattr(os, "write", real_write)
     lines = error_lines(capsys.readouterr().err)
     (event_file,) = (out / "tb").iterdir()
@@ -216,7 +216,7 @@ def test_real_full_tmpfs_under_tensorboard(data, straight, tmp_path):
     """
     run_in_mount_namespace(tmp_path, script)
     code, lines = exit_code_and_error_lines(tmp_path, "full")
-    assert code == "1" and len(lines) == 1, lines
+    assert code == "2" and len(lines) == 1, lines
     assert "/tb/events.out.tfevents." in lines[0] and "no space left" in lines[0], lines
     assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics_after_full.jsonl").read_text().splitlines()] == [1]
     assert read_checkpoint(out / "checkpoint.pth.tar")["epoch"] == 2
@@ -258,7 +258,7 @@ def test_real_full_tmpfs(data, straight, tmp_path):
     """
     run_in_mount_namespace(tmp_path, script)
     code, lines = exit_code_and_error_lines(tmp_path, "full")
-    assert code == "1" and len(lines) == 1, lines
+    assert code == "2" and len(lines) == 1, lines
     assert "checkpoint.pth.tar" in lines[0] and "no space left" in lines[0], lines
     assert read_checkpoint(tmp_path / "after_full" / "checkpoint.pth.tar")["epoch"] == 1
     assert [m["epoch"] for m in metrics(tmp_path / "after_full")] == [1]

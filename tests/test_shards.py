@@ -417,7 +417,7 @@ def test_a_run_whose_shard_cannot_be_fetched_stops_with_one_line_naming_the_url(
     try:
         argv = [*BASE, "--epochs", "1", "--data-backend", "auto", "--output-dir", str(tmp_path / "run")]
         argv += ["--data_train", f"{url}/train", "--data_val", f"{url}/val", "--data-cache", str(tmp_path / "c")]
-        assert train.cli([*argv, "-j", "1"]) == 1  # the error comes from a DataLoader worker
+        assert train.cli([*argv, "-j", "1"]) == 2  # the error comes from a DataLoader worker; data: exit 2
     finally:
         _stop(server)
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
@@ -429,7 +429,7 @@ def test_a_url_without_an_index_is_one_line(shards, tmp_path, capsys):
     server, url = _serve(shards)
     try:
         argv = [*BASE, "--epochs", "1", "--data-backend", "auto", "--output-dir", str(tmp_path / "run")]
-        assert train.cli([*argv, "--data_train", f"{url}/nope", "--data_val", f"{url}/val"]) == 1
+        assert train.cli([*argv, "--data_train", f"{url}/nope", "--data_val", f"{url}/val"]) == 2
     finally:
         _stop(server)
     err = capsys.readouterr().err.strip().splitlines()

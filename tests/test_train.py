@@ -80,6 +80,8 @@ def test_run_directory_contents(straight, data):
     assert {"config.yaml", "log.txt", "metrics.jsonl", "checkpoint.pth.tar", "model_best.pth.tar"} <= {
         p.name for p in straight.iterdir()
     }
+    environment = yaml.safe_load((straight / "environment.yaml").read_text())
+    assert environment["torch"] == torch.__version__ and environment["device"] == "cpu"
     assert any((straight / "tb").glob("events.out.tfevents.*"))
     lines = metrics(straight)
     assert [m["epoch"] for m in lines] == [1, 2] and lines[-1]["epochs"] == 2
@@ -124,7 +126,7 @@ def test_auto_resume_falls_back_to_previous_checkpoint(straight, data, tmp_path,
 def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(straight, data, tmp_path):
     out = tmp_path / "preempted"
     cmd = [sys.executable, "-u", str(ROOT / "train.py"), *args(data, out), "--epochs", "2", "-p", "1"]
-    cmd += ["--no-tensorboard"]
+    cmd += ["--no-tensorboard", "--resume", "auto"]  # as padding_benchmark runs it: a fresh start, resumable as typed
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in proc.stdout:
@@ -138,7 +140,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(straight, data, tmp_p
     rest, _ = proc.communicate(timeout=120)
     output = "".join(seen) + rest
     assert proc.returncode == 143, output
-    assert "preempted by SIGTERM" in output and "--resume auto" in output
+    assert "preempted by SIGTERM" in output and "; rerun the same command (it has --resume auto)" in output
     ckpt = read_checkpoint(out / "checkpoint.pth.tar")
     assert ckpt["epoch"] == 0 and 1 <= ckpt["step"] < 20  # stopped inside epoch 1, after the current step
     assert not (out / "metrics.jsonl").exists() or not metrics(out)
@@ -152,6 +154,32 @@ def test_evaluate_prints_top1_top5_of_checkpoint(straight, data, capsys):
     out = capsys.readouterr().out
     assert f"top-1 {best:.3f}" in out and "top-5" in out and "on 40 images" in out
     assert not (straight / "unused").exists()
+
+
+def test_evaluate_uses_the_runs_eval_sizes_or_refuses_others(straight, data, tmp_path, capsys):
+    """-e of a run's checkpoint evaluates at that run's --val-resize-size/--val-crop-size (20/16 here) when the
+    command does not set them (not at the flags' 256/224 defaults), and says so; other sizes are refused with
+    --resume and taken on purpose with --pretrained."""
+    sizeless = [a for i, a in enumerate(BASE) if not {a, BASE[i - 1]} & {"--val-resize-size", "--val-crop-size"}]
+    dirs = ["--data_train", str(data / "train"), "--data_val", str(data / "val")]
+    best = straight / "model_best.pth.tar"
+    capsys.readouterr()
+    assert run([*sizeless, *dirs, "-e", "--resume", str(best)]) == 0
+    out = capsys.readouterr().out
+    top1 = max(m["val_acc1"] for m in metrics(straight))
+    assert f"at resize 20, crop 16 (the checkpoint's run): top-1 {top1:.3f}" in out, out
+    assert run([*sizeless, *dirs, "-e", "--resume", str(best), "--val-resize-size", "24"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "its run evaluates at --val-resize-size 20 --val-crop-size 16" in err
+    assert "this command sets --val-resize-size 24" in err and f"--pretrained {best}" in err
+    assert run([*sizeless, *dirs, "-e", "--pretrained", str(best), "--val-resize-size", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "at resize 24, crop 16 (the flags; the checkpoint's run used --val-resize-size 20 --val-crop-size 16)" in out
+    # the same sizes from a YAML recipe are the command's too
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("val_crop_size: 12\n")
+    assert run([*sizeless, *dirs, "--config", str(recipe), "-e", "--resume", str(best)]) == 2
+    assert "this command sets --val-crop-size 12" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(straight, data, tmp_path, capsys):

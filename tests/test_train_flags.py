@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import train
 from partialconv.checkpoint import read_checkpoint, save_checkpoint
-from partialconv.config import loaders_from_config, parse_config
+from partialconv.config import ConfigError, loaders_from_config, parse_config
 from partialconv.data import ClassificationFolder, eval_transform
 from partialconv.data.demo import make_demo_dataset
 from partialconv.engine.distributed import DistInfo
@@ -161,6 +162,57 @@ def test_flag_aliases_give_the_same_config():
     assert parse_config(["--amp-opt-level", "O0", "--data_train", "t", "--data_val", "v"]).amp == "none"
 
 
+# The habits of pytorch/examples (train.py DIR), torchvision's references (--data-path DIR, --test-only) and timm
+# (--model): docs/training.md's table of equivalents, row by row.
+ANCHOR_ALIASES = [
+    (["/d"], ["--data_train", "/d/train", "--data_val", "/d/val"]),
+    (["--data-path", "/d"], ["--data_train", "/d/train", "--data_val", "/d/val"]),
+    (["--test-only", "--resume", "x"], ["-e", "--resume", "x"]),
+    (["--model", "resnet50"], ["-a", "resnet50"]),
+]
+
+
+@pytest.mark.parametrize(("alias", "ours"), ANCHOR_ALIASES)
+def test_anchor_projects_flags_are_aliases_of_ours(alias, ours):
+    data = [] if "/d" in alias else ["/d"]
+    assert vars(parse_config([*data, *alias])) == vars(parse_config([*data, *ours]))
+
+
+def test_no_flag_prefix_means_another_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--lr-sched", "cosine"])  # argparse's prefix matching took it for --lr-schedule
+    assert e.value.code == 2 and "unrecognized arguments: --lr-sched" in capsys.readouterr().err
+    assert parse_config(["--model", "resnet18", "--model-ema"]).arch == "resnet18"  # --model: no ambiguity
+
+
+def test_data_path_conflicts_and_yaml_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"--data-path /d means --data_val /d/val; it conflicts with --data_val /e"):
+        parse_config(["--data-path", "/d", "--data_val", "/e"])
+    with pytest.raises(ConfigError, match="two data roots"):
+        parse_config(["/d", "--data-path", "/e"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data_path: /d\n")
+    cfg = parse_config(["--config", str(recipe)])
+    assert (cfg.data_train, cfg.data_val, cfg.data_path) == ("/d/train", "/d/val", None)
+
+
+def test_run_started_with_dir_resumes_with_data_path_or_data_flags(data, tmp_path, capsys):
+    """The positional DIR is stored as --data_train/--data_val: a resume spelling the data either way is the same
+    run (no refusal, no changed-settings line)."""
+    out = tmp_path / "dir_run"
+    rest = [*BASE, "--output-dir", str(out)]
+    assert train.cli([str(data), *rest, "--model", "simple_cnn", "--epochs", "1"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["data_train"] == str(data / "train")
+    capsys.readouterr()
+    assert train.cli(["--data-path", str(data), *rest, "--epochs", "2", "--resume", "auto"]) == 0
+    dirs = ["--data_train", str(data / "train"), "--data_val", str(data / "val")]
+    assert train.cli([*dirs, *rest, "--epochs", "3", "--resume", "auto"]) == 0
+    log = capsys.readouterr().out
+    assert "changed settings: epochs 1 -> 2" in log and "changed settings: epochs 2 -> 3" in log
+    assert "data" not in log.split("changed settings:")[1].splitlines()[0]
+    assert [r["epoch"] for r in records(out)] == [1, 2, 3]
+
+
 def test_tensorboard_scalars_are_the_metrics_lines(data, tmp_path):
     """The event files under tb/ hold, per epoch, the same numbers as metrics.jsonl (float32 in the events)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -224,3 +276,52 @@ def test_bn_momentum_and_eps_reach_every_batchnorm(data, tmp_path, capsys):
     assert "bn_momentum=1.0; this run has bn_momentum=None" in capsys.readouterr().err
     assert train.cli(argv(data, tmp_path / "nobn", "--epochs", "1", "--bn-eps", "1e-3")) == 0
     assert "warning: --bn-eps: simple_cnn has no BatchNorm layer; ignored" in capsys.readouterr().err
+
+
+def test_a_batch_that_leaves_out_much_of_an_epoch_is_said_once_at_start(data, tmp_path, capsys):
+    """40 train images, -b 32: one step per epoch, 8 images (20%) never in it; said once, with a better -b."""
+    out = tmp_path / "big_batch"
+    assert train.cli(argv(data, out, "--epochs", "2", "-b", "32")) == 0
+    err = capsys.readouterr().err
+    expected = (
+        "-b/--batch-size 32: an epoch is 1 step(s) of 32 of the 40 train images; the other 8 (20%) are left out of "
+        "every epoch (others each epoch). -b 20 would take 2 steps and leave out 0"
+    )
+    assert err.count(expected) == 1, err
+    assert (out / "log.txt").read_text().count(expected) == 1
+    assert train.cli(argv(data, tmp_path / "even", "--epochs", "1")) == 0  # -b 8: 5 steps, nothing left out
+    assert "left out" not in capsys.readouterr().err
+
+
+def test_the_demo_recipe_leaves_out_little_of_an_epoch():
+    from partialconv.config import drop_last_warning
+    from partialconv.data.demo import make_demo_dataset
+
+    recipe = yaml.safe_load((Path(train.DEMO_CONFIG)).read_text())
+    defaults = make_demo_dataset.__defaults__  # train_per_class, val_per_class, size, seed
+    images = 10 * defaults[0]
+    assert drop_last_warning(images, recipe["batch_size"], images // recipe["batch_size"]) is None
+    assert drop_last_warning(360, 192, 1) is not None and drop_last_warning(360, 120, 3) is None
+
+
+def test_help_states_each_default_once(capsys):
+    """argparse appended "(default: None)" to flags whose text already says their default ("the model's own")."""
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: the model's own) (default" not in text and "(default: None)" not in text
+    assert "--bn-eps BN_EPS epsilon of every BatchNorm (default: the model's own) " in text
+    assert "-b BATCH_SIZE, --batch-size BATCH_SIZE global batch size, split over processes (default: 192)" in text
+
+
+def test_no_keep_prev_keeps_one_checkpoint_less(data, tmp_path):
+    """--no-keep-prev: no checkpoint.prev.pth.tar (also one left by an earlier session is removed on resume); the
+    last checkpoint and model_best stay and resume as usual."""
+    kept, lean = tmp_path / "kept", tmp_path / "lean"
+    assert train.cli(argv(data, kept, "--epochs", "2")) == 0
+    assert (kept / "checkpoint.prev.pth.tar").is_file()
+    assert train.cli(argv(data, lean, "--epochs", "2", "--no-keep-prev")) == 0
+    assert not (lean / "checkpoint.prev.pth.tar").exists()
+    assert {"checkpoint.pth.tar", "model_best.pth.tar"} <= {p.name for p in lean.iterdir()}
+    assert train.cli(argv(data, kept, "--epochs", "3", "--resume", "auto", "--no-keep-prev")) == 0
+    assert not (kept / "checkpoint.prev.pth.tar").exists() and [r["epoch"] for r in records(kept)] == [1, 2, 3]

@@ -91,7 +91,11 @@ def gather_rng_states() -> list[dict[str, Any]]:
 
 
 def save_run_checkpoint(
-    run_dir: Path, state: dict[str, Any], is_best: bool = False, snapshot_epoch: Optional[int] = None
+    run_dir: Path,
+    state: dict[str, Any],
+    is_best: bool = False,
+    snapshot_epoch: Optional[int] = None,
+    keep_previous: bool = True,
 ) -> None:
     """Commit ``state`` as the run's checkpoint, then derive ``model_best.pth.tar`` and the epoch snapshot from it.
 
@@ -102,6 +106,9 @@ def save_run_checkpoint(
     3. the temporary file is renamed to ``checkpoint.pth.tar``: the commit point;
     4. best and snapshot are hard links to (or, where the file system has none, copies of) the committed file, each
        put in place by a rename.
+
+    ``keep_previous=False`` (``--no-keep-prev``) skips the rotation of 2 and removes an older
+    ``checkpoint.prev.pth.tar`` after the commit: the rename still replaces the last checkpoint atomically.
 
     A kill before 3 leaves the previous state (and a temporary file that :func:`complete_run_files` removes); a kill
     after 3 leaves a checkpoint whose ``commit`` entry says which derived files :func:`complete_run_files` must
@@ -115,8 +122,10 @@ def save_run_checkpoint(
         # checkpoint where --resume auto looks first.
         f.flush()
         os.fsync(f.fileno())
-        if last.is_file():
+        if last.is_file() and keep_previous:
             os.replace(last, run_dir / PREVIOUS)
+    if not keep_previous:  # --no-keep-prev: one checkpoint less on disk, no fallback if the last is damaged later
+        (run_dir / PREVIOUS).unlink(missing_ok=True)
     _derive(run_dir, state["commit"])
 
 

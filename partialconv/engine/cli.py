@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import traceback
@@ -9,9 +10,28 @@ from pathlib import Path
 from types import TracebackType
 from typing import Callable, Optional, Sequence, TypeVar
 
-__all__ = ["run_cli", "one_line"]
+__all__ = ["run_cli", "one_line", "EXIT_USER_ERROR", "EXIT_FAILED", "DefaultsHelpFormatter"]
+
+# Every program's exit codes, one rule (docs/training.md#exit-codes): 2 when the user must change something before
+# the same command can work (a flag or config file, the data, a checkpoint file, an output path that cannot be
+# written: argparse's own code for a bad flag); 1 when the run itself failed (a NaN/Inf loss, another rank failed,
+# a bug's traceback: Python's own code). Scripts compare the two to tell "fix your command" from "look at the run".
+EXIT_USER_ERROR = 2
+EXIT_FAILED = 1
 
 Argv = TypeVar("Argv")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default, said once: not appended to a help text that already says its default
+    ("default: the model's own"), nor for a default of None (the flag's "not set", which the text explains)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is None:
+            return text
+        return super()._get_help_string(action) or text
+
 
 # torch re-raises a DataLoader worker's exception in the main process as the same type, with the message
 # "Caught <Type> in DataLoader worker process <n>.\nOriginal Traceback (most recent call last):\n..." (torch/_utils.py
@@ -112,7 +132,7 @@ def run_cli(
         timed_out = _timeout_line(e, timeout_flag)
         if timed_out is not None:
             print(f"{prog}: error: {timed_out}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         if _peer_failure(e):
             import torch.distributed as dist
 
@@ -121,7 +141,7 @@ def run_cli(
                 f"{prog}: error: rank {dist.get_rank()} stopped: another rank failed (see its error line): {first}",
                 file=sys.stderr,
             )
-            return 1
+            return EXIT_FAILED
         raise
     finally:
         if cleanup is not None:

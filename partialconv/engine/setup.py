@@ -17,7 +17,27 @@ from ..config import ConfigError
 from ..models import create_model
 from .distributed import DistInfo
 
-__all__ = ["seed_everything", "configure_backends", "prepare_model", "broadcast_buffers"]
+__all__ = ["seed_everything", "configure_backends", "prepare_model", "broadcast_buffers", "run_environment"]
+
+ENVIRONMENT_FILE = "environment.yaml"  # a run's software and devices, for the padding report's "what was run"
+
+
+def run_environment(device: torch.device, world_size: int) -> dict[str, object]:
+    """The software and devices of a run: Python, torch and torchvision versions, the device kind and name, and
+    the number of processes."""
+    import platform
+
+    import torchvision
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),  # a TorchVersion (str subclass) that yaml.safe_dump refuses
+        "torchvision": str(torchvision.__version__),
+        "device": device.type,
+        "device_name": name,
+        "processes": world_size,
+    }
 
 
 def seed_everything(seed: int) -> None:

@@ -37,6 +37,9 @@ __all__ = [
 
 DEFAULT_WEIGHTS = {"valid": 1.0, "hole": 6.0, "perceptual": 0.05, "style_out": 120.0, "style_comp": 120.0, "tv": 0.1}
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16 weights
+VGG_FETCH = f"curl -LO https://download.pytorch.org/models/{VGG16_FILE}, 528 MiB"
+# The programs' flag that trains without the VGG terms (offline, no weights file): valid/hole L1 and TV only.
+NO_VGG_FLAGS = "--loss-weights perceptual=0,style_out=0,style_comp=0"
 VGG_TERMS = ("perceptual", "style_out", "style_comp")  # the terms that run the VGG
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,9 +79,9 @@ def _vgg_state(path: Union[str, os.PathLike]) -> dict[str, Tensor]:
         default = default_vgg_weights_path()
         where = f"to {path}" if path == default else f"to {path} (or to {default}, the default)"
         raise FileNotFoundError(
-            f"VGG-16 weights {path}: no such file; the loss needs torchvision's ImageNet VGG-16 weights "
-            f"({VGG16_FILE}, https://download.pytorch.org/models/{VGG16_FILE}): copy the file {where}, "
-            f"or pass --vgg-weights PATH"
+            f"VGG-16 weights {path}: no such file; the perceptual and style losses need torchvision's ImageNet "
+            f"VGG-16 weights: fetch them once on a machine with internet access ({VGG_FETCH}), copy the file {where} "
+            f"or pass --vgg-weights PATH; or train without those terms: {NO_VGG_FLAGS}"
         )
     if vgg_file_is_torchvisions(path):
         _check_hash(path)
