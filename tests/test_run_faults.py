@@ -82,3 +82,47 @@ def test_malicious_checkpoint_is_refused_by_its_global(data, tmp_path, capsys, p
     assert f"it needs the global {refused}, which weights_only loading does not allow" in line
     assert "False" not in line and "trust" not in line  # never torch's advice to load it unsafely
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------ a damaged metrics.jsonl
+
+
+@pytest.fixture(scope="module")
+def one_epoch(data, tmp_path_factory) -> Path:
+    """A run of one epoch, to be continued to two."""
+    out = tmp_path_factory.mktemp("runs") / "one_epoch"
+    assert train.cli(args(data, out, "--epochs", "1")) == 0
+    return out
+
+
+@pytest.mark.parametrize("damage", ["binary", "torn-and-latin1"])
+def test_damaged_metrics_keep_valid_lines_and_resume(data, one_epoch, tmp_path, capsys, damage):
+    import shutil
+
+    from scripts import padding_report
+
+    run = tmp_path / "root" / "run"
+    shutil.copytree(one_epoch, run)
+    metrics = run / "metrics.jsonl"
+    good = metrics.read_bytes()
+    garbage = bytes(range(256)) * 40 + b"\n\xff\xfe\x00 binary\n"
+    if damage == "binary":  # the whole file replaced by garbage: the checkpoint's copy of epoch 1 comes back
+        metrics.write_bytes(garbage)
+    else:  # a good line, then a line in Latin-1 and a torn one
+        metrics.write_bytes(good + '{"epoch": 7, "note": "caf\u00e9"}\n'.encode("latin-1") + good[:25])
+    capsys.readouterr()
+    assert train.cli(args(data, run, "--epochs", "2", "--resume", "auto")) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    warnings = [line for line in err.splitlines() if "damaged line(s) dropped" in line]
+    assert len(warnings) == 1 and str(metrics) in warnings[0], err
+    records = [__import__("json").loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[0] == __import__("json").loads(good)
+    assert (run / "metrics.jsonl.damaged").is_file()
+    # the report reads the run, with the damage named (not thousands of lines, no traceback)
+    metrics.write_bytes(metrics.read_bytes() + garbage * 3)
+    assert padding_report.main(["--root", str(tmp_path / "root")]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) <= 8, err
+    assert f"{metrics}:3: not valid JSON" in err and "not UTF-8 text" in err and "more unusable line(s)" in err
