@@ -126,3 +126,45 @@ def test_damaged_metrics_keep_valid_lines_and_resume(data, one_epoch, tmp_path, 
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.splitlines()) <= 8, err
     assert f"{metrics}:3: not valid JSON" in err and "not UTF-8 text" in err and "more unusable line(s)" in err
+
+
+# ------------------------------------------------------------------------------------ symlinks in the data
+
+
+@pytest.fixture()
+def linked_data(data, tmp_path) -> Path:
+    """The demo data (40 train / 20 val images) with a symlink loop in train/ and in val/, a duplicate link to an
+    image of the same class and a link to itself."""
+    import shutil
+
+    root = tmp_path / "linked"
+    shutil.copytree(data, root)
+    train_class, val_class = sorted((root / "train").iterdir())[0], sorted((root / "val").iterdir())[1]
+    (train_class / "loop").symlink_to(root / "train")  # to the split: every class again, under this class's label
+    (val_class / "sub").mkdir()
+    (val_class / "sub" / "back").symlink_to("..")  # to the class folder it is inside of
+    first = sorted(train_class.glob("*.png"))[0]
+    (train_class / "zz_again.png").symlink_to(first.name)  # the same image under a second name
+    (val_class / "self.png").symlink_to("self.png")  # a link to itself
+    return root
+
+
+@pytest.mark.parametrize("backend", ["pil", "pil_fast", "gpu"])
+def test_symlink_loops_and_duplicate_links_list_each_file_once(linked_data, tmp_path, capsys, backend):
+    extra = ["--epochs", "1", "--data-backend", backend, "--val-resize-size", "16"]
+    assert train.cli(args(linked_data, tmp_path / "run", *extra)) == 0
+    out, err = capsys.readouterr()
+    assert "40 train / 20 val images" in out
+    loops = [line for line in err.splitlines() if "symlink loops not followed" in line]
+    assert len(loops) == 1 and "loop" in loops[0] and "back" in loops[0] and "self.png" in loops[0], err
+    duplicates = [line for line in err.splitlines() if "reached again through symbolic links" in line]
+    assert len(duplicates) == 1 and "zz_again.png" in duplicates[0], err
+    assert "Traceback" not in err
+
+
+def test_symlink_loop_with_on_bad_image_error_is_one_line(linked_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.cli(args(linked_data, out, "--epochs", "1", "--on-bad-image", "error")) != 0
+    line = error_line(capsys)
+    assert "symlink loop at" in line and str(linked_data / "train") in line and "--on-bad-image skip" in line
+    assert not out.exists()

@@ -17,7 +17,7 @@ from torchvision.datasets import ImageFolder
 from .backends import Backend, Splits
 from .decode import SampleDecode, split_decoders
 from .fast_pil import FastTrainCrop
-from .image_folder import check_image_folders, ignored_message, scan_image_folder
+from .image_folder import LinkReport, check_image_folders, scan_image_folder, scan_messages
 from .imageio import open_rgb
 from .loaders import collate_hwc_uint8
 from .params import DataParams
@@ -43,12 +43,13 @@ class ClassificationFolder(ImageFolder):
         decode: Optional[SampleDecode] = None,
     ):
         self.ignored: list[str] = []  # hidden entries skipped by the scan (find_classes/make_dataset below)
+        self.links = LinkReport()  # files reached twice, symlink loops (named by scan_messages)
         super().__init__(str(root), transform=transform, loader=open_rgb)
         self.decode = decode if decode is not None else SampleDecode(transform, on_bad_image)
         self.on_bad_image = self.decode.on_bad_image
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        classes, class_to_idx, self._scanned, self.ignored = scan_image_folder(directory)
+        classes, class_to_idx, self._scanned, self.ignored, self.links = scan_image_folder(directory)
         return classes, class_to_idx
 
     def make_dataset(self, directory: str, class_to_idx: dict[str, int], *args, **kwargs) -> list[tuple[str, int]]:
@@ -81,8 +82,11 @@ def _open_folders(params: DataParams, fast: bool) -> Splits:
     train = ClassificationFolder(params.train_dir, train_decode.transform, decode=train_decode)
     val = ClassificationFolder(params.val_dir, val_decode.transform, decode=val_decode)
     train.collate_fn = val.collate_fn = collate
-    message = ignored_message(train.ignored + val.ignored)
-    return Splits(train, val, classes, warnings=(message,) if message else ())
+    scans = [
+        (p, r, d.ignored, d.links)
+        for p, r, d in (("train_dir", params.train_dir, train), ("val_dir", params.val_dir, val))
+    ]
+    return Splits(train, val, classes, warnings=scan_messages(scans, params.on_bad_image))
 
 
 def open_image_folders(params: DataParams) -> Splits:
