@@ -36,7 +36,9 @@ from partialconv.engine.checkpointing import (
     LAST,
     carry_best,
     check_fresh_start,
+    check_resumed_data,
     complete_run_files,
+    data_fingerprints,
     elastic_restart_resume,
     find_resume_checkpoint,
     finished,
@@ -115,6 +117,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
             "at least as many outputs"
         )
     cfg.num_classes = cfg.num_classes or len(loaders.classes)
+    data = data_fingerprints(loaders.train.dataset, loaders.val.dataset)  # recorded in every checkpoint
     check_input_size(cfg)
     model = create_model(
         cfg.arch, pretrained=cfg.pretrained, task="classification", padding=cfg.padding, num_classes=cfg.num_classes
@@ -158,6 +161,9 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
         start_epoch, start_step, best_acc1, epoch_sums = restore_run_state(
             ckpt, model, optim, dist.rank, dist.world_size, log.warn, ckpt_path, steps_per_epoch, cfg.arch
         )
+        if check_resumed_data(ckpt.get("data"), data, start_epoch, start_step, cfg.restart_epoch, ckpt_path, log.warn):
+            start_step, epoch_sums = 0, None
+            seek_schedule(optim, start_epoch * steps_per_epoch)
         log.info(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}, best acc@1 {best_acc1:.3f}")
     if cfg.start_epoch is not None:
         start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
@@ -187,7 +193,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
             # the LR of the epoch's first step, also when resumed mid-epoch (the scheduler is further on by then)
             lr = optim.scheduler.base_lrs[0] * optim.scheduler.lr_lambdas[0](epoch * steps_per_epoch)
             save_mid = functools.partial(
-                save_mid_epoch, run_dir, model, optim, epoch, best_acc1, config, meter, last_record, dist.is_main
+                save_mid_epoch, run_dir, model, optim, epoch, best_acc1, config, data, meter, last_record, dist.is_main
             )
             if start_step < steps_per_epoch:
                 loaders.train_sampler.set_epoch(epoch, start_step)
@@ -236,7 +242,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str]) -> int:
                 record[DATA_IDENTITY_KEY] = loaders.identity
             if ema_val:
                 record.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
-            state = run_state(model, optim, epoch + 1, 0, best_acc1, config)
+            state = run_state(model, optim, epoch + 1, 0, best_acc1, config, data=data)
             state["epoch_record"] = record
             if dist.is_main:
                 snapshot = epoch + 1 if cfg.save_every and (epoch + 1) % cfg.save_every == 0 else None
@@ -322,6 +328,7 @@ def save_mid_epoch(
     epoch: int,
     best_acc1: float,
     config: dict,
+    data: Optional[dict],
     meter: EpochMeter,
     last_record: Optional[dict],
     is_main: bool,
@@ -331,7 +338,7 @@ def save_mid_epoch(
     """The checkpoint after ``steps_done`` steps of ``epoch`` (every rank calls it: gathering RNG states and metric
     sums are collectives; rank 0 writes), with the line of the last completed epoch. ``epoch_train``: the timing of
     a finished epoch's training, saved before its validation."""
-    state = run_state(model, optim, epoch, steps_done, best_acc1, config, meter.state_dict())
+    state = run_state(model, optim, epoch, steps_done, best_acc1, config, meter.state_dict(), data=data)
     state["epoch_record"] = last_record
     if epoch_train is not None:
         state["epoch_train"] = epoch_train

@@ -168,3 +168,92 @@ def test_symlink_loop_with_on_bad_image_error_is_one_line(linked_data, tmp_path,
     line = error_line(capsys)
     assert "symlink loop at" in line and str(linked_data / "train") in line and "--on-bad-image skip" in line
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------ data changed under a resume
+
+
+def _change_data(root: Path) -> None:
+    """Three images added to the first class (copies under new names), one removed from the last."""
+    import shutil
+
+    classes = sorted((root / "train").iterdir())
+    first = sorted(classes[0].glob("*.png"))[0]
+    for k in range(3):
+        shutil.copy(first, classes[0] / f"added_{k}.png")
+    sorted(classes[-1].glob("*.png"))[0].unlink()
+
+
+def test_changed_data_refuses_a_mid_epoch_resume_and_restart_epoch_starts_it_over(data, tmp_path, capsys):
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from tests.signalling import signal_at_line, to_group
+
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *args(root, run, "--epochs", "2", "-p", "1")]
+    code, out, _ = signal_at_line(cmd, "Epoch: [1][3/10]", to_group(signal.SIGTERM))
+    assert code == 143, out[-2000:]
+    ckpt = read_checkpoint(run / "checkpoint.pth.tar")
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 4) and ckpt["data"]["train"]["samples"] == 40
+    _change_data(root)
+    before = (run / "checkpoint.pth.tar").read_bytes()
+    resume = [sys.executable, "train.py", *args(root, run, "--epochs", "2", "--resume", "auto")]
+    refused = subprocess.run(resume, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("train.py: error: --resume ") and "the data changed" in line and "epoch 1 step 4" in line
+    assert "train: 40 -> 42 images" in line and "images per class: " in line and "+3" in line and "-1" in line
+    assert "add --restart-epoch to start epoch 1 over" in line
+    assert (run / "checkpoint.pth.tar").read_bytes() == before  # nothing written
+    capsys.readouterr()
+    assert train.cli(args(root, run, "--epochs", "2", "--resume", "auto", "--restart-epoch")) == 0
+    out, err = capsys.readouterr()
+    assert "epoch 1 starts over on the new data" in err and "42 train / 20 val images" in out
+    assert "resumed from" in out and "epoch 1, step 0" in out
+    ckpt = read_checkpoint(run / "checkpoint.pth.tar")
+    assert ckpt["epoch"] == 2 and ckpt["data"]["train"]["samples"] == 42
+    metrics = [line for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [__import__("json").loads(line)["epoch"] for line in metrics] == [1, 2]
+
+
+def test_changed_data_at_an_epoch_boundary_warns_once(data, tmp_path, capsys):
+    import shutil
+
+    root, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(data, root)
+    assert train.cli(args(root, run, "--epochs", "1")) == 0
+    _change_data(root)
+    capsys.readouterr()
+    assert train.cli(args(root, run, "--epochs", "2", "--resume", "auto")) == 0
+    out, err = capsys.readouterr()
+    warned = [line for line in err.splitlines() if "the data changed" in line]
+    assert len(warned) == 1 and "epoch 2 starts on the new data" in warned[0] and "40 -> 42 images" in warned[0]
+    assert "42 train / 20 val images" in out
+
+
+def test_mid_epoch_checkpoint_without_fingerprint_resumes_with_a_warning(data, tmp_path, capsys):
+    """A checkpoint of an older version (no ``data``): resumed as before, with a warning that nothing was checked."""
+    import signal
+    import sys
+
+    from partialconv.checkpoint import save_checkpoint
+    from tests.signalling import signal_at_line, to_group
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *args(data, run, "--epochs", "1", "-p", "1")]
+    code, out, _ = signal_at_line(cmd, "Epoch: [1][3/10]", to_group(signal.SIGUSR1))
+    assert code == 138, out[-2000:]
+    for name in ("checkpoint.pth.tar", "checkpoint.prev.pth.tar"):
+        if (run / name).is_file():
+            ckpt = read_checkpoint(run / name)
+            del ckpt["data"]
+            save_checkpoint(ckpt, run / name)
+    capsys.readouterr()
+    assert train.cli(args(data, run, "--epochs", "1", "--resume", "auto")) == 0
+    out, err = capsys.readouterr()
+    assert "records no data fingerprint" in err and "epoch 1, step 4" in out

@@ -4,17 +4,25 @@ the checks of a train/val pair before anything runs."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .errors import DataError, Param
 from .imageio import is_hidden
 
-__all__ = ["LinkReport", "check_image_folders", "ignored_message", "scan_image_folder", "scan_messages"]
+__all__ = [
+    "LinkReport",
+    "check_image_folders",
+    "ignored_message",
+    "scan_image_folder",
+    "scan_messages",
+    "folder_fingerprint",
+]
 
 
 def _class_dirs(root: Path) -> list[str]:
@@ -202,3 +210,42 @@ def check_image_folders(train: Union[str, Path], val: Union[str, Path]) -> list[
             f" have different classes (train only: {only_tr or '-'}; val only: {only_va or '-'})",
         )
     return tr
+
+
+def folder_fingerprint(root: Union[str, Path], classes: Sequence[str], samples: Sequence[tuple[str, int]]) -> dict:
+    """What a position in an epoch of this split depends on: ``{"samples": n, "classes": [names], "per_class":
+    [count per class], "sha256": hash of the class names and of every sample's path (relative to ``root``) and
+    class index, in sample order}``. From the scan's list alone (no file is read or stat'ed: ImageNet's 1.28M paths
+    hash in about a second), so it moves when a file is added, removed or renamed, or a class changes."""
+    prefix = str(Path(root).expanduser()).rstrip(os.sep) + os.sep
+    cut = len(prefix)
+    digest = hashlib.sha256("\0".join(classes).encode("utf-8", "surrogateescape"))
+    per_class = [0] * len(classes)
+    for start in range(0, len(samples), 65536):  # one join per chunk: a few large updates, not 1.28M small ones
+        chunk = samples[start : start + 65536]
+        text = "".join(f"\n{p[cut:] if p.startswith(prefix) else p}\t{i}" for p, i in chunk)
+        digest.update(text.encode("utf-8", "surrogateescape"))
+        for _, i in chunk:
+            per_class[i] += 1
+    return {"samples": len(samples), "classes": list(classes), "per_class": per_class, "sha256": digest.hexdigest()}
+
+
+def fingerprint_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """How a split's :func:`folder_fingerprint` changed, in words (empty when it did not): the sample count, the
+    classes added or removed, the classes whose count changed, or files renamed/replaced at the same counts."""
+    if saved.get("sha256") == now["sha256"]:
+        return ""
+    parts = [f"{saved.get('samples')} -> {now['samples']} images"]
+    old = dict(zip(saved.get("classes", []), saved.get("per_class", [])))
+    new = dict(zip(now["classes"], now["per_class"]))
+    added, removed = [c for c in new if c not in old], [c for c in old if c not in new]
+    if added:
+        parts.append(f"classes added: {_shown(added)}")
+    if removed:
+        parts.append(f"classes removed: {_shown(removed)}")
+    counts = [f"{c} {new[c] - old[c]:+d}" for c in new if c in old and new[c] != old[c]]
+    if counts:
+        parts.append(f"images per class: {_shown(counts)}")
+    if len(parts) == 1 and not added and not removed and saved.get("samples") == now["samples"]:
+        parts.append("same counts, other files (renamed or replaced)")
+    return ", ".join(parts)
