@@ -9,6 +9,15 @@ Every flag: python train.py --help. The run directory, resume and preemption: do
 
 from __future__ import annotations
 
+import os
+import signal
+
+# A stop signal while torch imports (seconds) ends the program with its exit code (130 for Ctrl-C) and no traceback;
+# nothing is written before run_cli (partialconv.engine.cli) takes the signals over.
+if __name__ == "__main__":
+    for _s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(_s, lambda signum, frame: os._exit(128 + signum))
+
 import contextlib
 import functools
 import sys
@@ -49,7 +58,7 @@ from partialconv.engine.checkpointing import (
     run_state,
     save_run_checkpoint,
 )
-from partialconv.engine.cli import run_cli
+from partialconv.engine.cli import exit_program, run_cli
 from partialconv.engine.distributed import barrier, cleanup, init_distributed
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
@@ -365,4 +374,4 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_program(cli())

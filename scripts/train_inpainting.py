@@ -12,9 +12,17 @@ checkpoint is written, exit 143/138/130; the same command plus --resume auto con
 
 from __future__ import annotations
 
+import os
+import signal
+
+# A stop signal while torch imports (seconds) ends the program with its exit code (130 for Ctrl-C) and no traceback;
+# nothing is written before run_cli (partialconv.engine.cli) takes the signals over.
+if __name__ == "__main__":
+    for _s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(_s, lambda signum, frame: os._exit(128 + signum))
+
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +46,7 @@ from partialconv.engine.checkpointing import (
     move_run_aside,
     save_run_checkpoint,
 )
-from partialconv.engine.cli import run_cli
+from partialconv.engine.cli import exit_program, run_cli
 from partialconv.engine.image_grid import image_grid
 from partialconv.engine.inpainting import evaluate, train_step
 from partialconv.engine.preemption import Preemption
@@ -361,4 +369,4 @@ def cli(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_program(cli())

@@ -257,3 +257,96 @@ def test_mid_epoch_checkpoint_without_fingerprint_resumes_with_a_warning(data, t
     assert train.cli(args(data, run, "--epochs", "1", "--resume", "auto")) == 0
     out, err = capsys.readouterr()
     assert "records no data fingerprint" in err and "epoch 1, step 4" in out
+
+
+# ------------------------------------------------------------------------------------ unusable output directories
+
+
+def test_output_dir_that_is_a_file_or_under_a_file_is_one_line_exit_2(data, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory\n")
+    for out in (afile, afile / "run"):
+        assert train.cli(args(data, out, "--epochs", "1")) == 2
+        line = error_line(capsys)
+        assert f"--output-dir {out}" in line, line
+    assert afile.read_text() == "not a directory\n"
+
+
+def test_output_dir_on_a_read_only_mount_is_one_line_exit_2(data, tmp_path):
+    """A real read-only tmpfs (tests run as root, for whom chmod 0555 does not stop a write): the run directory
+    inside it (to be created) and the mount point itself (existing, not writable)."""
+    import sys
+
+    from tests.test_run_safety import error_lines, run_in_mount_namespace
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    py = sys.executable
+    runs = {"inside": ro / "run", "itself": ro}
+    script = f"mount -t tmpfs -o ro,size=64k tmpfs {ro} || exit 99\n" + "\n".join(
+        f"{py} train.py {' '.join(args(data, out, '--epochs', '1'))} >/dev/null 2>{tmp_path}/{name}.err; "
+        f"echo $? > {tmp_path}/{name}.rc"
+        for name, out in runs.items()
+    )
+    run_in_mount_namespace(tmp_path / "ro", script)
+    for name, out in runs.items():
+        err = (tmp_path / f"{name}.err").read_text()
+        lines = error_lines(err)
+        assert (tmp_path / f"{name}.rc").read_text().strip() == "2" and len(lines) == 1, err
+        assert f"--output-dir {out}" in lines[0] and "Read-only file system" in lines[0] and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------ Ctrl-C and TERMs
+
+
+@pytest.mark.parametrize("after", [0.2, 0.5, 1.0, 2.0, 3.5])
+def test_ctrl_c_at_any_moment_of_start_up_exits_130_without_traceback(data, tmp_path, after):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "train.py", *args(data, tmp_path / "run", "--epochs", "1")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    time.sleep(after)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out[-1000:], err[-2000:])
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err[-2000:]
+
+
+@pytest.mark.parametrize("target", ["group", "process"])
+def test_terms_in_a_row_exit_143_with_one_checkpoint(data, tmp_path, target):
+    """Six SIGTERMs within a second (a scheduler and a user insisting): while the step finishes, while the checkpoint
+    is written and while the program exits. Exit 143, one mid-epoch checkpoint, no traceback."""
+    import signal
+    import sys
+    import threading
+    import time
+
+    from tests.signalling import signal_at_line
+
+    def terms(pid: int) -> None:
+        def kill() -> None:
+            try:
+                os.killpg(pid, signal.SIGTERM) if target == "group" else os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+        kill()
+
+        def more() -> None:
+            for delay in (0.02, 0.05, 0.1, 0.2, 0.4):
+                time.sleep(delay)
+                kill()
+
+        threading.Thread(target=more, daemon=True).start()
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *args(data, run, "--epochs", "2", "-p", "1", "-j", "1")]
+    code, out, _ = signal_at_line(cmd, "Epoch: [1][3/10]", terms)
+    assert code == 143, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    ckpt = read_checkpoint(run / "checkpoint.pth.tar")
+    assert ckpt["epoch"] == 0 and 3 <= ckpt["step"] < 10
+    assert sorted(p.name for p in run.glob("*.pth.tar")) == ["checkpoint.pth.tar"]
