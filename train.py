@@ -45,6 +45,7 @@ from partialconv.engine.checkpointing import (
     LAST,
     carry_best,
     check_fresh_start,
+    check_output_dir,
     check_resumed_data,
     complete_run_files,
     data_fingerprints,
@@ -102,6 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     owner = dist.is_main and not cfg.evaluate  # the one process that writes in the run directory holds its lock
     lock = RunDirLock(run_dir, RUN_DIR_FLAGS, warn=lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
     if owner:
+        check_output_dir(run_dir, RUN_DIR_FLAGS)  # a file in the way, a read-only location: one line, exit 2
         try:
             lock.acquire()
         except OSError as e:

@@ -42,6 +42,7 @@ from partialconv.engine.amp import AMP_DTYPES
 from partialconv.engine.checkpointing import (
     LAST,
     check_fresh_start,
+    check_output_dir,
     find_resume_checkpoint,
     move_run_aside,
     save_run_checkpoint,
@@ -247,6 +248,7 @@ def main(argv=None) -> int:
     device = info.device
     args.workers = resolve_workers(args.workers, info.is_main, "-j/--workers")
     out_dir = Path(args.output_dir)
+    check_output_dir(out_dir)
     replace = check_fresh_start(out_dir, args.resume, args.overwrite)  # every rank, before anything is written
     log = RunLogger(out_dir, info.is_main, timestamps=False)
     try:

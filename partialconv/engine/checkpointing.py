@@ -46,6 +46,7 @@ __all__ = [
     "restore_run_state",
     "data_fingerprints",
     "check_resumed_data",
+    "check_output_dir",
     "existing_run_files",
     "move_run_aside",
 ]
@@ -502,3 +503,20 @@ def check_resumed_data(
     where = f"epoch {epoch + 1} starts over" if step else f"epoch {epoch + 1} starts"
     warn(f"{path}: the data changed since this checkpoint ({what}); {where} on the new data")
     return True
+
+
+def check_output_dir(run_dir: Path, flags: str = "--output-dir") -> None:
+    """Refuse (ConfigError, one line naming ``flags``) a run directory that cannot be written, before anything is:
+    a file where it or a folder above it should be, or a location on a read-only file system or without write
+    permission. Nothing is created (a run that fails its checks leaves nothing behind)."""
+    from ..config import ConfigError  # late: the config layer imports the engine's optimiser table
+
+    run_dir = Path(run_dir)
+    existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        where = "is a file" if existing == run_dir else f"is under {existing}, a file"
+        raise ConfigError(f"{flags} {run_dir}: {where}, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY
+        why = "is on a read-only file system" if read_only else "is not writable (permission denied)"
+        raise ConfigError(f"{flags} {run_dir}: {existing} {why}; give a writable location")
