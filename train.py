@@ -9,6 +9,15 @@ Every flag: python train.py --help. The run directory, resume and preemption: do
 
 from __future__ import annotations
 
+import os
+import signal
+
+# A stop signal while torch imports (seconds) ends the program with its exit code (130 for Ctrl-C) and no traceback;
+# nothing is written before run_cli (partialconv.engine.cli) takes the signals over.
+if __name__ == "__main__":
+    for _s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(_s, lambda signum, frame: os._exit(128 + signum))
+
 import contextlib
 import functools
 import sys
@@ -40,7 +49,10 @@ from partialconv.engine.checkpointing import (
     LAST,
     carry_best,
     check_fresh_start,
+    check_output_dir,
+    check_resumed_data,
     complete_run_files,
+    data_fingerprints,
     elastic_restart_resume,
     find_resume_checkpoint,
     finished,
@@ -51,7 +63,7 @@ from partialconv.engine.checkpointing import (
     run_state,
     save_run_checkpoint,
 )
-from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, run_cli
+from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, exit_program, run_cli
 from partialconv.engine.distributed import barrier, cleanup, init_distributed, shared_store_restart_warning
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
@@ -102,6 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     owner = dist.is_main and not cfg.evaluate  # the one process that writes in the run directory holds its lock
     lock = RunDirLock(run_dir, RUN_DIR_FLAGS, warn=lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
     if owner:
+        check_output_dir(run_dir, RUN_DIR_FLAGS)  # a file in the way, a read-only location: one line, exit 2
         try:
             lock.acquire()
         except OSError as e:
@@ -126,6 +139,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
             "at least as many outputs"
         )
     cfg.num_classes = cfg.num_classes or len(loaders.classes)
+    data = data_fingerprints(loaders.train.dataset, loaders.val.dataset)  # recorded in every checkpoint
     check_input_size(cfg)
     model = create_model(
         cfg.arch, pretrained=cfg.pretrained, task="classification", padding=cfg.padding, num_classes=cfg.num_classes
@@ -172,6 +186,9 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
         start_epoch, start_step, best_acc1, epoch_sums = restore_run_state(
             ckpt, model, optim, dist.rank, dist.world_size, log.warn, ckpt_path, steps_per_epoch, cfg.arch
         )
+        if check_resumed_data(ckpt.get("data"), data, start_epoch, start_step, cfg.restart_epoch, ckpt_path, log.warn):
+            start_step, epoch_sums = 0, None
+            seek_schedule(optim, start_epoch * steps_per_epoch)
         log.info(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}, best acc@1 {best_acc1:.3f}")
     if cfg.start_epoch is not None:
         start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
@@ -205,7 +222,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
             # the LR of the epoch's first step, also when resumed mid-epoch (the scheduler is further on by then)
             lr = optim.scheduler.base_lrs[0] * optim.scheduler.lr_lambdas[0](epoch * steps_per_epoch)
             save_mid = functools.partial(
-                save_mid_epoch, run_dir, model, optim, epoch, best_acc1, config, meter, last_record, dist.is_main
+                save_mid_epoch, run_dir, model, optim, epoch, best_acc1, config, data, meter, last_record, dist.is_main
             )
             if start_step < steps_per_epoch:
                 loaders.train_sampler.set_epoch(epoch, start_step)
@@ -254,7 +271,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
                 record[DATA_IDENTITY_KEY] = loaders.identity
             if ema_val:
                 record.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
-            state = run_state(model, optim, epoch + 1, 0, best_acc1, config)
+            state = run_state(model, optim, epoch + 1, 0, best_acc1, config, data=data)
             state["epoch_record"] = record
             if dist.is_main:
                 snapshot = epoch + 1 if cfg.save_every and (epoch + 1) % cfg.save_every == 0 else None
@@ -352,6 +369,7 @@ def save_mid_epoch(
     epoch: int,
     best_acc1: float,
     config: dict,
+    data: Optional[dict],
     meter: EpochMeter,
     last_record: Optional[dict],
     is_main: bool,
@@ -361,7 +379,7 @@ def save_mid_epoch(
     """The checkpoint after ``steps_done`` steps of ``epoch`` (every rank calls it: gathering RNG states and metric
     sums are collectives; rank 0 writes), with the line of the last completed epoch. ``epoch_train``: the timing of
     a finished epoch's training, saved before its validation."""
-    state = run_state(model, optim, epoch, steps_done, best_acc1, config, meter.state_dict())
+    state = run_state(model, optim, epoch, steps_done, best_acc1, config, meter.state_dict(), data=data)
     state["epoch_record"] = last_record
     if epoch_train is not None:
         state["epoch_train"] = epoch_train
@@ -392,4 +410,4 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_program(cli())

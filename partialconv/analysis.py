@@ -329,24 +329,37 @@ def _check_record(obj: object) -> str:
 
 def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
     """The usable records of a metrics.jsonl, one per epoch (a re-run epoch's last line wins), sorted by epoch;
-    and one message per unusable line, naming the file and line number."""
+    and one message per unusable line, naming the file and line number (the first few of a damaged file, then one
+    message counting the rest: a file overwritten by binary garbage is one problem, not thousands)."""
     by_epoch: dict[int, dict] = {}
     problems: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(f"{path}:{lineno}: not valid JSON ({e.msg})")
-                continue
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        return [], [f"{path}: cannot be read ({e.strerror or e})"]
+    unusable = 0
+    for lineno, data in enumerate(raw.split(b"\n"), 1):
+        if not data.strip():
+            continue
+        try:
+            obj = json.loads(data.decode("utf-8"))
             why = _check_record(obj)
-            if why:
+        except UnicodeDecodeError:
+            why = "not UTF-8 text (damaged)"
+        except json.JSONDecodeError as e:
+            why = f"not valid JSON ({e.msg})"
+        if why:
+            unusable += 1
+            if unusable <= _PROBLEMS_PER_FILE:
                 problems.append(f"{path}:{lineno}: {why}")
-                continue
-            by_epoch[int(obj["epoch"])] = obj
+            continue
+        by_epoch[int(obj["epoch"])] = obj
+    if unusable > _PROBLEMS_PER_FILE:
+        problems.append(f"{path}: {unusable - _PROBLEMS_PER_FILE} more unusable line(s)")
     return [by_epoch[e] for e in sorted(by_epoch)], problems
+
+
+_PROBLEMS_PER_FILE = 5
 
 
 def canonical_arch(arch: str, padding: str) -> str:

@@ -7,6 +7,7 @@ import functools
 import io
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -89,15 +90,68 @@ def _safe_globals() -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _load_error_reason(e: Exception) -> str:
+def _load_error_reason(e: Exception, path: Optional[Path] = None) -> str:
     """One line for a failed ``torch.load``: the global that is not allowed when that is the cause (torch's message
-    spans many lines with ANSI bold codes and advice to turn ``weights_only`` off, which we never do)."""
+    spans many lines with ANSI bold codes and advice to turn ``weights_only`` off, which we never give: it would run
+    whatever code the file carries)."""
     text = _ANSI.sub("", str(e))
-    unsafe = re.search(r"GLOBAL (\S+) was not an allowed global", text) or re.search(r"but got <class '([^']+)'>", text)
-    if unsafe:
-        return f"it needs the global {unsafe.group(1)}, which weights_only loading does not allow"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
-    return f"{type(e).__name__}: {first}"
+    unsafe = (
+        re.search(r"GLOBAL (\S+) was not an allowed global", text)
+        or re.search(r"unsupported GLOBAL (\S+) whose module", text)
+        or re.search(r"but got <class '([^']+)'>", text)
+    )
+    # the file's own opcodes name every refused global with its module (torch's text names one, or none)
+    refused = _refused_globals(path) if path is not None and "Weights only load failed" in text else []
+    refused = refused or ([unsafe.group(1)] if unsafe else [])
+    if refused:
+        names = ", ".join(refused[:5]) + (f" (+{len(refused) - 5} more)" if len(refused) > 5 else "")
+        which = "the global" if len(refused) == 1 else "the globals"
+        return f"it needs {which} {names}, which weights_only loading does not allow"
+    # torch's own advice (re-run with weights_only=False, allowlist the global) is left out: it runs the file's code
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not _ADVICE.search(line)]
+    return f"{type(e).__name__}: {lines[0] if lines else 'not a checkpoint torch.load can read'}"
+
+
+# The sentences of torch's weights_only errors that advise loading the file unsafely or are boilerplate.
+_ADVICE = re.compile(r"weights_only|trust|file an issue|Check the documentation|safe_globals|two options", re.I)
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING"})
+
+
+def _refused_globals(path: Path) -> list[str]:
+    """The globals a checkpoint's pickle names that ``weights_only`` loading does not allow, found by reading its
+    opcodes (:func:`pickletools.genops` executes nothing). For a refusal whose message names no global, e.g. a
+    plain ``pickle.dump`` file (protocol 4 framing) that torch stops at an unsupported opcode first."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                streams = [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+        else:  # the legacy format: several pickles in a row (magic number, protocol, sys info, the object...)
+            streams = [path.read_bytes()]
+        allowed = set(torch._weights_only_unpickler._get_allowed_globals())
+    except Exception:  # not readable as a pickle container, or another torch: no names to add
+        return []
+    allowed |= {f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', '')}" for g in _allowed_numpy_globals()}
+    found: list[str] = []
+    for data in streams:
+        stream = io.BytesIO(data)
+        while stream.tell() < len(data):
+            strings: list[str] = []
+            try:
+                for op, arg, _ in pickletools.genops(stream):
+                    if op.name in _STRING_OPS:
+                        strings.append(str(arg))
+                    elif op.name in ("GLOBAL", "INST"):
+                        found.append(".".join(str(arg).split(" ", 1)))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]}.{strings[-1]}")
+            except Exception:  # a torn or hand-made stream: what was read so far is named
+                break
+    # protocol 2 (torch.save's) spells builtins the Python 2 way
+    found = [f"builtins.{n.split('.', 1)[1]}" if n.startswith("__builtin__.") else n for n in found]
+    return list(dict.fromkeys(name for name in found if name not in allowed))
 
 
 def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:
@@ -109,10 +163,12 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:
     if _is_safetensors(path):
         return _read_safetensors(path, map_location)
     try:
-        with _safe_globals():
+        with _safe_globals(), warnings.catch_warnings():
+            # a pickle of another protocol gets a multi-line UserWarning before the refusal that says it all
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated/corrupt/unsafe files
-        raise CheckpointError(f"checkpoint {path}: cannot be read ({_load_error_reason(e)})") from e
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({_load_error_reason(e, path)})") from e
 
 
 def _is_safetensors(path: Path) -> bool:

@@ -116,7 +116,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 # Destinations that only make sense for one invocation: not accepted from a YAML file, not saved in config.yaml.
-CLI_ONLY = ("help", "config", "overwrite")
+CLI_ONLY = ("help", "config", "overwrite", "restart_epoch")
 
 # The training recipe: the flags that change what is learned (batch, optimiser, schedule, crops, augmentation, EMA,
 # repeated augmentation). The one list behind EXPERIMENT_KEYS (resume) and partialconv.analysis.RECIPE_KEYS (which
@@ -357,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ckptdirprefix", default="checkpoints/", help="prefix of the run directory (seed layout)")
     g.add_argument("--output-dir", default=None, help="run directory; overrides the ckptdirprefix/prefix layout")
     g.add_argument("--resume", default=None, metavar="PATH|auto", help="checkpoint to resume, or auto (run dir)")
+    g.add_argument(
+        "--restart-epoch",
+        action="store_true",
+        help="with --resume: start the interrupted epoch over (needed when the data changed since a mid-epoch "
+        "checkpoint; the weights keep the steps already done)",
+    )
     g.add_argument(
         "--overwrite",
         action="store_true",

@@ -24,10 +24,18 @@ if __name__ == "__main__" and not __package__:
     _FLAGS = _ORIG[1 : len(_ORIG) - len(sys.argv)]  # the interpreter's own options (-u, -X ...), kept
     os.execv(sys.executable, [sys.executable, *_FLAGS, "-m", "scripts.train_inpainting", *sys.argv[1:]])
 
+import os
+import signal
+
+# A stop signal while torch imports (seconds) ends the program with its exit code (130 for Ctrl-C) and no traceback;
+# nothing is written before run_cli (partialconv.engine.cli) takes the signals over.
+if __name__ == "__main__":
+    for _s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(_s, lambda signum, frame: os._exit(128 + signum))
+
 import argparse
 import datetime
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,11 +55,12 @@ from partialconv.engine.amp import AMP_DTYPES
 from partialconv.engine.checkpointing import (
     LAST,
     check_fresh_start,
+    check_output_dir,
     find_resume_checkpoint,
     move_run_aside,
     save_run_checkpoint,
 )
-from partialconv.engine.cli import EXIT_USER_ERROR, run_cli
+from partialconv.engine.cli import EXIT_USER_ERROR, exit_program, run_cli
 from partialconv.engine.image_grid import image_grid
 from partialconv.engine.inpainting import evaluate, train_step
 from partialconv.engine.preemption import Preemption
@@ -264,6 +273,7 @@ def main(argv=None) -> int:
     device = info.device
     args.workers = resolve_workers(args.workers, info.is_main, "-j/--workers")
     out_dir = Path(args.output_dir)
+    check_output_dir(out_dir)
     replace = check_fresh_start(out_dir, args.resume, args.overwrite)  # every rank, before anything is written
     log = RunLogger(out_dir, info.is_main)  # log.txt lines carry the time, as train.py's
     try:
@@ -397,4 +407,4 @@ def cli(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_program(cli())

@@ -19,7 +19,7 @@ from .cropped_decode import CroppedEvalDecode, CroppedTrainDecode, decoder_unava
 from .decode import SampleDecode, split_decoders
 from .errors import refuse_augmentation
 from .fast_pil import FastTrainCrop
-from .image_folder import check_image_folders, ignored_message, scan_image_folder
+from .image_folder import LinkReport, check_image_folders, scan_image_folder, scan_messages
 from .imageio import open_rgb
 from .loaders import collate_hwc_uint8
 from .params import DataParams
@@ -52,12 +52,13 @@ class ClassificationFolder(ImageFolder):
         decode: Optional[SampleDecode] = None,
     ):
         self.ignored: list[str] = []  # hidden entries skipped by the scan (find_classes/make_dataset below)
+        self.links = LinkReport()  # files reached twice, symlink loops (named by scan_messages)
         super().__init__(str(root), transform=transform, loader=open_rgb)
         self.decode = decode if decode is not None else SampleDecode(transform, on_bad_image)
         self.on_bad_image = self.decode.on_bad_image
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        classes, class_to_idx, self._scanned, self.ignored = scan_image_folder(directory)
+        classes, class_to_idx, self._scanned, self.ignored, self.links = scan_image_folder(directory)
         return classes, class_to_idx
 
     def make_dataset(self, directory: str, class_to_idx: dict[str, int], *args, **kwargs) -> list[tuple[str, int]]:
@@ -90,8 +91,16 @@ def _open_folders(params: DataParams, fast: bool) -> Splits:
     train = ClassificationFolder(params.train_dir, train_decode.transform, decode=train_decode)
     val = ClassificationFolder(params.val_dir, val_decode.transform, decode=val_decode)
     train.collate_fn = val.collate_fn = collate
-    message = ignored_message(train.ignored + val.ignored)
-    return Splits(train, val, classes, warnings=(message,) if message else ())
+    return Splits(train, val, classes, warnings=_scan_warnings(params, train, val))
+
+
+def _scan_warnings(params: DataParams, train: ClassificationFolder, val: ClassificationFolder) -> tuple[str, ...]:
+    """The scan's warnings of both splits: hidden entries skipped, files reached twice, symlink loops."""
+    scans = [
+        (p, r, d.ignored, d.links)
+        for p, r, d in (("train_dir", params.train_dir, train), ("val_dir", params.val_dir, val))
+    ]
+    return scan_messages(scans, params.on_bad_image)
 
 
 def open_cropped_folders(params: DataParams) -> Splits:
@@ -105,8 +114,7 @@ def open_cropped_folders(params: DataParams) -> Splits:
     val = FastTrainFolder(
         params.val_dir, CroppedEvalDecode(params.val_resize_size, params.val_crop_size), params.on_bad_image
     )
-    message = ignored_message(train.ignored + val.ignored)
-    return Splits(train, val, classes, warnings=(message,) if message else ())
+    return Splits(train, val, classes, warnings=_scan_warnings(params, train, val))
 
 
 def _turbo_by_default(params: DataParams) -> tuple[bool, str]:

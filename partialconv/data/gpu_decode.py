@@ -39,7 +39,7 @@ from torchvision.transforms import RandomResizedCrop
 
 from .backends import Backend, Splits
 from .errors import BadImageError, DataError, Param, refuse_augmentation
-from .image_folder import check_image_folders, ignored_message, scan_image_folder
+from .image_folder import check_image_folders, scan_image_folder, scan_messages
 from .imageio import uint16_to_uint8
 from .loaders import LoaderSpec, normalize_images
 from .params import DataParams
@@ -89,7 +89,7 @@ class EncodedImageFolder(Dataset):
         self.root = str(root)
         self.train = train
         self.on_bad_image = on_bad_image
-        self.classes, self.class_to_idx, self.samples, self.ignored = scan_image_folder(self.root)
+        self.classes, self.class_to_idx, self.samples, self.ignored, self.links = scan_image_folder(self.root)
         self.targets = [t for _, t in self.samples]
 
     def __len__(self) -> int:
@@ -320,8 +320,11 @@ def open_encoded_folders(params: DataParams) -> Splits:
         raise DataError(scale, ": ", Param("backend", "gpu"), f" crops with scale {RRC_SCALE}")
     train = EncodedImageFolder(params.train_dir, train=True, on_bad_image=params.on_bad_image)
     val = EncodedImageFolder(params.val_dir, train=False, on_bad_image=params.on_bad_image)
-    message = ignored_message(train.ignored + val.ignored)
-    return Splits(train, val, classes, warnings=(message,) if message else ())
+    scans = [
+        (p, r, d.ignored, d.links)
+        for p, r, d in (("train_dir", params.train_dir, train), ("val_dir", params.val_dir, val))
+    ]
+    return Splits(train, val, classes, warnings=scan_messages(scans, params.on_bad_image))
 
 
 def gpu_loader(dataset: EncodedImageFolder, sampler: SeededSampler, spec: LoaderSpec) -> GpuDecodeLoader:

@@ -4,7 +4,8 @@ A checkpoint is a dict of tensors and plain values (loads with ``weights_only=Tr
 ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (the epoch in progress, 0-based) and ``step`` (its completed
 steps; 0 at an epoch boundary), ``epoch_sums`` (the partial epoch's metric sums), ``best_acc1``, ``rng`` (one
 entry per rank: python, numpy, torch, cuda states as tensors/lists), ``config`` and ``epoch_record`` (the last
-completed epoch's ``metrics.jsonl`` line, written back on resume if the file lost it).
+completed epoch's ``metrics.jsonl`` line, written back on resume if the file lost it), ``data`` (the
+:func:`~partialconv.data.image_folder.folder_fingerprint` of each split: what the position in an epoch depends on).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ __all__ = [
     "carry_best",
     "run_state",
     "restore_run_state",
+    "data_fingerprints",
+    "check_resumed_data",
+    "check_output_dir",
     "existing_run_files",
     "move_run_aside",
 ]
@@ -351,8 +355,11 @@ def run_state(
     best_acc1: float,
     config: dict[str, Any],
     epoch_sums: Optional[dict[str, float]] = None,
+    *,
+    data: Optional[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The checkpoint dict (every rank must call it: gathering the RNG states is a collective)."""
+    """The checkpoint dict (every rank must call it: gathering the RNG states is a collective). ``data``: the run's
+    :func:`data_fingerprints` (required: a checkpoint without them cannot tell a changed dataset on resume)."""
     return {
         "arch": config.get("arch"),
         "state_dict": model.state_dict(),
@@ -365,6 +372,7 @@ def run_state(
         "best_acc1": float(best_acc1),
         "rng": gather_rng_states(),
         "config": config,
+        "data": data,
         **({"model_ema": optim.ema.state_dict()} if optim.ema is not None else {}),
     }
 
@@ -458,3 +466,74 @@ def _restore_foreign(
         "(it continues at the start of the next epoch)"
     )
     return epoch, 0, best, None
+
+
+def data_fingerprints(train: Any, val: Any) -> Optional[dict[str, Any]]:
+    """``{"train": ..., "val": ...}``: :func:`~partialconv.data.image_folder.folder_fingerprint` of two datasets of
+    the image-folder backends (``root``, ``classes``, ``samples``); None for datasets without a file list."""
+    from ..data.image_folder import folder_fingerprint
+
+    if not all(hasattr(d, a) for d in (train, val) for a in ("root", "classes", "samples")):
+        return None
+    return {name: folder_fingerprint(d.root, d.classes, d.samples) for name, d in (("train", train), ("val", val))}
+
+
+def check_resumed_data(
+    saved: Optional[dict[str, Any]],
+    now: Optional[dict[str, Any]],
+    epoch: int,
+    step: int,
+    restart_epoch: bool,
+    path: Any,
+    warn: Callable[[str], None] = print,
+) -> bool:
+    """Compare the data a checkpoint (``path``, at ``step`` steps of 0-based ``epoch``) was written with to this
+    run's; returns whether the epoch is to start over at step 0 (asked for with ``restart_epoch``, or at an epoch
+    boundary on changed data, where the schedule is set to the epoch's start for the new number of steps).
+
+    Mid-epoch, changed data is refused (ConfigError, one line saying what changed and the flag that starts the
+    epoch over): the position is an index into a permutation of the old file list, so continuing would skip or
+    repeat images. At an epoch boundary the next epoch simply draws from the new list: one warning. A checkpoint
+    without fingerprints (older versions, other programs) resumes as before; mid-epoch, a warning says it was not
+    checked."""
+    from ..config import ConfigError  # late: the config layer imports the engine's optimiser table
+    from ..data.image_folder import fingerprint_changes
+
+    if saved is None or now is None:
+        if step and saved is None and now is not None:
+            warn(f"{path} records no data fingerprint (an older version): a change of the data cannot be detected")
+        return restart_epoch and step > 0
+    changes = [
+        f"{split}: {c}"
+        for split in ("train", "val")
+        if split in saved and (c := fingerprint_changes(saved[split], now[split]))
+    ]
+    if not changes:
+        return restart_epoch and step > 0
+    what = "; ".join(changes)
+    if step and not restart_epoch:
+        raise ConfigError(
+            f"--resume {path}: the data changed since this checkpoint was written at epoch {epoch + 1} step {step} "
+            f"({what}); its place in the epoch does not exist in the new data: add --restart-epoch to start epoch "
+            f"{epoch + 1} over on it, or restore the data"
+        )
+    where = f"epoch {epoch + 1} starts over" if step else f"epoch {epoch + 1} starts"
+    warn(f"{path}: the data changed since this checkpoint ({what}); {where} on the new data")
+    return True
+
+
+def check_output_dir(run_dir: Path, flags: str = "--output-dir") -> None:
+    """Refuse (ConfigError, one line naming ``flags``) a run directory that cannot be written, before anything is:
+    a file where it or a folder above it should be, or a location on a read-only file system or without write
+    permission. Nothing is created (a run that fails its checks leaves nothing behind)."""
+    from ..config import ConfigError  # late: the config layer imports the engine's optimiser table
+
+    run_dir = Path(run_dir)
+    existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        where = "is a file" if existing == run_dir else f"is under {existing}, a file"
+        raise ConfigError(f"{flags} {run_dir}: {where}, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY
+        why = "is on a read-only file system" if read_only else "is not writable (permission denied)"
+        raise ConfigError(f"{flags} {run_dir}: {existing} {why}; give a writable location")

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, NoReturn, Optional, Sequence, TypeVar
 
-__all__ = ["run_cli", "one_line", "EXIT_USER_ERROR", "EXIT_FAILED", "DefaultsHelpFormatter"]
+from ..data.worker_signals import STOP_SIGNALS, ignore_stop_signals
+
+__all__ = [
+    "run_cli",
+    "one_line",
+    "Interrupted",
+    "exit_program",
+    "EXIT_USER_ERROR",
+    "EXIT_FAILED",
+    "DefaultsHelpFormatter",
+]
 
 # Every program's exit codes, one rule (docs/training.md#exit-codes): 2 when the user must change something before
 # the same command can work (a flag or config file, the data, a checkpoint file, an output path that cannot be
@@ -108,6 +120,20 @@ def _timeout_line(e: BaseException, timeout_flag: Optional[str]) -> Optional[str
     )
 
 
+class Interrupted(BaseException):
+    """A stop signal (SIGTERM, SIGUSR1, SIGINT) outside the training loop, whose handler (``Preemption``) checkpoints
+    and exits: at start-up there is nothing to save, after the loop the checkpoint is written. A BaseException, like
+    KeyboardInterrupt, so that ``except Exception`` handlers do not take it for an error."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def run_cli(
     main: Callable[[Argv], int],
     argv: Argv,
@@ -121,7 +147,42 @@ def run_cli(
     with its traceback (a bug, not a user error); in a distributed run, so does a collective that failed because
     another rank did (one line: that rank's own error line is the one to read) and one that timed out waiting for
     the others (one line naming the rank; ``timeout_flag``: the program's flag that sets the timeout). ``cleanup``
-    runs in every case."""
+    runs in every case.
+
+    A stop signal that reaches the process outside a ``Preemption`` block (start-up, shutdown) ends it with
+    128 + the signal's number (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1) and one line, never a traceback; so do any
+    number of further signals, also during ``cleanup``."""
+    handles = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS} if handles else {}
+    late: list[int] = []
+    if handles:
+        for s in STOP_SIGNALS:
+            signal.signal(s, _raise_interrupted)
+    try:
+        code = _run(main, argv, prog, errors, timeout_flag)
+    except Interrupted as e:
+        code = 128 + e.signum
+        print(f"{prog}: stopped by {signal.Signals(e.signum).name} (exit {code})", file=sys.stderr, flush=True)
+    finally:
+        if handles:  # from here on a signal is noted, not raised: cleanup runs to its end
+            for s in STOP_SIGNALS:
+                signal.signal(s, lambda signum, frame: late.append(signum))
+        try:
+            if cleanup is not None:
+                cleanup()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    return code if code or not late else 128 + late[0]
+
+
+def _run(
+    main: Callable[[Argv], int],
+    argv: Argv,
+    prog: str,
+    errors: Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], int]],
+    timeout_flag: Optional[str] = None,
+) -> int:
     try:
         return main(argv)
     except Exception as e:
@@ -143,6 +204,11 @@ def run_cli(
             )
             return EXIT_FAILED
         raise
-    finally:
-        if cleanup is not None:
-            cleanup()
+
+
+def exit_program(code: int) -> NoReturn:
+    """A program's last call (``exit_program(cli())``): exit with ``code`` whatever stop signals arrive meanwhile.
+    The code is decided; Python resets its handlers to the default action while it shuts down (torch's teardown
+    takes a while), where one more SIGTERM would end the process by the signal instead of with ``code``."""
+    ignore_stop_signals()
+    sys.exit(code)

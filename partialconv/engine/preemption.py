@@ -56,8 +56,11 @@ class Preemption:
         if self._pending is not None and exc_type is None:
             self._pending[0].wait()
         self._pending = None
+        # Stopping: more signals (a scheduler repeating its TERM) are noted, not acted on, while the program saves
+        # and exits with exit_code (the program's entry point, run_cli, puts the previous handlers back at its end).
+        stopping = self.signum is not None
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, self._handle if stopping else handler)
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from partialconv.fileio import append_line, append_record, write_text_atomic
+from partialconv.fileio import append_line, append_record, write_bytes_atomic, write_text_atomic
 
 __all__ = ["EventFile", "RunLogger", "Progress"]
 
@@ -116,16 +116,31 @@ class RunLogger:
         path = self.run_dir / "metrics.jsonl" if self.run_dir is not None else None
         if not self.enabled or path is None:
             return
-        keep, epochs = [], set()
-        lines = path.read_text().splitlines() if path.is_file() else []
-        for line in lines:
+        keep, epochs, damaged = [], set(), []
+        raw = path.read_bytes().split(b"\n") if path.is_file() else []
+        lines = [line.decode("utf-8", "replace") for line in raw if line.strip()]
+        for number, data in enumerate(raw, 1):
+            if not data.strip():
+                continue
             try:
+                line = data.decode("utf-8")
                 epoch = json.loads(line)[key]
-                if epoch <= completed_epochs:
-                    keep.append(line)
-                    epochs.add(epoch)
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn or foreign line: dropped rather than propagated
+                if not isinstance(epoch, int) or isinstance(epoch, bool):
+                    raise TypeError(epoch)
+            except (ValueError, KeyError, TypeError, IndexError):
+                damaged.append(number)  # a torn, foreign or overwritten line (not UTF-8, not JSON, no key)
+                continue
+            if epoch <= completed_epochs:
+                keep.append(line)
+                epochs.add(epoch)
+        if damaged:  # named once; the file as it was is kept next to the repaired one
+            aside = path.with_name(f"{path.name}.damaged")
+            write_bytes_atomic(aside, b"\n".join(raw))
+            shown = ", ".join(map(str, damaged[:5])) + (f" (+{len(damaged) - 5} more)" if len(damaged) > 5 else "")
+            self.warn(
+                f"{path}: {len(damaged)} damaged line(s) dropped (not UTF-8 JSON with an integer {key!r}: line "
+                f"{shown}); kept {len(keep)} valid line(s); the damaged file is saved as {aside}"
+            )
         restore = last_record is not None and last_record.get(key) == completed_epochs
         if restore and completed_epochs not in epochs:
             keep.append(json.dumps(last_record))
