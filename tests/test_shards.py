@@ -23,6 +23,7 @@ from torch import nn
 import train
 from partialconv.data import DataError, DataParams, build_loaders
 from partialconv.data import shards as shards_module
+from partialconv.data.cropped_decode import decoder_unavailable
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.image_folder import scan_image_folder
 from partialconv.data.shards import INDEX_NAME, ShardCache, ShardIndex, sha256_file
@@ -265,7 +266,8 @@ def test_resume_on_other_shards_at_the_same_path_is_refused(data, tmp_path, caps
 
 def test_backend_choice_for_shards_urls_and_folders(data, shards):
     assert build_loaders(DataParams(shards / "train", shards / "val", 8, 0, backend="auto"), CPU).backend == "shards"
-    assert build_loaders(DataParams(data / "train", data / "val", 8, 0, backend="auto"), CPU).backend == "pil"
+    folder = "turbo" if decoder_unavailable() is None else "pil"  # auto on a folder: the default path
+    assert build_loaders(DataParams(data / "train", data / "val", 8, 0, backend="auto"), CPU).backend == folder
     with pytest.raises(DataError, match="holds shards data, not pil's: use data backend shards or auto"):
         build_loaders(DataParams(shards / "train", shards / "val", 8, 0, backend="pil"), CPU)
     with pytest.raises(DataError, match=r"data backend pil reads local paths, not http://127.0.0.1:9/t"):
