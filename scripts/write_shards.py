@@ -76,7 +76,7 @@ def scan_source(root: Path) -> Source:
     """The split as ImageFolder (and train.py's folder backends) order it, with each file's size."""
     if not root.is_dir():
         raise WriterError(f"{root}: no such directory")
-    classes, _, samples, ignored = scan_image_folder(root)
+    classes, _, samples, ignored, _links = scan_image_folder(root)  # links: the writer copies each listed file
     if not samples:
         raise WriterError(f"{root}: no images (expected <root>/<class>/<image files>)")
     if ignored:

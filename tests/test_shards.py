@@ -18,13 +18,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import train
 from partialconv.data import DataError, DataParams, build_loaders
 from partialconv.data import shards as shards_module
-from partialconv.data.cropped_decode import decoder_unavailable
+from partialconv.data.cropped_decode import CroppedEvalDecode, CroppedTrainDecode, decoder_unavailable
 from partialconv.data.demo import make_demo_dataset
+from partialconv.data.fast_pil import FastTrainCrop
 from partialconv.data.image_folder import scan_image_folder
 from partialconv.data.shards import INDEX_NAME, ShardCache, ShardIndex, sha256_file
 from partialconv.engine.distributed import DistInfo
@@ -54,6 +56,31 @@ def shards(data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def jpeg_data(tmp_path_factory) -> Path:
+    """The demo's textures as 80 px JPEGs: large enough that the decodes differ (pil_fast's reduced-DCT train crops
+    and full-size eval resize, turbo's region decode and 1/2-scale eval decode), so a run shows which one it used."""
+    root = make_demo_dataset(tmp_path_factory.mktemp("jpeg") / "d", train_per_class=4, val_per_class=2, size=80)
+    for png in sorted(root.rglob("*.png")):
+        with Image.open(png) as image:
+            image.convert("RGB").save(png.with_suffix(".jpg"), quality=90)
+        png.unlink()
+    return root
+
+
+@pytest.fixture(scope="module")
+def jpeg_shards(jpeg_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("jpeg_shards")
+    for split in ("train", "val"):
+        write_shards.write_shards(jpeg_data / split, out / split, shard_mb=0.01, workers=1)
+    return out
+
+
+# The folder backend whose decode a plain run on shards takes: the folder's default path where libturbojpeg loads;
+# without it, shards keep pil_fast's uint8 pipeline (the folder's auto takes pil there, for old checkpoints).
+SHARDS_DECODE = "turbo" if decoder_unavailable() is None else "pil_fast"
+
+
 def final_state(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoint.pth.tar", map_location="cpu", weights_only=False)["state_dict"]
 
@@ -69,7 +96,7 @@ def metrics(run: Path) -> list[dict]:
 
 def test_shards_are_webdataset_tars_in_imagefolder_order(data, shards):
     """Read as a WebDataset reader does: a stream of members, grouped by key (the name up to the first dot)."""
-    _, _, samples, _ = scan_image_folder(data / "train")
+    _, _, samples, _, _ = scan_image_folder(data / "train")
     index = json.loads((shards / "train" / INDEX_NAME).read_text())
     assert len(index["shards"]) > 2  # the order must hold across shard boundaries
     grouped: list[dict[str, bytes]] = []
@@ -91,7 +118,7 @@ def test_shards_are_webdataset_tars_in_imagefolder_order(data, shards):
 
 def test_the_index_gives_each_image_member_by_offset(data, shards):
     index = ShardIndex.parse((shards / "train" / INDEX_NAME).read_bytes(), "index")
-    _, _, samples, _ = scan_image_folder(data / "train")
+    _, _, samples, _, _ = scan_image_folder(data / "train")
     for i, (path, target) in enumerate(samples):
         shard = shards / "train" / index.shards[index.shard[i]]["name"]
         with open(shard, "rb") as f:
@@ -172,11 +199,20 @@ def test_rerun_on_a_finished_or_foreign_output(data, shards, tmp_path, capsys):
 # --- the backend ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra", [[], ["--random-erase", "0.5"]], ids=["fast-decode", "pil-transforms"])
-def test_a_run_on_shards_is_the_run_on_the_folder_bit_for_bit(data, shards, tmp_path, extra):
-    folder_backend = "pil" if extra else "pil_fast"
+@pytest.mark.parametrize(
+    "folder_backend, extra, no_turbo",
+    [(SHARDS_DECODE, [], False), ("pil_fast", [], True), ("pil", ["--random-erase", "0.5"], False)],
+    ids=["default-decode", "pil_fast-without-libturbojpeg", "pil-transforms"],
+)
+def test_a_run_on_shards_is_the_run_on_the_folder_bit_for_bit(
+    jpeg_data, jpeg_shards, tmp_path, monkeypatch, folder_backend, extra, no_turbo
+):
+    """On JPEGs, where the decodes differ: shards decode as the folder's default path (turbo where libturbojpeg
+    loads), as pil_fast where it does not, and as pil under policy augmentation."""
+    if no_turbo:
+        monkeypatch.setattr(shards_module, "decoder_unavailable", lambda: "libturbojpeg: not found (planted)")
     runs = {}
-    for name, root, backend in (("folder", data, folder_backend), ("shards", shards, "auto")):
+    for name, root, backend in (("folder", jpeg_data, folder_backend), ("shards", jpeg_shards, "auto")):
         runs[name] = tmp_path / name
         argv = [*BASE, "--epochs", "2", "--data-backend", backend, *extra, "--output-dir", str(runs[name])]
         assert train.cli([*argv, "--data_train", str(root / "train"), "--data_val", str(root / "val")]) == 0
@@ -184,8 +220,37 @@ def test_a_run_on_shards_is_the_run_on_the_folder_bit_for_bit(data, shards, tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert metrics(runs["folder"]) == metrics(runs["shards"])
     identity = json.loads((runs["shards"] / "metrics.jsonl").read_text().splitlines()[-1])["data_identity"]
-    fingerprint = json.loads((shards / "train" / INDEX_NAME).read_text())["fingerprint"]
+    fingerprint = json.loads((jpeg_shards / "train" / INDEX_NAME).read_text())["fingerprint"]
     assert fingerprint in identity
+
+
+@pytest.mark.skipif(decoder_unavailable() is not None, reason="libturbojpeg 3 does not load here")
+def test_shards_decode_with_turbo_crops_where_libturbojpeg_loads(jpeg_data, jpeg_shards, monkeypatch):
+    """The crop-only decode of the data-path issue runs on shard bytes: the shard splits hold turbo's train and eval
+    crops and give turbo's folder samples, not pil_fast's (which differ on these JPEGs)."""
+
+    def splits(root: Path, backend: str, **extra):
+        sizes = {"train_crop_size": 16, "val_resize_size": 16, "val_crop_size": 16}
+        loaders = build_loaders(DataParams(root / "train", root / "val", 8, 0, backend=backend, **sizes, **extra), CPU)
+        return loaders.train.dataset, loaders.val.dataset
+
+    on_shards, turbo, pil_fast = splits(jpeg_shards, "auto"), splits(jpeg_data, "turbo"), splits(jpeg_data, "pil_fast")
+    assert isinstance(on_shards[0].decode.crop, CroppedTrainDecode)
+    assert isinstance(on_shards[1].decode.crop, CroppedEvalDecode)
+    differ = 0
+    for split in (0, 1):
+        for i in range(len(on_shards[split])):
+            image, target = on_shards[split][(i, 100 + i)]
+            assert (image.dtype, target) == (torch.uint8, turbo[split][(i, 100 + i)][1])
+            assert torch.equal(image, turbo[split][(i, 100 + i)][0])
+            differ += not torch.equal(image, pil_fast[split][(i, 100 + i)][0])
+    assert differ > 0, "the data cannot tell turbo's decode from pil_fast's"
+    # without the decoder, pil_fast's; under policy augmentation, pil's transforms
+    monkeypatch.setattr(shards_module, "decoder_unavailable", lambda: "planted")
+    assert type(splits(jpeg_shards, "auto")[0].decode.crop) is FastTrainCrop
+    monkeypatch.undo()
+    train_split = splits(jpeg_shards, "auto", random_erase=0.5)[0]
+    assert train_split.decode.crop is None and train_split.decode.transform is not None
 
 
 class SignallingCNN(SimpleCNN):
@@ -229,7 +294,7 @@ def test_a_mid_epoch_stop_on_shards_resumes_to_the_straight_folder_run(data, sha
         "1",
     ]
     straight, split = tmp_path / "straight", tmp_path / "split"
-    folder = ["--data_train", str(data / "train"), "--data_val", str(data / "val"), "--data-backend", "pil_fast"]
+    folder = ["--data_train", str(data / "train"), "--data_val", str(data / "val"), "--data-backend", SHARDS_DECODE]
     on_shards = ["--data_train", str(shards / "train"), "--data_val", str(shards / "val"), "--data-backend", "auto"]
     SignallingCNN.forwards = 0
     assert train.cli([*common, *folder, "--output-dir", str(straight)]) == 0

@@ -15,9 +15,8 @@ from typing import Callable, Optional, Union
 from torchvision.datasets import ImageFolder
 
 from .backends import Backend, Splits
-from .cropped_decode import CroppedEvalDecode, CroppedTrainDecode, decoder_unavailable
-from .decode import SampleDecode, split_decoders
-from .errors import refuse_augmentation
+from .cropped_decode import decoder_unavailable
+from .decode import SampleDecode, crop_and_flip_only, split_decoders
 from .fast_pil import FastTrainCrop
 from .image_folder import LinkReport, check_image_folders, scan_image_folder, scan_messages
 from .imageio import open_rgb
@@ -85,9 +84,9 @@ class FastTrainFolder(ClassificationFolder):
         self.crop = crop
 
 
-def _open_folders(params: DataParams, fast: bool) -> Splits:
+def _open_folders(params: DataParams, pipeline: str) -> Splits:
     classes = check_image_folders(params.train_dir, params.val_dir)
-    train_decode, val_decode, collate = split_decoders(params, fast)
+    train_decode, val_decode, collate = split_decoders(params, pipeline)
     train = ClassificationFolder(params.train_dir, train_decode.transform, decode=train_decode)
     val = ClassificationFolder(params.val_dir, val_decode.transform, decode=val_decode)
     train.collate_fn = val.collate_fn = collate
@@ -107,20 +106,16 @@ def open_cropped_folders(params: DataParams) -> Splits:
     """The ``turbo`` backend's splits: both decoded over the crop's region only
     (:class:`~partialconv.data.cropped_decode.CroppedTrainDecode`, :class:`~.CroppedEvalDecode`), uint8 batches."""
     classes = check_image_folders(params.train_dir, params.val_dir)
-    refuse_augmentation(params.auto_augment, params.random_erase, "turbo", params.interpolation)
-    train = FastTrainFolder(
-        params.train_dir, CroppedTrainDecode(params.train_crop_size, params.train_min_scale), params.on_bad_image
-    )
-    val = FastTrainFolder(
-        params.val_dir, CroppedEvalDecode(params.val_resize_size, params.val_crop_size), params.on_bad_image
-    )
+    train_decode, val_decode, _ = split_decoders(params, "turbo")  # the shards backend's too, on a shard's bytes
+    train = FastTrainFolder(params.train_dir, train_decode.crop, params.on_bad_image)
+    val = FastTrainFolder(params.val_dir, val_decode.crop, params.on_bad_image)
     return Splits(train, val, classes, warnings=_scan_warnings(params, train, val))
 
 
 def _turbo_by_default(params: DataParams) -> tuple[bool, str]:
     """``auto`` takes ``turbo`` unless policy augmentation or a non-bilinear resize is asked for (the pil backend's),
     or libturbojpeg 3 is missing (then one warning: the run is about half as fast per CPU core)."""
-    if params.auto_augment or params.random_erase > 0 or params.interpolation != "bilinear":
+    if not crop_and_flip_only(params):
         return False, ""
     reason = decoder_unavailable()
     if reason is None:
@@ -130,13 +125,13 @@ def _turbo_by_default(params: DataParams) -> tuple[bool, str]:
 
 def open_image_folders(params: DataParams) -> Splits:
     """The ``pil`` backend's splits: the ImageFolder checks, then train/eval presets on PIL-decoded images."""
-    return _open_folders(params, fast=False)
+    return _open_folders(params, "pil")
 
 
 def open_fast_folders(params: DataParams) -> Splits:
     """The ``pil_fast`` backend's splits: the fast uint8 train pipeline (:class:`FastTrainFolder`'s crop) and the
     ``pil`` backend's eval crop as uint8 (:func:`~partialconv.data.fast_pil.eval_crop_uint8`)."""
-    return _open_folders(params, fast=True)
+    return _open_folders(params, "pil_fast")
 
 
 PIL_BACKEND = Backend("pil", open_image_folders, help="decode/augment in the workers")

@@ -45,7 +45,8 @@ from torch.utils.data import Dataset
 
 from ..fileio import write_text_atomic
 from .backends import Backend, Splits, is_url
-from .decode import SampleDecode, split_decoders
+from .cropped_decode import decoder_unavailable
+from .decode import SampleDecode, crop_and_flip_only, split_decoders
 from .errors import DataError, Param
 from .params import DataParams
 
@@ -427,10 +428,19 @@ def dataset_identity(train: ShardIndex, val: ShardIndex) -> str:
     return f"shards train {train.fingerprint} val {val.fingerprint}"
 
 
+def shard_pipeline(params: DataParams) -> str:
+    """The decode of a run on shards, that of the folder backend a run on the source folder takes by default:
+    ``turbo``'s crop-only decode where libturbojpeg 3 loads, else ``pil_fast``'s uint8 pipeline (the folder's
+    ``auto`` takes ``pil`` there, for old checkpoints; shards have none); ``pil``'s transforms when policy
+    augmentation, random erasing or a non-bilinear interpolation is asked for."""
+    if not crop_and_flip_only(params):
+        return "pil"
+    return "turbo" if decoder_unavailable() is None else "pil_fast"
+
+
 def open_shard_splits(params: DataParams) -> Splits:
     """The ``shards`` backend's splits: both indexes loaded and checked (same classes), then the decode of the
-    image-folder backends over shard bytes: the fast uint8 pipeline (``pil_fast``'s), or ``pil``'s when policy
-    augmentation (auto-augment, random erasing) or a non-bilinear interpolation is asked for."""
+    image-folder backends over shard bytes (:func:`shard_pipeline`)."""
     cache = None
     if is_url(params.train_dir) or is_url(params.val_dir):
         limit = None if params.cache_limit_gb is None else int(params.cache_limit_gb * 1e9)
@@ -441,8 +451,7 @@ def open_shard_splits(params: DataParams) -> Splits:
         raise DataError(
             Param("train_dir", params.train_dir), " and ", Param("val_dir", params.val_dir), " have different classes"
         )
-    fast = params.auto_augment is None and not params.random_erase > 0 and params.interpolation == "bilinear"
-    train_decode, val_decode, collate = split_decoders(params, fast)
+    train_decode, val_decode, collate = split_decoders(params, shard_pipeline(params))
 
     def store(location: str, index: ShardIndex) -> ShardStore:
         return ShardStore(location, index, cache if is_url(location) else None)
