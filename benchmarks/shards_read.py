@@ -3,9 +3,10 @@ and the writer.
 
     python -m benchmarks.shards_read --images 512 --windows 6
 
-1. Loader-only throughput of train.py's train loader, ``pil_fast`` on the folder vs ``shards`` on shards written
-   from it (the same decode), at 1 and 2 workers, batch 32, crop 224, windows interleaved: wall img/s and images
-   per CPU-second of all processes (main + workers, from /proc), with the per-window ratio shards/folder.
+1. Loader-only throughput of train.py's train loader, the folder backend whose decode shards use (``turbo`` where
+   libturbojpeg 3 loads, else ``pil_fast``) on the folder vs ``shards`` on shards written from it, at 1 and 2
+   workers, batch 32, crop 224, windows interleaved: wall img/s and images per CPU-second of all processes (main +
+   workers, from /proc), with the per-window ratio shards/folder.
 2. One epoch in the main process (-j 0): files opened (Python's ``open`` audit events) and bytes read
    (/proc/self/io ``rchar``) by each backend.
 3. From a local ``python -m http.server``: one epoch with an empty cache (cold: every shard fetched) and again with
@@ -43,6 +44,7 @@ import torch
 from benchmarks._common import machine_info, save_results
 from benchmarks._jpeg_folder import make_jpeg_folder
 from partialconv.data import DataParams, build_loaders
+from partialconv.data.shards import shard_pipeline
 from partialconv.engine.distributed import DistInfo
 
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -113,10 +115,16 @@ class Stream:
         return time.process_time() + sum(_cpu_seconds(w.pid) for w in getattr(self.it, "_workers", []))
 
 
+def folder_backend() -> str:
+    """The folder backend that decodes as a run on shards does: the comparison is of reading, not of decoders."""
+    return shard_pipeline(params(Path("."), "shards", 0))
+
+
 def loader_only(folder: Path, shards: Path, workers: list[int], windows: int, steps: int) -> list[dict]:
     configs = []
     for j in workers:
-        configs.append({"pipeline": "folder (pil_fast)", "workers": j, "s": Stream(params(folder, "pil_fast", j))})
+        name = f"folder ({folder_backend()})"
+        configs.append({"pipeline": name, "workers": j, "s": Stream(params(folder, folder_backend(), j))})
         configs.append({"pipeline": "shards", "workers": j, "s": Stream(params(shards, "shards", j))})
     for c in configs:
         c.update(rates=[], cpu=0.0, images=0)
@@ -152,8 +160,9 @@ def loader_only(folder: Path, shards: Path, workers: list[int], windows: int, st
 def per_sample_cpu(folder: Path, shards: Path, rounds: int) -> list[dict]:
     """CPU ms per train sample in this process (no DataLoader, no scheduling noise from worker processes): every
     4th sample of each dataset per round, the two datasets interleaved, medians over rounds."""
+    folder_name = f"folder ({folder_backend()})"
     sets = {
-        "folder (pil_fast)": build_loaders(params(folder, "pil_fast", 0), CPU).train.dataset,
+        folder_name: build_loaders(params(folder, folder_backend(), 0), CPU).train.dataset,
         "shards": build_loaders(params(shards, "shards", 0), CPU).train.dataset,
     }
     times: dict[str, list[float]] = {name: [] for name in sets}
@@ -164,7 +173,7 @@ def per_sample_cpu(folder: Path, shards: Path, rounds: int) -> list[dict]:
             for i in picked:
                 sets[name][(i, i)]
             times[name].append(1000 * (time.process_time() - start) / len(picked))
-    ratios = [b / a for a, b in zip(times["folder (pil_fast)"], times["shards"])]
+    ratios = [b / a for a, b in zip(times[folder_name], times["shards"])]
     return [{"pipeline": name, "cpu_ms_per_image": statistics.median(t), "rounds": t} for name, t in times.items()] + [
         {"pipeline": "shards/folder CPU", "ratio": statistics.median(ratios), "range": [min(ratios), max(ratios)]}
     ]
@@ -186,7 +195,10 @@ def epoch_io(folder: Path, shards: Path) -> list[dict]:
 
     sys.addaudithook(hook)
     rows = []
-    for name, root, backend in (("folder (pil_fast)", folder, "pil_fast"), ("shards", shards, "shards")):
+    for name, root, backend in (
+        (f"folder ({folder_backend()})", folder, folder_backend()),
+        ("shards", shards, "shards"),
+    ):
         loaders = build_loaders(params(root, backend, 0), CPU)
         loaders.train_sampler.set_epoch(0)
         opened.clear()
