@@ -139,7 +139,7 @@ def test_kill_at_random_moments_over_and_over(data, tmp_path):
     """--checkpoint-every-steps 2; SIGKILL at random moments (seeded: 0-0.4 s after the process saved new progress,
     so every kill lands in real work, whatever the machine's speed), each restart a new process with --resume auto,
     until the run finishes: equal to the straight run with the same flags."""
-    flags = ["--epochs", "3", "--checkpoint-every-steps", "2"]
+    flags = ["--epochs", "4", "--checkpoint-every-steps", "2"]
     straight = tmp_path / "straight"
     assert train.cli(args(data, straight, *flags)) == 0
     out, rng, kills = tmp_path / "killed", random.Random(20), 0
@@ -149,7 +149,7 @@ def test_kill_at_random_moments_over_and_over(data, tmp_path):
         proc = subprocess.Popen(
             [*LAUNCHER, *args(data, out, *flags, "--resume", "auto")],
             cwd=ROOT,
-            env=ENV,
+            env={**ENV, "FAULT_STEP_DELAY": "0.1"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -217,7 +217,7 @@ def test_restart_skips_finished_runs_and_reports_the_failure(matrix):
         if "simple_cnn" in path.parts:
             assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
     log = matrix["broken"] / "run.log"
-    assert f"FAILED simple_cnn_bn/replicate/run2: exit code 1; log {log}" in second.stderr
+    assert f"FAILED simple_cnn_bn/replicate/run2: exit code 2; log {log}" in second.stderr
     text = log.read_text()
     assert "train.py: error:" in text and str(matrix["broken"] / "checkpoint.pth.tar") in text
     assert out.count(" done ") == 7  # the matrix went on after the failure

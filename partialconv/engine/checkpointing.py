@@ -56,7 +56,7 @@ PREVIOUS = "checkpoint.prev.pth.tar"
 BEST = "model_best.pth.tar"
 # What a train.py run writes in its directory; the checkpoints and metrics are what a fresh start would destroy.
 RESULT_FILES = (LAST, PREVIOUS, BEST, "checkpoint_epoch*.pth.tar", "metrics.jsonl")
-RUN_FILES = (*RESULT_FILES, "log.txt", "config.yaml", "tb")
+RUN_FILES = (*RESULT_FILES, "log.txt", "config.yaml", "environment.yaml", "tb")
 REPLACED_PREFIX = "replaced-"  # partialconv.analysis skips run folders under such a directory
 
 
