@@ -167,8 +167,9 @@ def test_a_killed_writer_leaves_nothing_a_reader_takes_as_complete_and_a_rerun_f
     assert writer.wait() == -signal.SIGKILL, "the writer finished before the kill: make the source larger"
     assert not (out / INDEX_NAME).exists()
     listed = {json.loads(line)["shard"] for line in progress.read_text().splitlines()[1:]}
+    final = {int(shard.stem.split("-")[1]) for shard in out.glob("shard-*.tar")}
+    assert len(final - listed) <= 1  # the kill may land between a shard's rename and its progress line
     for shard in out.glob("shard-*.tar"):  # every shard under its final name is whole
-        assert int(shard.stem.split("-")[1]) in listed
         with tarfile.open(shard) as tar:
             assert len(tar.getmembers()) % 2 == 0
     with pytest.raises(FileNotFoundError):  # and a reader refuses the directory
