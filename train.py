@@ -46,6 +46,7 @@ from partialconv.config import (
 )
 from partialconv.data import DataError
 from partialconv.engine.checkpointing import (
+    FINISHED_RUN_NOTE,
     LAST,
     carry_best,
     check_fresh_start,
@@ -172,7 +173,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
             log.truncate_metrics(int(ckpt["epoch"]), ckpt.get("epoch_record"))
             print(
                 f"{ckpt_path}: the run is finished ({ckpt['epoch']} of --epochs {cfg.epochs}, best acc@1 "
-                f"{float(ckpt.get('best_acc1', 0.0)):.3f}); nothing to do (raise --epochs to train on)",
+                f"{float(ckpt.get('best_acc1', 0.0)):.3f}); {FINISHED_RUN_NOTE}",
                 flush=True,
             )
         return 0

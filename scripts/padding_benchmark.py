@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import IO, Optional
 
 from partialconv.analysis import PADDING_ORDER, ReportError, load_run, run_status, write_report
+from partialconv.engine.checkpointing import FINISHED_RUN_NOTE
 from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, DefaultsHelpFormatter
 from partialconv.engine.run_lock import EXIT_RUN_DIR_BUSY, lock_holder
 from partialconv.models import is_model, split_pd_name
@@ -50,6 +51,7 @@ from partialconv.models._registry import unknown_model_message
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 RUN_LOG = "run.log"
+LAUNCH_HEADER = "=== padding_benchmark "  # starts the line the benchmark writes to a run's log before each launch
 # Set per run by the benchmark; passing them after `--` would silently break the matrix layout.
 RESERVED_FLAGS = (
     "-a",
@@ -265,6 +267,18 @@ class _Stop:
         self.count += 1
 
 
+def _found_finished(log_path: Path, start: int) -> bool:
+    """Whether the train.py whose output begins at ``start`` of ``log_path`` found its run already finished (and so
+    trained nothing). Instances that share a root append to one log; this launch's part ends at the next header."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            part = f.read(1 << 20).decode(errors="replace")
+    except OSError:
+        return False
+    return FINISHED_RUN_NOTE in part.split(LAUNCH_HEADER, 1)[0]
+
+
 @dataclass
 class _Active:
     job: Job
@@ -273,6 +287,7 @@ class _Active:
     started: float
     position: int
     slot: int
+    log_start: int  # where this launch's part of the run's log begins
 
 
 class Runner:
@@ -327,8 +342,9 @@ class Runner:
             print(f"[{position}/{total}] FAILED  {job.name}: cannot write {log_path} ({e.strerror})", flush=True)
             return None
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        log.write(f"=== padding_benchmark {stamp}: {format_command(cmd, gpus)}\n".encode())
+        log.write(f"{LAUNCH_HEADER}{stamp}: {format_command(cmd, gpus)}\n".encode())
         log.flush()
+        log_start = log.tell()
         try:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         except OSError as e:
@@ -339,7 +355,7 @@ class Runner:
         where = f" on GPU {','.join(gpus)}" if gpus is not None else ""
         what = "resume" if job.status == "partial" else "start "
         print(f"[{position}/{total}] {what} {job.name} (seed {job.seed}){where}, log {log_path}", flush=True)
-        return _Active(job, proc, log, time.monotonic(), position, slot)
+        return _Active(job, proc, log, time.monotonic(), position, slot, log_start)
 
     def _finish(self, active: _Active, total: int) -> None:
         active.log.close()
@@ -347,6 +363,10 @@ class Runner:
         took = time.monotonic() - active.started
         head = f"[{active.position}/{total}]"
         run, _ = load_run(job.run_dir) if (job.run_dir / "metrics.jsonl").is_file() else (None, [])
+        if code == 0 and run is not None and run.finished and _found_finished(job.run_dir / RUN_LOG, active.log_start):
+            self.elsewhere.append(job)  # another instance trained it between our look at its lock and our child's
+            print(f"{head} done    {job.name} by another process", flush=True)
+            return
         if code == 0 and run is not None and run.finished:
             self.succeeded.append(job)
             self.durations.append(took)

@@ -279,3 +279,10 @@ def test_two_benchmarks_on_one_root_train_every_run_once(tmp_path):
         assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
         log = (run / "log.txt").read_text()
         assert "resumed from" not in log and log.count("Epoch 2/2:") == 1, log
+    # The race this test can lose either way, made certain: a launch whose train.py finds the run already finished
+    # (another instance trained it after our look at the lock) is reported as done elsewhere, not as trained here.
+    args, passthrough = pb.parse_args(cmd[len(BENCH) :])
+    runner = pb.Runner([None], "cpu", args, passthrough)
+    job = pb.Job("simple_cnn", "zero", 1, 1, root / "simple_cnn" / "zero" / "run1", "new")
+    assert runner.run([job]) is None
+    assert runner.elsewhere == [job] and runner.succeeded == [] and runner.failed == []

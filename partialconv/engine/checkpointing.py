@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # annotations only: the trainer does not need checkpointing t
     from .trainer import Optimisation
 
 __all__ = [
+    "FINISHED_RUN_NOTE",
     "LAST",
     "PREVIOUS",
     "BEST",
@@ -270,6 +271,11 @@ def find_resume_checkpoint(
     if errors:
         raise CheckpointError(f"--resume auto: no readable checkpoint in {run_dir} ({'; '.join(errors)})")
     return None, None
+
+
+# The line's end that train.py prints when it finds its run already finished: padding_benchmark tells from it that a
+# run it launched was trained by another process that shares the root.
+FINISHED_RUN_NOTE = "nothing to do (raise --epochs to train on)"
 
 
 def finished(ckpt: dict[str, Any], epochs: int) -> bool:
