@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import yaml
 from torch import nn
 
-from partialconv.checkpoint import CheckpointError, extract_state_dict, load_state, read_checkpoint, unwrap_model
+from partialconv.checkpoint_io import CheckpointError, extract_state_dict, load_state, read_checkpoint, unwrap_model
 from partialconv.config import (
     DATA_IDENTITY_KEY,
     ConfigError,
@@ -45,30 +45,32 @@ from partialconv.config import (
     run_dir_of,
 )
 from partialconv.data import DataError
-from partialconv.engine.checkpointing import (
-    FINISHED_RUN_NOTE,
-    LAST,
-    carry_best,
-    check_fresh_start,
-    check_output_dir,
-    check_resumed_data,
-    complete_run_files,
-    data_fingerprints,
-    elastic_restart_resume,
-    find_resume_checkpoint,
-    finished,
-    load_resume_weights,
-    move_run_aside,
-    remove_temp_files,
-    restore_run_state,
-    run_state,
-    save_run_checkpoint,
-)
 from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, exit_program, run_cli
 from partialconv.engine.distributed import barrier, cleanup, init_distributed, shared_store_restart_warning
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
+from partialconv.engine.run_files import (
+    LAST,
+    carry_best,
+    check_fresh_start,
+    check_output_dir,
+    complete_run_files,
+    elastic_restart_resume,
+    find_resume_checkpoint,
+    move_run_aside,
+    remove_temp_files,
+    save_run_checkpoint,
+)
 from partialconv.engine.run_lock import EXIT_RUN_DIR_BUSY, RunDirBusy, RunDirLock
+from partialconv.engine.run_state import (
+    FINISHED_RUN_NOTE,
+    check_resumed_data,
+    data_fingerprints,
+    finished,
+    load_resume_weights,
+    restore_run_state,
+    run_state,
+)
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import (
     ENVIRONMENT_FILE,

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from benchmarks._common import RESULTS_DIR, describe_machine, machine_info, save_results
-from partialconv.engine.checkpointing import LAST, run_state, save_run_checkpoint
+from partialconv.engine.run_files import LAST, save_run_checkpoint
+from partialconv.engine.run_state import run_state
 from partialconv.engine.trainer import Optimisation
 from partialconv.models import create_model
 

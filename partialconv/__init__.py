@@ -1,6 +1,6 @@
 """Partial convolutions: the layer, a model zoo in four paddings, and checkpoint helpers."""
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 from .layers import PADDINGS, PartialConv1d, PartialConv2d, PartialConv3d, conv_factory, convert_padding
 from .models import create_model, list_models, register_model
 

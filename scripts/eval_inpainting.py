@@ -35,7 +35,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from partialconv.checkpoint import CheckpointError
+from partialconv.checkpoint_io import CheckpointError
 from partialconv.data.inpainting import InpaintingDataset
 from partialconv.data.masks import (
     HOLE_RATIO_BUCKETS,

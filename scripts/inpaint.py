@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from partialconv.checkpoint import CheckpointError
+from partialconv.checkpoint_io import CheckpointError
 from partialconv.data.inpainting import IMAGE_EXTENSIONS, load_image
 from partialconv.data.masks import generate_mask, list_images, load_mask_png, save_mask_png
 from partialconv.engine.amp import AMP_DTYPES

@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import IO, Optional
 
 from partialconv.analysis import PADDING_ORDER, ReportError, load_run, run_status, write_report
-from partialconv.engine.checkpointing import FINISHED_RUN_NOTE
 from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, DefaultsHelpFormatter
 from partialconv.engine.run_lock import EXIT_RUN_DIR_BUSY, lock_holder
+from partialconv.engine.run_state import FINISHED_RUN_NOTE
 from partialconv.models import is_model, split_pd_name
 from partialconv.models._registry import unknown_model_message
 

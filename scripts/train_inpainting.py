@@ -45,14 +45,18 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from partialconv.checkpoint import CheckpointError, extract_state_dict, read_checkpoint
+from partialconv.checkpoint_io import CheckpointError, extract_state_dict, read_checkpoint
 from partialconv.data.inpainting import InpaintingDataset, InpaintingSampler, skimage_demo_folder
 from partialconv.data.loaders import resolve_workers
 from partialconv.data.masks import IrregularMaskGenerator, MaskFolder
 from partialconv.data.worker_signals import ignore_stop_signals
 from partialconv.engine import distributed as dist
 from partialconv.engine.amp import AMP_DTYPES
-from partialconv.engine.checkpointing import (
+from partialconv.engine.cli import EXIT_USER_ERROR, exit_program, run_cli
+from partialconv.engine.image_grid import image_grid
+from partialconv.engine.inpainting import evaluate, train_step
+from partialconv.engine.preemption import Preemption
+from partialconv.engine.run_files import (
     LAST,
     check_fresh_start,
     check_output_dir,
@@ -60,10 +64,6 @@ from partialconv.engine.checkpointing import (
     move_run_aside,
     save_run_checkpoint,
 )
-from partialconv.engine.cli import EXIT_USER_ERROR, exit_program, run_cli
-from partialconv.engine.image_grid import image_grid
-from partialconv.engine.inpainting import evaluate, train_step
-from partialconv.engine.preemption import Preemption
 from partialconv.engine.runlog import RunLogger
 from partialconv.fileio import WriteError, write_text_atomic
 from partialconv.losses.inpainting import (

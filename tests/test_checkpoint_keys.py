@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from partialconv.checkpoint import CheckpointError, load_checkpoint, match_keys
+from partialconv.checkpoint_io import CheckpointError, load_checkpoint, match_keys
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

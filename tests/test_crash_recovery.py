@@ -27,7 +27,7 @@ import torch
 from signalling import ROOT, child_with_env
 
 import train
-from partialconv.checkpoint import read_checkpoint
+from partialconv.checkpoint_io import read_checkpoint
 from partialconv.data.demo import make_demo_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the same thread count as the subprocesses (OMP_NUM_THREADS=1)

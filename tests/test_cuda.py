@@ -26,7 +26,7 @@ from torch import nn
 import train
 from benchmarks._jpeg_folder import make_jpeg_folder, render_image
 from partialconv import PartialConv2d
-from partialconv.checkpoint import read_checkpoint
+from partialconv.checkpoint_io import read_checkpoint
 from partialconv.data import ClassificationFolder, train_transform
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.gpu_decode import EncodedImageFolder, GpuPreprocess, collate_encoded, decode_images

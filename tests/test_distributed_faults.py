@@ -22,11 +22,11 @@ import pytest
 import torch
 from signalling import child_with_env, kill_tree
 
-from partialconv.checkpoint import read_checkpoint
+from partialconv.checkpoint_io import read_checkpoint
 from partialconv.config import loaders_from_config, parse_config
 from partialconv.data.demo import make_demo_dataset
-from partialconv.engine.checkpointing import LAST, elastic_restart_resume
 from partialconv.engine.distributed import DistInfo, shared_store_restart_warning
+from partialconv.engine.run_files import LAST, elastic_restart_resume
 from partialconv.engine.run_lock import LOCK_NAME
 from partialconv.engine.trainer import evaluate
 from partialconv.models import create_model

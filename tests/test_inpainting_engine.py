@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from partialconv.checkpoint import read_checkpoint
+from partialconv.checkpoint_io import read_checkpoint
 from scripts import train_inpainting
 from tests.signalling import child_with_env, no_process_left, signal_at_line, to_group
 

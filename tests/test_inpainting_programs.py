@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from partialconv.checkpoint import read_checkpoint
+from partialconv.checkpoint_io import read_checkpoint
 from partialconv.data.masks import IrregularMaskGenerator, hole_ratio, load_mask_png
 from partialconv.losses import InpaintingLoss
 from partialconv.models import create_model
@@ -150,7 +150,7 @@ def test_finetune_freezes_encoder_bn_and_checks_phase(runs, photos, vgg_file):
         assert torch.equal(after["state_dict"][key], before[key]), key
     assert not torch.equal(after["state_dict"]["decoder.1.bn.running_mean"], before["decoder.1.bn.running_mean"])
     assert not torch.equal(after["state_dict"]["encoder.1.conv.weight"], before["encoder.1.conv.weight"])
-    from partialconv.checkpoint import CheckpointError
+    from partialconv.checkpoint_io import CheckpointError
 
     with pytest.raises(CheckpointError, match="--pretrained, not --resume"):
         _train(runs, photos, vgg_file, "ft2", 2, "--finetune", "--resume", str(pre))

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 import train
-from partialconv.checkpoint import CheckpointError, load_checkpoint, match_keys, read_checkpoint
+from partialconv.checkpoint_io import CheckpointError, load_checkpoint, match_keys, read_checkpoint
 from partialconv.config import ConfigError, build_parser, parse_config
 from partialconv.data.demo import make_demo_dataset
-from partialconv.engine.checkpointing import restore_run_state
+from partialconv.engine.run_state import restore_run_state
 from partialconv.engine.trainer import build_optimisation
 from partialconv.models import create_model
 

@@ -16,7 +16,7 @@ from signalling import no_process_left, signal_at_line, to_group
 from test_train import _torchrun, args, assert_same_run, metrics, weights
 
 import train
-from partialconv.checkpoint import read_checkpoint
+from partialconv.checkpoint_io import read_checkpoint
 from partialconv.config import ConfigError, compare_resumed_config, loaders_from_config, parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.sampler import SeededSampler, sample_seed

@@ -16,7 +16,7 @@ from signalling import no_process_left, signal_at_line, to_group
 from torch import nn
 
 import train
-from partialconv.checkpoint import read_checkpoint
+from partialconv.checkpoint_io import read_checkpoint
 from partialconv.config import ConfigError, compare_resumed_config, parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.presets import AUTO_AUGMENT, train_transform

@@ -12,7 +12,7 @@ from torch import nn
 import train
 from benchmarks import train_throughput
 from partialconv.analysis import canonical_arch
-from partialconv.checkpoint import read_checkpoint
+from partialconv.checkpoint_io import read_checkpoint
 from partialconv.models import _registry, create_model, is_model, list_models, register_model, split_pd_name
 from scripts import padding_benchmark
 

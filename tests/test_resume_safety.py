@@ -13,7 +13,7 @@ import pytest
 
 import train
 from partialconv.analysis import collect_runs
-from partialconv.checkpoint import read_checkpoint, save_checkpoint
+from partialconv.checkpoint_io import read_checkpoint, save_checkpoint
 from partialconv.data.demo import make_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from partialconv.checkpoint import CheckpointError, read_checkpoint
+from partialconv.checkpoint_io import CheckpointError, read_checkpoint
 from partialconv.data.demo import make_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,7 +244,7 @@ def test_mid_epoch_checkpoint_without_fingerprint_resumes_with_a_warning(data, t
     import signal
     import sys
 
-    from partialconv.checkpoint import save_checkpoint
+    from partialconv.checkpoint_io import save_checkpoint
     from tests.signalling import signal_at_line, to_group
 
     run = tmp_path / "run"

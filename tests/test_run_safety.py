@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 import train
-from partialconv.checkpoint import read_checkpoint
+from partialconv.checkpoint_io import read_checkpoint
 from partialconv.config import parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.models import create_model

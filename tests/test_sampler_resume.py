@@ -103,7 +103,7 @@ def test_torchrun_resumes_a_one_process_mid_epoch_checkpoint_exactly(tmp_path, m
     import torch
 
     import train
-    from partialconv.checkpoint import read_checkpoint
+    from partialconv.checkpoint_io import read_checkpoint
     from partialconv.data.demo import make_demo_dataset
 
     root = Path(__file__).resolve().parents[1]

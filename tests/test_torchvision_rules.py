@@ -460,7 +460,7 @@ def test_train_py_resumes_a_previous_version_run_on_its_own_step_schedule(folder
     import json
 
     import train
-    from partialconv.checkpoint import read_checkpoint
+    from partialconv.checkpoint_io import read_checkpoint
 
     def run(out, *extra):
         argv = ["-a", "simple_cnn", "--device", "cpu", "-b", "8", "-j", "0", "--lr", "0.4", "--seed", "1",

@@ -22,7 +22,7 @@ from PIL import Image
 from signalling import child_with_env, no_process_left, signal_at_line, to_group
 
 import train
-from partialconv.checkpoint import read_checkpoint
+from partialconv.checkpoint_io import read_checkpoint
 from partialconv.config import parse_config
 from partialconv.data import ClassificationFolder
 from partialconv.data.demo import make_demo_dataset

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import train
-from partialconv.checkpoint import read_checkpoint, save_checkpoint
+from partialconv.checkpoint_io import read_checkpoint, save_checkpoint
 from partialconv.config import ConfigError, loaders_from_config, parse_config
 from partialconv.data import ClassificationFolder, eval_transform
 from partialconv.data.demo import make_demo_dataset

@@ -11,14 +11,14 @@ import pytest
 import torch
 import yaml
 
-from partialconv.checkpoint import read_checkpoint, save_checkpoint
+from partialconv.checkpoint_io import read_checkpoint, save_checkpoint
 from partialconv.config import ConfigError, loaders_from_config, parse_config, run_dir_of
 from partialconv.data import DataError
 from partialconv.data.demo import DEMO_CLASSES, make_demo_dataset
 from partialconv.data.sampler import SeededSampler
-from partialconv.engine.checkpointing import rng_state, set_rng_state
 from partialconv.engine.distributed import DistInfo
 from partialconv.engine.metrics import EpochMeter, topk_correct
+from partialconv.engine.run_state import rng_state, set_rng_state
 from partialconv.engine.runlog import RunLogger
 
 ROOT = Path(__file__).resolve().parents[1]

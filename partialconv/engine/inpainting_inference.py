@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, PathLike, extract_state_dict, load_state, read_checkpoint
+from ..checkpoint_io import CheckpointError, PathLike, extract_state_dict, load_state, read_checkpoint
 from ..models import create_model
 from .amp import autocast
 

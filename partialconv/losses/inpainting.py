@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, read_checkpoint
+from ..checkpoint_io import CheckpointError, read_checkpoint
 
 __all__ = [
     "DEFAULT_WEIGHTS",

@@ -139,7 +139,7 @@ def create_model(name: str, pretrained: Optional[str] = None, task: Optional[str
         kwargs.pop("padding")
     model = entry(**kwargs)
     if pretrained:
-        from ..checkpoint import load_checkpoint
+        from ..checkpoint_io import load_checkpoint
 
         load_checkpoint(model, pretrained)
     return model

@@ -1,4 +1,8 @@
-"""Checkpoint I/O: atomic saves, ``weights_only`` loads, prefix stripping and readable key-mismatch errors."""
+"""Checkpoint files, whoever wrote them: atomic saves, ``weights_only`` loads (safetensors too), wrapper-segment key
+matching, foreign layouts (NVIDIA's ``main.py``) and readable key-mismatch errors.
+
+What a training run's checkpoint holds and how it is restored is ``engine/run_state.py``; how a run directory's
+checkpoint files are committed, completed after a kill and chosen for a resume is ``engine/run_files.py``."""
 
 from __future__ import annotations
 
