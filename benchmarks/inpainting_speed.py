@@ -39,7 +39,7 @@ from torch import nn
 from benchmarks._common import RESULTS_DIR, describe_machine, machine_info
 from partialconv.data.masks import IrregularMaskGenerator
 from partialconv.engine.amp import AMP_DTYPES, autocast
-from partialconv.engine.inpainting import train_step
+from partialconv.engine.inpainting.training import train_step
 from partialconv.fileio import write_text_atomic
 from partialconv.layers.partial_conv import PartialConv2d
 from partialconv.losses.inpainting import InpaintingLoss

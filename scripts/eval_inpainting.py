@@ -48,8 +48,8 @@ from partialconv.data.masks import (
 from partialconv.engine.amp import AMP_DTYPES
 from partialconv.engine.cli import EXIT_USER_ERROR, run_cli
 from partialconv.engine.distributed import init_distributed
-from partialconv.engine.image_metrics import l1_percent, psnr, ssim
-from partialconv.engine.inpainting_inference import inpaint, load_inpainting_model
+from partialconv.engine.inpainting.inference import inpaint, load_inpainting_model
+from partialconv.engine.inpainting.metrics import l1_percent, psnr, ssim
 from partialconv.fileio import WriteError, write_text_atomic
 
 BORDERS = ("N", "B")  # N: no border constraint, B: no hole within the border margin

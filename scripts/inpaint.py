@@ -39,7 +39,7 @@ from partialconv.data.masks import generate_mask, list_images, load_mask_png, sa
 from partialconv.engine.amp import AMP_DTYPES
 from partialconv.engine.cli import EXIT_USER_ERROR, run_cli
 from partialconv.engine.distributed import init_distributed
-from partialconv.engine.inpainting_inference import inpaint, load_inpainting_model
+from partialconv.engine.inpainting.inference import inpaint, load_inpainting_model
 from partialconv.fileio import WriteError, atomic_write
 
 

@@ -53,8 +53,8 @@ from partialconv.data.worker_signals import ignore_stop_signals
 from partialconv.engine import distributed as dist
 from partialconv.engine.amp import AMP_DTYPES
 from partialconv.engine.cli import EXIT_USER_ERROR, exit_program, run_cli
-from partialconv.engine.image_grid import image_grid
-from partialconv.engine.inpainting import evaluate, train_step
+from partialconv.engine.inpainting.grid import image_grid
+from partialconv.engine.inpainting.training import evaluate, train_step
 from partialconv.engine.preemption import Preemption
 from partialconv.engine.run_files import (
     LAST,

@@ -20,8 +20,8 @@ from partialconv.data.masks import (
     load_mask_png,
     save_mask_png,
 )
-from partialconv.engine.image_metrics import l1_percent, psnr, ssim
-from partialconv.engine.inpainting_inference import compose
+from partialconv.engine.inpainting.inference import compose
+from partialconv.engine.inpainting.metrics import l1_percent, psnr, ssim
 from partialconv.losses import InpaintingLoss
 from partialconv.models import PConvUNet, create_model
 

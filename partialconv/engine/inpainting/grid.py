@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .inpainting_inference import compose
+from .inference import compose
 
 __all__ = ["image_grid"]
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint_io import CheckpointError, PathLike, extract_state_dict, load_state, read_checkpoint
-from ..models import create_model
-from .amp import autocast
+from ...checkpoint_io import CheckpointError, PathLike, extract_state_dict, load_state, read_checkpoint
+from ...models import create_model
+from ..amp import autocast
 
 __all__ = ["compose", "inpaint", "load_inpainting_model", "pad_to_multiple"]
 

@@ -8,10 +8,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from . import distributed as dist
-from .amp import autocast
-from .image_metrics import l1_percent, psnr, ssim
-from .inpainting_inference import compose
+from .. import distributed as dist
+from ..amp import autocast
+from .inference import compose
+from .metrics import l1_percent, psnr, ssim
 
 __all__ = ["train_step", "evaluate"]
 
