@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(tmp)
         for _ in range(args.reps):
             start = time.perf_counter()
-            state = run_state(model, optim, 0, 1, 0.0, {"arch": args.arch})
+            state = run_state(model, optim, 0, 1, 0.0, {"arch": args.arch}, data=None)
             save_run_checkpoint(run_dir, state)
             times.append(time.perf_counter() - start)
         size_mb = (run_dir / LAST).stat().st_size / 1e6

@@ -28,16 +28,21 @@ def test_every_program_is_found():
     assert not any(p.endswith(("_common", "_jpeg_folder", "__init__")) for p in PROGRAMS)
 
 
-def _help(module: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the repository root comes from `-m` alone
-    return subprocess.run(
-        [sys.executable, "-m", module, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
 @pytest.fixture(scope="module")
 def helps() -> dict[str, subprocess.CompletedProcess]:
-    return {module: _help(module) for module in PROGRAMS}
+    """Every program's --help, the interpreters started together (each one mostly imports torch)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the repository root comes from `-m` alone
+    procs = {
+        module: subprocess.Popen(
+            [sys.executable, "-m", module, "--help"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for module in PROGRAMS
+    }
+    done = {}
+    for module, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        done[module] = subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
+    return done
 
 
 @pytest.mark.parametrize("module", PROGRAMS)
@@ -80,3 +85,13 @@ def test_a_program_run_by_path_from_elsewhere_works_without_pythonpath(tmp_path)
     assert proc.stderr.strip().splitlines() == [
         f"padding_report: error: results root {tmp_path / 'none'} does not exist"
     ]
+
+
+def test_checkpoint_cost_writes_and_times_a_real_run_checkpoint(tmp_path, capsys):
+    """The benchmark's own code path (run_state + the commit protocol), not only its --help."""
+    from benchmarks import checkpoint_cost
+
+    assert checkpoint_cost.main(["-a", "simple_cnn", "--reps", "2", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| simple_cnn | " in out and " MB | " in out, out
+    assert list(tmp_path.iterdir()) == []  # its temporary run directory is gone
