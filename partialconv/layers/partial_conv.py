@@ -36,6 +36,8 @@ from torch.autograd import forward_ad
 from ._autograd import _BorderRescaledConv, _MaskedConv
 from ._padding_plan import _border_plan, padding_ratio_1d, rescale_to_partial, resolve_pads
 
+# padding_ratio_1d and rescale_to_partial are imported above only to stay public here: this module's __all__ named them
+# before the plan had its own file, and tests, benchmarks and users import them from it.
 __all__ = ["PartialConv1d", "PartialConv2d", "PartialConv3d", "padding_ratio_1d", "rescale_to_partial", "resolve_pads"]
 
 
