@@ -10,7 +10,8 @@ from typing import Callable, Optional
 
 from torch import Tensor, nn
 
-from .partial_conv import PartialConv1d, PartialConv2d, PartialConv3d, rescale_to_partial, resolve_pads
+from ._padding_plan import rescale_to_partial, resolve_pads
+from .partial_conv import PartialConv1d, PartialConv2d, PartialConv3d
 
 __all__ = ["PADDINGS", "conv_factory", "convert_padding"]
 
