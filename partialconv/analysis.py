@@ -8,7 +8,6 @@ epoch with at least ``epoch``, ``epochs``, ``arch``, ``padding``, ``val_acc1`` a
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import math
@@ -20,11 +19,12 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from .config import RECIPE_FLAGS, build_parser, implied_by_version
+from .config import implied_by_version
 from .engine.setup import ENVIRONMENT_FILE
 from .fileio import write_bytes_atomic
 from .layers import PADDINGS
 from .models import pytorch_official, split_pd_name
+from .recipe_flags import RECIPE_DEFAULTS, RECIPE_FLAGS
 
 __all__ = [
     "PADDING_ORDER",
@@ -60,14 +60,10 @@ PUBLISHED_TABLE = Path(__file__).resolve().parent / "analysis_data" / "nvidia_pa
 # config.yaml keys that make two runs different experiments (train.py's resolved flags). Runs that differ in any of
 # them are never averaged together. Performance flags (workers, amp, channels_last, compile) are left out: they change
 # speed, not the recipe. Runs without a config.yaml (made outside train.py) only split on metrics.jsonl's ``epochs``.
+# A key an older config.yaml lacks takes RECIPE_DEFAULTS' value; the four keys after the recipe flags default to
+# None (not set), as in train.py.
 RECIPE_KEYS = ("epochs", *RECIPE_FLAGS, "data_train", "data_val", "num_classes", "pretrained")
 _REQUIRED = {"epoch": int, "epochs": int, "arch": str, "padding": str, "val_acc1": float, "val_acc5": float}
-
-
-@functools.cache
-def _flag_defaults() -> dict[str, Any]:
-    """train.py's flag defaults, by config.yaml key."""
-    return {a.dest: a.default for a in build_parser()._actions}
 
 
 class ReportError(Exception):
@@ -112,7 +108,7 @@ class RunResult:
         if not self.config:
             return (("epochs", self.epochs_planned),)
         # a key missing from an older run's config.yaml: what that version did, else train.py's default
-        config = {**_flag_defaults(), **self.config, **implied_by_version(self.config)}
+        config = {**RECIPE_DEFAULTS, **self.config, **implied_by_version(self.config)}
         keys = tuple((k, self.epochs_planned if k == "epochs" else config.get(k)) for k in RECIPE_KEYS)
         # other data at the same path (shards rewritten from other images) is another experiment
         return keys + ((("data_identity", self.data_identity),) if self.data_identity else ())
@@ -620,7 +616,7 @@ def _what_was_run(cells: Sequence[CellSummary]) -> list[str]:
     runs = [r for c in cells for r in c.finished]
     if not runs:
         return []
-    defaults = _flag_defaults()
+    defaults = RECIPE_DEFAULTS
 
     def conf(key: str):
         return lambda r: r.config.get(key, defaults.get(key)) if r.config else None

@@ -35,6 +35,7 @@ from .engine.optim import LR_SCHEDULES, LR_UPDATES, OPTIMISERS, STEP_ORIGINS, WA
 from .layers import PADDINGS
 from .models import is_model, list_models, split_pd_name
 from .models._registry import unknown_model_message
+from .recipe_flags import RECIPE_DEFAULTS, RECIPE_FLAGS
 
 if TYPE_CHECKING:
     from .engine.distributed import DistInfo
@@ -118,47 +119,6 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # Destinations that only make sense for one invocation: not accepted from a YAML file, not saved in config.yaml.
 CLI_ONLY = ("help", "config", "overwrite", "restart_epoch")
 
-# The training recipe: the flags that change what is learned (batch, optimiser, schedule, crops, augmentation, EMA,
-# repeated augmentation). The one list behind EXPERIMENT_KEYS (resume) and partialconv.analysis.RECIPE_KEYS (which
-# runs the padding report pools).
-RECIPE_FLAGS = (
-    "batch_size",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "lr_schedule",
-    "lr_step_size",
-    "lr_gamma",
-    "warmup_epochs",
-    "label_smoothing",
-    "bn_momentum",
-    "bn_eps",
-    "train_crop_size",
-    "train_min_scale",
-    "val_resize_size",
-    "val_crop_size",
-    "opt",
-    "norm_weight_decay",
-    "bias_weight_decay",
-    "clip_grad_norm",
-    "lr_warmup_method",
-    "lr_warmup_decay",
-    "lr_update",
-    "lr_step_origin",
-    "lr_min",
-    "auto_augment",
-    "ra_magnitude",
-    "augmix_severity",
-    "interpolation",
-    "random_erase",
-    "mixup_alpha",
-    "cutmix_alpha",
-    "model_ema",
-    "model_ema_steps",
-    "model_ema_decay",
-    "ra_sampler",
-    "ra_reps",
-)
 # What a resumed run must share with the checkpoint's run: the model, the data and the recipe (a changed batch
 # size or schedule would train the rest of the run at another learning rate, or skip images mid-epoch). ``epochs``
 # is in it only for the cosine schedule, whose curve depends on the total; the step schedule's does not.
@@ -286,12 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
         "index.json), else turbo when its decoder loads, else pil (with one warning); "
         + "; ".join(f"{name}: {get_backend(name).help}" for name in backend_names()),
     )
-    g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
-    g.add_argument(
-        "--train-min-scale", type=float, default=0.08, help="RandomResizedCrop's smallest crop area (fraction)"
-    )
-    g.add_argument("--val-resize-size", type=int, default=256, help="eval resize of the shorter side")
-    g.add_argument("--val-crop-size", type=int, default=224, help="eval center crop")
+    g.add_argument("--train-crop-size", type=int, help="RandomResizedCrop output size")
+    g.add_argument("--train-min-scale", type=float, help="RandomResizedCrop's smallest crop area (fraction)")
+    g.add_argument("--val-resize-size", type=int, help="eval resize of the shorter side")
+    g.add_argument("--val-crop-size", type=int, help="eval center crop")
     g.add_argument(
         "--on-bad-image",
         choices=("skip", "error"),
@@ -302,41 +260,37 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=100, help="total epochs (a resumed run continues up to it)")
     g.add_argument("--start-epoch", type=int, default=None, help="override the epoch to start from (0-based)")
-    g.add_argument("-b", "--batch-size", type=int, default=192, help="global batch size, split over processes")
-    g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.1, help="peak learning rate")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="weight decay")
+    g.add_argument("-b", "--batch-size", type=int, help="global batch size, split over processes")
+    g.add_argument("--lr", "--learning-rate", dest="lr", type=float, help="peak learning rate")
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, help="weight decay")
     g.add_argument(
         "--lr-schedule",
         "--lr-scheduler",
         type=_schedule_name,
         choices=LR_SCHEDULES,
-        default="step",
         help="learning-rate schedule (torchvision's names steplr and cosineannealinglr are accepted)",
     )
     g.add_argument(
         "--lr-step-size",
         type=int,
-        default=30,
         help="step schedule: epochs between decays, counted as --lr-step-origin says",
     )
-    g.add_argument("--lr-gamma", type=float, default=0.1, help="step schedule: decay factor")
+    g.add_argument("--lr-gamma", type=float, help="step schedule: decay factor")
     g.add_argument(
         "--warmup-epochs",
         "--lr-warmup-epochs",
         type=float,
-        default=0.0,
         help="warm-up epochs (--lr-warmup-method, --lr-warmup-decay); fractions allowed with --lr-update iteration",
     )
-    g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
     g.add_argument(
         "--bn-momentum",
         type=float,
-        default=None,
         help="momentum of every BatchNorm's running statistics (default: the model's own; e.g. 0.1 for "
         "MobileNetV3/EfficientNet on short runs, whose 0.01 leaves the statistics unfit for eval for many epochs)",
     )
-    g.add_argument("--bn-eps", type=float, default=None, help="epsilon of every BatchNorm (default: the model's own)")
+    g.add_argument("--bn-eps", type=float, help="epsilon of every BatchNorm (default: the model's own)")
 
     _add_recipe_flags(p)
     _add_ra_flags(p)
@@ -418,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--multiprocessing-distributed", action="store_true", help="not used: prints the equivalent torchrun command"
     )
+    p.set_defaults(**RECIPE_DEFAULTS)  # the recipe flags' defaults: one table, read by the padding report too
     return p
 
 
@@ -428,47 +383,35 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--auto-augment",
         choices=AUTO_AUGMENT,
-        default=None,
         help="train augmentation policy (torchvision.transforms.v2: TrivialAugmentWide, RandAugment, AugMix, "
         "AutoAugment imagenet); pil backend",
     )
-    g.add_argument(
-        "--ra-magnitude", type=int, default=9, metavar="M", help="--auto-augment ra: RandAugment's magnitude"
-    )
-    g.add_argument(
-        "--augmix-severity", type=int, default=3, metavar="S", help="--auto-augment augmix: AugMix's severity"
-    )
+    g.add_argument("--ra-magnitude", type=int, metavar="M", help="--auto-augment ra: RandAugment's magnitude")
+    g.add_argument("--augmix-severity", type=int, metavar="S", help="--auto-augment augmix: AugMix's severity")
     g.add_argument(
         "--interpolation",
         choices=INTERPOLATIONS,
-        default="bilinear",
         help="resampling of the train crop, the policy and the eval resize (torchvision's InterpolationMode); pil "
         "backend (the others resize bilinearly)",
     )
-    g.add_argument(
-        "--random-erase", type=float, default=0.0, metavar="P", help="RandomErasing probability; pil backend"
-    )
-    g.add_argument("--mixup-alpha", type=float, default=0.0, metavar="A", help="MixUp alpha per batch (0: off)")
+    g.add_argument("--random-erase", type=float, metavar="P", help="RandomErasing probability; pil backend")
+    g.add_argument("--mixup-alpha", type=float, metavar="A", help="MixUp alpha per batch (0: off)")
     g.add_argument(
         "--cutmix-alpha",
         type=float,
-        default=0.0,
         metavar="A",
         help="CutMix alpha per batch (0: off); with --mixup-alpha too, one of the two per batch at random",
     )
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights; evaluated every epoch")
-    g.add_argument("--model-ema-steps", type=int, default=32, help="optimiser steps between EMA updates")
-    g.add_argument(
-        "--model-ema-decay", type=float, default=0.99998, help="EMA decay (adjusted for the steps, as torchvision)"
-    )
+    g.add_argument("--model-ema-steps", type=int, help="optimiser steps between EMA updates")
+    g.add_argument("--model-ema-decay", type=float, help="EMA decay (adjusted for the steps, as torchvision)")
     g.add_argument(
         "--best-from-ema", action="store_true", help="model_best follows the EMA's top-1 instead of the model's"
     )
-    g.add_argument("--opt", choices=OPTIMISERS, default="sgd", help="optimiser (rmsprop: torchvision's settings)")
+    g.add_argument("--opt", choices=OPTIMISERS, help="optimiser (rmsprop: torchvision's settings)")
     g.add_argument(
         "--norm-weight-decay",
         type=float,
-        default=None,
         metavar="WD",
         help="weight decay of normalisation layers' parameters (their biases take --bias-weight-decay when it is "
         "set, as in torchvision); default: --weight-decay",
@@ -476,42 +419,35 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--bias-weight-decay",
         type=float,
-        default=None,
         metavar="WD",
         help="weight decay of every parameter named bias, norm layers' included; default: --weight-decay",
     )
-    g.add_argument("--clip-grad-norm", type=float, default=None, metavar="N", help="clip the total gradient norm to N")
+    g.add_argument("--clip-grad-norm", type=float, metavar="N", help="clip the total gradient norm to N")
     g.add_argument(
         "--lr-warmup-method",
         choices=WARMUP_METHODS,
-        default="linear",
         help="--warmup-epochs shape: linear from --lr-warmup-decay x lr up to lr, or constant at that LR",
     )
     g.add_argument(
         "--lr-warmup-decay",
         type=float,
-        default=0.01,
         metavar="F",
         help="warm-up: the linear ramp's start factor / the constant factor (torchvision's; 0: a ramp from 0)",
     )
     g.add_argument(
         "--lr-update",
         choices=LR_UPDATES,
-        default="iteration",
         help="how often the LR changes: every iteration (smooth ramp and cosine), or once per epoch as torchvision's "
         "reference scheduler does (its exact curve; whole --warmup-epochs)",
     )
     g.add_argument(
         "--lr-step-origin",
         choices=STEP_ORIGINS,
-        default="warmup",
         help="step schedule: count --lr-step-size from the end of warm-up (torchvision's SequentialLR: with 5 warm-up "
         "epochs and step size 30, decays at epochs 35 and 65) or from epoch 0 (decays at 30 and 60: runs before this "
         "flag)",
     )
-    g.add_argument(
-        "--lr-min", type=float, default=0.0, help="cosine schedule: the LR it ends at (CosineAnnealingLR's eta_min)"
-    )
+    g.add_argument("--lr-min", type=float, help="cosine schedule: the LR it ends at (CosineAnnealingLR's eta_min)")
 
 
 def _add_ra_flags(p: argparse.ArgumentParser) -> None:
@@ -524,7 +460,7 @@ def _add_ra_flags(p: argparse.ArgumentParser) -> None:
         "the copies on different ranks (when there are at least that many) with different augmentation; an epoch "
         "keeps its number of steps, so it sees about 1/--ra-reps of the images",
     )
-    g.add_argument("--ra-reps", type=int, default=3, metavar="N", help="--ra-sampler: copies of each image")
+    g.add_argument("--ra-reps", type=int, metavar="N", help="--ra-sampler: copies of each image")
 
 
 _SEED_DIST_FLAGS = ("--world-size", "--rank", "--dist-url", "--dist-backend")
