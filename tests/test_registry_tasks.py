@@ -11,7 +11,7 @@ from torch import nn
 
 import train
 from benchmarks import train_throughput
-from partialconv.analysis import canonical_arch
+from partialconv.analysis.runs import canonical_arch
 from partialconv.checkpoint_io import read_checkpoint
 from partialconv.models import _registry, create_model, is_model, list_models, register_model, split_pd_name
 from scripts import padding_benchmark

@@ -17,14 +17,12 @@ from partialconv.analysis import (
     PUBLISHED_TABLE,
     collect_runs,
     paired_ttest,
-    plot_paired_diffs,
-    plot_top1_bars,
-    plot_val_curves,
     published_table,
     pytorch_official,
     summarize,
     write_report,
 )
+from partialconv.analysis.figures import plot_paired_diffs, plot_top1_bars, plot_val_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = [sys.executable, "-m", "scripts.padding_report"]  # run from the repository root (cwd=ROOT)

@@ -14,6 +14,7 @@ import pytest
 from test_padding_report import write_run
 
 from partialconv import analysis
+from partialconv.analysis import figures as report_figures
 
 # (arch, padding) -> per run: (val_acc1 per epoch, val_acc5 per epoch); best top-1 epoch marked in the comments
 RUNS = {
@@ -42,14 +43,14 @@ def report(tmp_path_factory):
         for k, (acc1, acc5) in enumerate(runs, 1):
             write_run(root, arch, padding, k, acc1, acc5)
     figures = {}
-    real_save = analysis._save_figure
+    real_save = report_figures._save_figure
 
     def keep(fig, path):
         figures[path.name] = fig  # the figure object, with its artists, before it is closed
         real_save(fig, path)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(analysis, "_save_figure", keep)
+    mp.setattr(report_figures, "_save_figure", keep)
     mp.setattr("matplotlib.pyplot.close", lambda fig=None: None)  # keep the figures readable
     try:
         files = analysis.write_report(root)
