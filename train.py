@@ -31,17 +31,12 @@ from torch import nn
 from partialconv.checkpoint import CheckpointError, extract_state_dict, load_state, read_checkpoint, unwrap_model
 from partialconv.config import (
     DATA_IDENTITY_KEY,
-    ConfigError,
     check_same_data,
     compare_resumed_config,
     config_to_yaml,
-    data_errors_as_flags,
-    drop_last_warning,
     eval_sizes_from_run,
     flags_given,
-    loaders_from_config,
     parse_config,
-    resolve_data_dirs,
     run_dir_of,
 )
 from partialconv.data import DataError
@@ -65,6 +60,12 @@ from partialconv.engine.checkpointing import (
     save_run_checkpoint,
 )
 from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, exit_program, run_cli
+from partialconv.engine.data_setup import (
+    data_errors_as_flags,
+    drop_last_warning,
+    loaders_from_config,
+    resolve_data_dirs,
+)
 from partialconv.engine.distributed import barrier, cleanup, init_distributed, shared_store_restart_warning
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
@@ -89,6 +90,7 @@ from partialconv.engine.trainer import (
     seek_schedule,
     train_one_epoch,
 )
+from partialconv.errors import ConfigError
 from partialconv.fileio import WriteError, write_text_atomic
 from partialconv.models import create_model
 

@@ -23,9 +23,10 @@ import torch
 from signalling import child_with_env, kill_tree
 
 from partialconv.checkpoint import read_checkpoint
-from partialconv.config import loaders_from_config, parse_config
+from partialconv.config import parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.engine.checkpointing import LAST, elastic_restart_resume
+from partialconv.engine.data_setup import loaders_from_config
 from partialconv.engine.distributed import DistInfo, shared_store_restart_warning
 from partialconv.engine.run_lock import LOCK_NAME
 from partialconv.engine.trainer import evaluate

@@ -17,10 +17,11 @@ from torch import nn
 
 import train
 from partialconv.checkpoint import CheckpointError, load_checkpoint, match_keys, read_checkpoint
-from partialconv.config import ConfigError, build_parser, parse_config
+from partialconv.config import build_parser, parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.engine.checkpointing import restore_run_state
 from partialconv.engine.trainer import build_optimisation
+from partialconv.errors import ConfigError
 from partialconv.models import create_model
 
 # 10 classes x 4 train images, batch 4: 10 steps per epoch.

@@ -17,10 +17,11 @@ from torch import nn
 
 import train
 from partialconv.checkpoint import read_checkpoint
-from partialconv.config import ConfigError, compare_resumed_config, parse_config
+from partialconv.config import compare_resumed_config, parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.presets import AUTO_AUGMENT, train_transform
 from partialconv.engine.trainer import build_optimisation, lr_factor, mix_batch, train_step
+from partialconv.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"images_per_sec", "epoch_seconds", "time"}

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..checkpoint import CheckpointError, extract_state_dict, load_state, read_checkpoint, unwrap_model
+from ..errors import ConfigError
 from ..fileio import atomic_write
 
 if TYPE_CHECKING:  # annotations only: the trainer does not need checkpointing to import
@@ -315,7 +316,6 @@ def check_fresh_start(
     ``--overwrite``; returns whether that run is to be moved aside (:func:`move_run_aside`) before the first write.
     Run it on every rank before anything is written. ``new_dir_flags``: the program's flags that choose another
     directory, for the message."""
-    from ..config import ConfigError  # late: the config layer imports the engine's optimiser table
 
     found = existing_run_files(run_dir)
     if not found:
@@ -502,7 +502,6 @@ def check_resumed_data(
     repeat images. At an epoch boundary the next epoch simply draws from the new list: one warning. A checkpoint
     without fingerprints (older versions, other programs) resumes as before; mid-epoch, a warning says it was not
     checked."""
-    from ..config import ConfigError  # late: the config layer imports the engine's optimiser table
     from ..data.image_folder import fingerprint_changes
 
     if saved is None or now is None:
@@ -532,7 +531,6 @@ def check_output_dir(run_dir: Path, flags: str = "--output-dir") -> None:
     """Refuse (ConfigError, one line naming ``flags``) a run directory that cannot be written, before anything is:
     a file where it or a folder above it should be, or a location on a read-only file system or without write
     permission. Nothing is created (a run that fails its checks leaves nothing behind)."""
-    from ..config import ConfigError  # late: the config layer imports the engine's optimiser table
 
     run_dir = Path(run_dir)
     existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists() or p == p.parent)
