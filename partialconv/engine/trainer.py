@@ -71,6 +71,11 @@ class Optimisation:
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
 
+    def lr_at(self, iteration: int) -> float:
+        """The first parameter group's LR at global ``iteration`` by the schedule, wherever the scheduler is now (the
+        LR of an epoch's first step, logged also when the run resumed mid-epoch)."""
+        return self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](iteration)
+
 
 def lr_schedule_of(cfg: argparse.Namespace) -> LRSchedule:
     """The config's :class:`~partialconv.engine.optim.LRSchedule`. A namespace without the newer keys (older
