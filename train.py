@@ -83,8 +83,10 @@ from partialconv.engine.setup import (
 from partialconv.engine.trainer import (
     AMP_DTYPES,
     EpochResult,
+    EvalSettings,
     NonFiniteLossError,
-    build_optimisation,
+    TrainingContext,
+    build_training_context,
     evaluate,
     train_one_epoch,
 )
@@ -161,9 +163,9 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
         return 0  # the checkpoint's run is finished: nothing to train
     model, train_model = prepare_model(model, cfg, dist)
     steps_per_epoch = loaders.train_sampler.steps_per_epoch()
-    optim = build_optimisation(cfg, model, train_model, dist.device, steps_per_epoch)
+    ctx = build_training_context(cfg, model, train_model, dist.device, steps_per_epoch)
     resume = resume_state(
-        ckpt, ckpt_path, model, optim, steps_per_epoch, data, cfg.restart_epoch, cfg.start_epoch, cfg.arch, dist, log
+        ckpt, ckpt_path, model, ctx, steps_per_epoch, data, cfg.restart_epoch, cfg.start_epoch, cfg.arch, dist, log
     )
     start_step, best_acc1, last_record = resume.start_step, resume.best_acc1, resume.last_record
     if replace and dist.is_main:  # the last check passed: the old run makes room just before the first write
@@ -190,14 +192,14 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
             epoch_start = time.time()
             meter = EpochMeter(dist.device)
             meter.load_state_dict(resume.epoch_sums if start_step else None)
-            lr = optim.lr_at(epoch * steps_per_epoch)  # the epoch's first step's, also when resumed mid-epoch
+            lr = ctx.lr_at(epoch * steps_per_epoch)  # the epoch's first step's, also when resumed mid-epoch
             save_mid = functools.partial(
-                save_mid_epoch, run_dir, model, optim, epoch, best_acc1, config, data, meter, last_record, dist.is_main
+                save_mid_epoch, run_dir, model, ctx, epoch, best_acc1, config, data, meter, last_record, dist.is_main
             )
             if start_step < steps_per_epoch:
                 loaders.train_sampler.set_epoch(epoch, start_step)
                 result = train_one_epoch(
-                    optim,
+                    ctx,
                     loaders.train,
                     epoch,
                     meter,
@@ -226,11 +228,11 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
                     steps_per_epoch, False, float(done.get("seconds", 0.0)), int(done.get("images", 0))
                 )
             train = meter.reduce()
+            settings = ctx.eval_settings()
             val = evaluate(
-                model, loaders.val, optim.criterion, dist.device, optim.amp_dtype, cfg.channels_last,
-                print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main,
-            )  # fmt: skip
-            ema_val = evaluate_ema(optim, loaders.val, cfg, log)
+                model, loaders.val, settings, print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main
+            )
+            ema_val = evaluate(ctx.ema, loaders.val, settings, log=log.info) if ctx.ema is not None else None
             top1 = ema_val["acc1"] if ema_val and cfg.best_from_ema else val["acc1"]
             is_best = top1 > best_acc1
             best_acc1 = max(best_acc1, top1)
@@ -241,7 +243,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
                 record[DATA_IDENTITY_KEY] = loaders.identity
             if ema_val:
                 record.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
-            state = run_state(model, optim, epoch + 1, 0, best_acc1, config, data=data)
+            state = run_state(model, ctx, epoch + 1, 0, best_acc1, config, data=data)
             state["epoch_record"] = record
             if dist.is_main:
                 snapshot = epoch + 1 if cfg.save_every and (epoch + 1) % cfg.save_every == 0 else None
@@ -282,13 +284,6 @@ def check_resume(cfg, ckpt: dict, path: Path, model: nn.Module, run_dir: Path, i
     if dist.is_main:
         carry_best(path, float(ckpt.get("best_acc1", 0.0)), run_dir, log.warn)
     return False
-
-
-def evaluate_ema(optim, loader, cfg, log: RunLogger) -> Optional[dict]:
-    """--model-ema: the EMA model's loss and top-1/top-5 on the val split (None without it)."""
-    if optim.ema is None:
-        return None
-    return evaluate(optim.ema, loader, optim.criterion, optim.device, optim.amp_dtype, cfg.channels_last, log=log.info)
 
 
 def epoch_record(
@@ -333,10 +328,8 @@ def evaluate_only(cfg, model, loaders, dist, weights: tuple[object, Path, str], 
     target = unwrap_model(model)
     load_state(target, extract_state_dict(ckpt, path, target.state_dict().keys()), path)
     model, _ = prepare_model(model, cfg, dist)
-    val = evaluate(
-        model, loaders.val, nn.CrossEntropyLoss(), dist.device, AMP_DTYPES[cfg.amp], cfg.channels_last,
-        print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main,
-    )  # fmt: skip
+    settings = EvalSettings(nn.CrossEntropyLoss(), dist.device, AMP_DTYPES[cfg.amp], cfg.channels_last)
+    val = evaluate(model, loaders.val, settings, print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main)
     log.info(
         f"evaluate {cfg.arch} ({cfg.padding} padding) on {int(val['count'])} images of {cfg.data_val} at {sizes}: "
         f"top-1 {val['acc1']:.3f} top-5 {val['acc5']:.3f} loss {val['loss']:.4f}"
@@ -364,7 +357,7 @@ def log_epoch(log: RunLogger, cfg, epoch: int, train: dict, val: dict, best_acc1
 def save_mid_epoch(
     run_dir: Path,
     model: nn.Module,
-    optim,
+    ctx: TrainingContext,
     epoch: int,
     best_acc1: float,
     config: dict,
@@ -378,7 +371,7 @@ def save_mid_epoch(
     """The checkpoint after ``steps_done`` steps of ``epoch`` (every rank calls it: gathering RNG states and metric
     sums are collectives; rank 0 writes), with the line of the last completed epoch. ``epoch_train``: the timing of
     a finished epoch's training, saved before its validation."""
-    state = run_state(model, optim, epoch, steps_done, best_acc1, config, meter.state_dict(), data=data)
+    state = run_state(model, ctx, epoch, steps_done, best_acc1, config, meter.state_dict(), data=data)
     state["epoch_record"] = last_record
     if epoch_train is not None:
         state["epoch_train"] = epoch_train

@@ -26,7 +26,7 @@ from .data.backends import is_url
 from .data.presets import AUTO_AUGMENT, INTERPOLATIONS
 from .engine.cli import DefaultsHelpFormatter
 from .engine.distributed import DEFAULT_TIMEOUT_MINUTES
-from .engine.optim import LR_SCHEDULES, LR_UPDATES, OPTIMISERS, STEP_ORIGINS, WARMUP_METHODS
+from .engine.optim import LR_SCHEDULES, LR_UPDATES, OPTIMIZERS, STEP_ORIGINS, WARMUP_METHODS
 from .errors import ConfigError
 from .layers import PADDINGS
 from .models import is_model, list_models, split_pd_name
@@ -436,7 +436,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--best-from-ema", action="store_true", help="model_best follows the EMA's top-1 instead of the model's"
     )
-    g.add_argument("--opt", choices=OPTIMISERS, default="sgd", help="optimiser (rmsprop: torchvision's settings)")
+    g.add_argument("--opt", choices=OPTIMIZERS, default="sgd", help="optimiser (rmsprop: torchvision's settings)")
     g.add_argument(
         "--norm-weight-decay",
         type=float,

@@ -119,11 +119,11 @@ def our_lrs(argv: list[str], steps: int) -> list[float]:
     """The LR of every step of a run with train.py's flags ``argv``: the config parsed as train.py parses it, the
     optimiser and scheduler built as train.py builds them, one scheduler step per training step."""
     from partialconv.config import parse_config
-    from partialconv.engine.trainer import build_optimisation
+    from partialconv.engine.trainer import build_training_context
 
     cfg = parse_config(["-a", "simple_cnn", "--lr-step-size", "30", *argv])
     model = nn.Linear(2, 2)
-    optim = build_optimisation(cfg, model, model, torch.device("cpu"), steps_per_epoch=steps)
+    optim = build_training_context(cfg, model, model, torch.device("cpu"), steps_per_epoch=steps)
     out = []
     for _ in range(cfg.epochs * steps):
         out.append(optim.optimizer.param_groups[0]["lr"])

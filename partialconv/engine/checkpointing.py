@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_write
 
 if TYPE_CHECKING:  # annotations only: the trainer does not need checkpointing to import
-    from .trainer import Optimisation
+    from .trainer import TrainingContext
 
 __all__ = [
     "FINISHED_RUN_NOTE",
@@ -355,7 +355,7 @@ def move_run_aside(run_dir: Path) -> Path:
 
 def run_state(
     model: torch.nn.Module,
-    optim: Optimisation,
+    optim: TrainingContext,
     epoch: int,
     step: int,
     best_acc1: float,
@@ -409,7 +409,7 @@ def load_resume_weights(ckpt: Any, model: torch.nn.Module, path: Any = "<checkpo
 def restore_run_state(
     ckpt: Any,
     model: torch.nn.Module,
-    optim: Optimisation,
+    optim: TrainingContext,
     rank: int,
     world_size: int,
     warn=print,
@@ -449,7 +449,7 @@ def restore_run_state(
 
 
 def _restore_foreign(
-    ckpt: dict[str, Any], optim: Optimisation, epoch: int, warn, path: Any, steps_per_epoch: Optional[int]
+    ckpt: dict[str, Any], optim: TrainingContext, epoch: int, warn, path: Any, steps_per_epoch: Optional[int]
 ):
     """The rest of a checkpoint without our scheduler state (NVIDIA's ``main.py``): its ``epoch`` counts finished
     epochs, as ours does at an epoch boundary. The LR schedule is this run's, set to where ``epoch`` epochs of

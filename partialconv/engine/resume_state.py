@@ -16,7 +16,7 @@ from .runlog import RunLogger
 from .trainer import seek_schedule
 
 if TYPE_CHECKING:
-    from .trainer import Optimisation
+    from .trainer import TrainingContext
 
 __all__ = ["ResumeState", "resume_state"]
 
@@ -37,7 +37,7 @@ def resume_state(
     ckpt: Optional[dict[str, Any]],
     path: Optional[Path],
     model: nn.Module,
-    optim: Optimisation,
+    ctx: TrainingContext,
     steps_per_epoch: int,
     data: Optional[dict[str, Any]],
     restart_epoch: bool,
@@ -46,20 +46,20 @@ def resume_state(
     dist: DistInfo,
     log: RunLogger,
 ) -> ResumeState:
-    """Restore ``ckpt`` (read from ``path``; None: a fresh run) into ``model`` and ``optim`` and return where the run
+    """Restore ``ckpt`` (read from ``path``; None: a fresh run) into ``model`` and ``ctx`` and return where the run
     starts. ``data``: this run's data fingerprints, checked against the checkpoint's (changed data starts the epoch
     over, or is refused mid-epoch; ``restart_epoch`` asks for the start over). ``start_epoch`` (``--start-epoch``)
     overrides the position: that epoch from its first step, the LR schedule put there, no epoch record carried."""
     state = ResumeState()
     if ckpt is not None:
         state.start_epoch, state.start_step, state.best_acc1, state.epoch_sums = restore_run_state(
-            ckpt, model, optim, dist.rank, dist.world_size, log.warn, path, steps_per_epoch, arch
+            ckpt, model, ctx, dist.rank, dist.world_size, log.warn, path, steps_per_epoch, arch
         )
         if check_resumed_data(
             ckpt.get("data"), data, state.start_epoch, state.start_step, restart_epoch, path, log.warn
         ):
             state.start_step, state.epoch_sums = 0, None
-            seek_schedule(optim, state.start_epoch * steps_per_epoch)
+            seek_schedule(ctx, state.start_epoch * steps_per_epoch)
         log.info(
             f"resumed from {path}: epoch {state.start_epoch + 1}, step {state.start_step}, "
             f"best acc@1 {state.best_acc1:.3f}"
@@ -68,5 +68,5 @@ def resume_state(
         state.epoch_train = ckpt.get("epoch_train") or {}
     if start_epoch is not None:
         state.start_epoch, state.start_step, state.epoch_sums, state.last_record = start_epoch, 0, None, None
-        seek_schedule(optim, start_epoch * steps_per_epoch)
+        seek_schedule(ctx, start_epoch * steps_per_epoch)
     return state
