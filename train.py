@@ -31,24 +31,26 @@ from torch import nn
 from partialconv.checkpoint_io import CheckpointError, extract_state_dict, load_state, read_checkpoint, unwrap_model
 from partialconv.config import (
     DATA_IDENTITY_KEY,
-    ConfigError,
     check_same_data,
     compare_resumed_config,
     config_to_yaml,
-    data_errors_as_flags,
-    drop_last_warning,
     eval_sizes_from_run,
     flags_given,
-    loaders_from_config,
     parse_config,
-    resolve_data_dirs,
     run_dir_of,
 )
 from partialconv.data import DataError
 from partialconv.engine.cli import EXIT_FAILED, EXIT_USER_ERROR, exit_program, run_cli
+from partialconv.engine.data_setup import (
+    data_errors_as_flags,
+    drop_last_warning,
+    loaders_from_config,
+    resolve_data_dirs,
+)
 from partialconv.engine.distributed import barrier, cleanup, init_distributed, shared_store_restart_warning
 from partialconv.engine.metrics import EpochMeter
 from partialconv.engine.preemption import Preemption
+from partialconv.engine.resume_state import resume_state
 from partialconv.engine.run_files import (
     LAST,
     carry_best,
@@ -64,11 +66,9 @@ from partialconv.engine.run_files import (
 from partialconv.engine.run_lock import EXIT_RUN_DIR_BUSY, RunDirBusy, RunDirLock
 from partialconv.engine.run_state import (
     FINISHED_RUN_NOTE,
-    check_resumed_data,
     data_fingerprints,
     finished,
     load_resume_weights,
-    restore_run_state,
     run_state,
 )
 from partialconv.engine.runlog import RunLogger
@@ -85,12 +85,14 @@ from partialconv.engine.setup import (
 from partialconv.engine.trainer import (
     AMP_DTYPES,
     EpochResult,
+    EvalSettings,
     NonFiniteLossError,
-    build_optimisation,
+    TrainingContext,
+    build_training_context,
     evaluate,
-    seek_schedule,
     train_one_epoch,
 )
+from partialconv.errors import ConfigError
 from partialconv.fileio import WriteError, write_text_atomic
 from partialconv.models import create_model
 
@@ -159,49 +161,19 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
     if store_warning:
         log.warn(store_warning)
     ckpt, ckpt_path = find_resume_checkpoint(cfg.resume, run_dir, log.warn)
-    if ckpt is not None:  # an unfit file is refused before it could pass for a finished run
-        load_resume_weights(ckpt, model, ckpt_path, cfg.arch)
-    if ckpt is not None and dist.is_main and Path(ckpt_path).parent.resolve() == run_dir.resolve():
-        complete_run_files(run_dir, ckpt, Path(ckpt_path), log.warn)  # best/snapshot a kill left unmade
-    if ckpt is not None and isinstance(ckpt.get("config"), dict):
-        changed = compare_resumed_config(ckpt["config"], cfg, str(ckpt_path))
-        check_same_data(ckpt["config"].get(DATA_IDENTITY_KEY), loaders.identity, str(ckpt_path))
-        if changed:
-            log.info(f"resuming {ckpt_path} with changed settings: {'; '.join(changed)}")
-    elif ckpt is not None:
-        log.warn(f"{ckpt_path} stores no training config: the settings of this run cannot be checked against it")
-    if ckpt is not None and cfg.start_epoch is None and finished(ckpt, cfg.epochs):
-        if dist.is_main:  # nothing is rewritten; only a metrics line the disk lost is written back
-            log.truncate_metrics(int(ckpt["epoch"]), ckpt.get("epoch_record"))
-            print(
-                f"{ckpt_path}: the run is finished ({ckpt['epoch']} of --epochs {cfg.epochs}, best acc@1 "
-                f"{float(ckpt.get('best_acc1', 0.0)):.3f}); {FINISHED_RUN_NOTE}",
-                flush=True,
-            )
-        return 0
-    if ckpt is not None and dist.is_main:
-        carry_best(ckpt_path, float(ckpt.get("best_acc1", 0.0)), run_dir, log.warn)
+    if ckpt is not None and check_resume(cfg, ckpt, ckpt_path, model, run_dir, loaders.identity, dist, log):
+        return 0  # the checkpoint's run is finished: nothing to train
     model, train_model = prepare_model(model, cfg, dist)
     steps_per_epoch = loaders.train_sampler.steps_per_epoch()
-    optim = build_optimisation(cfg, model, train_model, dist.device, steps_per_epoch)
-    start_epoch, start_step, best_acc1, epoch_sums = 0, 0, 0.0, None
-    if ckpt is not None:
-        start_epoch, start_step, best_acc1, epoch_sums = restore_run_state(
-            ckpt, model, optim, dist.rank, dist.world_size, log.warn, ckpt_path, steps_per_epoch, cfg.arch
-        )
-        if check_resumed_data(ckpt.get("data"), data, start_epoch, start_step, cfg.restart_epoch, ckpt_path, log.warn):
-            start_step, epoch_sums = 0, None
-            seek_schedule(optim, start_epoch * steps_per_epoch)
-        log.info(f"resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}, best acc@1 {best_acc1:.3f}")
-    if cfg.start_epoch is not None:
-        start_epoch, start_step, epoch_sums = cfg.start_epoch, 0, None
-        seek_schedule(optim, start_epoch * steps_per_epoch)
-    # the line of the last completed epoch, kept in every checkpoint: written back if metrics.jsonl lost it
-    last_record = ckpt.get("epoch_record") if ckpt is not None and cfg.start_epoch is None else None
+    ctx = build_training_context(cfg, model, train_model, dist.device, steps_per_epoch)
+    resume = resume_state(
+        ckpt, ckpt_path, model, ctx, steps_per_epoch, data, cfg.restart_epoch, cfg.start_epoch, cfg.arch, dist, log
+    )
+    start_step, best_acc1, last_record = resume.start_step, resume.best_acc1, resume.last_record
     if replace and dist.is_main:  # the last check passed: the old run makes room just before the first write
         log.info(f"--overwrite: the previous run in {run_dir} was moved to {move_run_aside(run_dir)}")
     if dist.is_main:
-        log.truncate_metrics(start_epoch, last_record)
+        log.truncate_metrics(resume.start_epoch, last_record)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
         write_text_atomic(run_dir / ENVIRONMENT_FILE, yaml.safe_dump(run_environment(dist.device, dist.world_size)))
@@ -218,19 +190,18 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
     with Preemption(cfg.checkpoint_every_minutes) as preemption:
         config = vars(cfg).copy()
         config[DATA_IDENTITY_KEY] = loaders.identity  # the data itself (shard fingerprints), checked on resume
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(resume.start_epoch, cfg.epochs):
             epoch_start = time.time()
             meter = EpochMeter(dist.device)
-            meter.load_state_dict(epoch_sums if start_step else None)
-            # the LR of the epoch's first step, also when resumed mid-epoch (the scheduler is further on by then)
-            lr = optim.scheduler.base_lrs[0] * optim.scheduler.lr_lambdas[0](epoch * steps_per_epoch)
+            meter.load_state_dict(resume.epoch_sums if start_step else None)
+            lr = ctx.lr_at(epoch * steps_per_epoch)  # the epoch's first step's, also when resumed mid-epoch
             save_mid = functools.partial(
-                save_mid_epoch, run_dir, model, optim, epoch, best_acc1, config, data, meter, last_record, dist.is_main
+                save_mid_epoch, run_dir, model, ctx, epoch, best_acc1, config, data, meter, last_record, dist.is_main
             )
             if start_step < steps_per_epoch:
                 loaders.train_sampler.set_epoch(epoch, start_step)
                 result = train_one_epoch(
-                    optim,
+                    ctx,
                     loaders.train,
                     epoch,
                     meter,
@@ -254,16 +225,16 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
                 # validation, which the resume runs again.
                 save_mid(steps_per_epoch, {"seconds": result.seconds, "images": result.images})
             else:  # resumed between this epoch's training and its validation
-                done = (ckpt or {}).get("epoch_train") or {}
+                done = resume.epoch_train
                 result = EpochResult(
                     steps_per_epoch, False, float(done.get("seconds", 0.0)), int(done.get("images", 0))
                 )
             train = meter.reduce()
+            settings = ctx.eval_settings()
             val = evaluate(
-                model, loaders.val, optim.criterion, dist.device, optim.amp_dtype, cfg.channels_last,
-                print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main,
-            )  # fmt: skip
-            ema_val = evaluate_ema(optim, loaders.val, cfg, log)
+                model, loaders.val, settings, print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main
+            )
+            ema_val = evaluate(ctx.ema, loaders.val, settings, log=log.info) if ctx.ema is not None else None
             top1 = ema_val["acc1"] if ema_val and cfg.best_from_ema else val["acc1"]
             is_best = top1 > best_acc1
             best_acc1 = max(best_acc1, top1)
@@ -274,7 +245,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
                 record[DATA_IDENTITY_KEY] = loaders.identity
             if ema_val:
                 record.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
-            state = run_state(model, optim, epoch + 1, 0, best_acc1, config, data=data)
+            state = run_state(model, ctx, epoch + 1, 0, best_acc1, config, data=data)
             state["epoch_record"] = record
             if dist.is_main:
                 snapshot = epoch + 1 if cfg.save_every and (epoch + 1) % cfg.save_every == 0 else None
@@ -288,11 +259,33 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
     return 0
 
 
-def evaluate_ema(optim, loader, cfg, log: RunLogger) -> Optional[dict]:
-    """--model-ema: the EMA model's loss and top-1/top-5 on the val split (None without it)."""
-    if optim.ema is None:
-        return None
-    return evaluate(optim.ema, loader, optim.criterion, optim.device, optim.amp_dtype, cfg.channels_last, log=log.info)
+def check_resume(cfg, ckpt: dict, path: Path, model: nn.Module, run_dir: Path, identity: str, dist, log) -> bool:
+    """The checkpoint to resume, before the model is wrapped: its weights loaded into ``model`` (an unfit file is
+    refused before it could pass for a finished run), the best/snapshot files a kill left unmade in ``run_dir``, its
+    config and data (``identity``) checked against this run's. Returns True when its run is already finished (said
+    on stdout; only a metrics line the disk lost is written back)."""
+    load_resume_weights(ckpt, model, path, cfg.arch)
+    if dist.is_main and Path(path).parent.resolve() == run_dir.resolve():
+        complete_run_files(run_dir, ckpt, Path(path), log.warn)  # best/snapshot a kill left unmade
+    if isinstance(ckpt.get("config"), dict):
+        changed = compare_resumed_config(ckpt["config"], cfg, str(path))
+        check_same_data(ckpt["config"].get(DATA_IDENTITY_KEY), identity, str(path))
+        if changed:
+            log.info(f"resuming {path} with changed settings: {'; '.join(changed)}")
+    else:
+        log.warn(f"{path} stores no training config: the settings of this run cannot be checked against it")
+    if cfg.start_epoch is None and finished(ckpt, cfg.epochs):
+        if dist.is_main:  # nothing is rewritten; only a metrics line the disk lost is written back
+            log.truncate_metrics(int(ckpt["epoch"]), ckpt.get("epoch_record"))
+            print(
+                f"{path}: the run is finished ({ckpt['epoch']} of --epochs {cfg.epochs}, best acc@1 "
+                f"{float(ckpt.get('best_acc1', 0.0)):.3f}); {FINISHED_RUN_NOTE}",
+                flush=True,
+            )
+        return True
+    if dist.is_main:
+        carry_best(path, float(ckpt.get("best_acc1", 0.0)), run_dir, log.warn)
+    return False
 
 
 def epoch_record(
@@ -337,10 +330,8 @@ def evaluate_only(cfg, model, loaders, dist, weights: tuple[object, Path, str], 
     target = unwrap_model(model)
     load_state(target, extract_state_dict(ckpt, path, target.state_dict().keys()), path)
     model, _ = prepare_model(model, cfg, dist)
-    val = evaluate(
-        model, loaders.val, nn.CrossEntropyLoss(), dist.device, AMP_DTYPES[cfg.amp], cfg.channels_last,
-        print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main,
-    )  # fmt: skip
+    settings = EvalSettings(nn.CrossEntropyLoss(), dist.device, AMP_DTYPES[cfg.amp], cfg.channels_last)
+    val = evaluate(model, loaders.val, settings, print_freq=cfg.print_freq, log=log.info, show_progress=dist.is_main)
     log.info(
         f"evaluate {cfg.arch} ({cfg.padding} padding) on {int(val['count'])} images of {cfg.data_val} at {sizes}: "
         f"top-1 {val['acc1']:.3f} top-5 {val['acc5']:.3f} loss {val['loss']:.4f}"
@@ -368,7 +359,7 @@ def log_epoch(log: RunLogger, cfg, epoch: int, train: dict, val: dict, best_acc1
 def save_mid_epoch(
     run_dir: Path,
     model: nn.Module,
-    optim,
+    ctx: TrainingContext,
     epoch: int,
     best_acc1: float,
     config: dict,
@@ -382,7 +373,7 @@ def save_mid_epoch(
     """The checkpoint after ``steps_done`` steps of ``epoch`` (every rank calls it: gathering RNG states and metric
     sums are collectives; rank 0 writes), with the line of the last completed epoch. ``epoch_train``: the timing of
     a finished epoch's training, saved before its validation."""
-    state = run_state(model, optim, epoch, steps_done, best_acc1, config, meter.state_dict(), data=data)
+    state = run_state(model, ctx, epoch, steps_done, best_acc1, config, meter.state_dict(), data=data)
     state["epoch_record"] = last_record
     if epoch_train is not None:
         state["epoch_train"] = epoch_train

@@ -32,7 +32,7 @@ import torch
 from benchmarks._common import RESULTS_DIR, describe_machine, machine_info, save_results
 from partialconv.engine.run_files import LAST, save_run_checkpoint
 from partialconv.engine.run_state import run_state
-from partialconv.engine.trainer import Optimisation
+from partialconv.engine.trainer import TrainingContext
 from partialconv.models import create_model
 
 
@@ -51,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     model(torch.randn(2, 3, 64, 64)).sum().backward()
     optimizer.step()  # a momentum buffer per parameter, as after the first training step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
-    optim = Optimisation(model, torch.nn.CrossEntropyLoss(), optimizer, scheduler, torch.amp.GradScaler("cpu"), device)
+    ctx = TrainingContext(model, torch.nn.CrossEntropyLoss(), optimizer, scheduler, torch.amp.GradScaler("cpu"), device)
     times = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         run_dir = Path(tmp)
         for _ in range(args.reps):
             start = time.perf_counter()
-            state = run_state(model, optim, 0, 1, 0.0, {"arch": args.arch}, data=None)
+            state = run_state(model, ctx, 0, 1, 0.0, {"arch": args.arch}, data=None)
             save_run_checkpoint(run_dir, state)
             times.append(time.perf_counter() - start)
         size_mb = (run_dir / LAST).stat().st_size / 1e6

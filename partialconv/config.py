@@ -1,7 +1,13 @@
-"""train.py's command line: argparse flags, YAML recipes (the file sets defaults, the CLI overrides), resolution.
+"""train.py's command line: argparse flags, YAML recipes (the file sets defaults, the CLI overrides), resolution,
+and the checks of every value: as a flag, as a YAML key, and as a resumed checkpoint's config against this run's.
 
 Every option lives in one parser; a YAML file may set any of its destinations (``batch_size``, ``lr_schedule``...),
 and a key the parser does not know is an error naming the file and the key.
+
+Over the ~450 lines of a module because most of it is the parser's flag table (about half the file: each flag's
+name, type, default and help), which is one table on purpose: --help, the YAML keys, the value checks and the resume
+comparison all read it. The data flags' wiring (engine/data_setup.py) and NVIDIA main.py's flags (seed_compat.py)
+live elsewhere.
 """
 
 from __future__ import annotations
@@ -9,62 +15,37 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import yaml
 
-from .data import (
-    BadImageError,
-    DataError,
-    DataParams,
-    Loaders,
-    backend_names,
-    build_loaders,
-    ensure_demo_dataset,
-    get_backend,
-)
+from .data import backend_names, get_backend
 from .data.backends import is_url
-from .data.loaders import resolve_workers
 from .data.presets import AUTO_AUGMENT, INTERPOLATIONS
-from .engine.cli import DefaultsHelpFormatter, one_line
+from .engine.cli import DefaultsHelpFormatter
 from .engine.distributed import DEFAULT_TIMEOUT_MINUTES
-from .engine.optim import LR_SCHEDULES, LR_UPDATES, OPTIMISERS, STEP_ORIGINS, WARMUP_METHODS
+from .engine.optim import LR_SCHEDULES, LR_UPDATES, OPTIMIZERS, STEP_ORIGINS, WARMUP_METHODS
+from .errors import ConfigError
 from .layers import PADDINGS
 from .models import is_model, list_models, split_pd_name
 from .models._registry import unknown_model_message
 from .recipe_flags import RECIPE_DEFAULTS, RECIPE_FLAGS
-
-if TYPE_CHECKING:
-    from .engine.distributed import DistInfo
+from .seed_compat import APEX_LEVELS, add_seed_flags, check_seed_flags
 
 __all__ = [
-    "ConfigError",
     "build_parser",
     "parse_config",
     "run_dir_of",
     "config_to_yaml",
-    "check_seed_flags",
     "check_values",
+    "check_same_data",
     "compare_resumed_config",
     "implied_by_version",
-    "data_errors_as_flags",
-    "data_params",
-    "drop_last_warning",
     "eval_sizes_from_run",
     "flags_given",
-    "loaders_from_config",
-    "resolve_data_dirs",
 ]
-
-# apex's opt levels, for users coming from the seed: O0 is fp32, O1..O3 all mean fp16 mixed precision today.
-_APEX_LEVELS = {"O0": "none", "O1": "fp16", "O2": "fp16", "O3": "fp16"}
-
-
-class ConfigError(ValueError):
-    """A bad flag or config file; the message is one line naming the flag or file."""
 
 
 def _is_device(value: str) -> bool:
@@ -298,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("performance")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     g.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="autocast dtype (fp16 + scaler)")
-    g.add_argument("--amp-opt-level", choices=tuple(_APEX_LEVELS), default=None, help="apex-style alias of --amp")
+    g.add_argument("--amp-opt-level", choices=tuple(APEX_LEVELS), default=None, help="apex-style alias of --amp")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and inputs")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across ranks (CUDA)")
@@ -362,16 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "into one error line naming the waiting rank and a non-zero exit (torchrun then stops or restarts the group)",
     )
 
-    # NVIDIA main.py's launch flags, accepted so a seed command line gets a one-line answer instead of argparse's.
-    g = p.add_argument_group("seed (NVIDIA main.py) flags")
-    g.add_argument("--gpu", type=int, default=None, metavar="N", help="use GPU N only: the same as --device cuda:N")
-    g.add_argument("--world-size", type=int, default=None, help="not used: prints the equivalent torchrun command")
-    g.add_argument("--rank", type=int, default=None, help="not used: prints the equivalent torchrun command")
-    g.add_argument("--dist-url", default=None, help="not used: prints the equivalent torchrun command")
-    g.add_argument("--dist-backend", default=None, help="not used (nccl on CUDA, gloo on CPU): prints torchrun's")
-    g.add_argument(
-        "--multiprocessing-distributed", action="store_true", help="not used: prints the equivalent torchrun command"
-    )
+    add_seed_flags(p)
     p.set_defaults(**RECIPE_DEFAULTS)  # the recipe flags' defaults: one table, read by the padding report too
     return p
 
@@ -408,7 +380,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--best-from-ema", action="store_true", help="model_best follows the EMA's top-1 instead of the model's"
     )
-    g.add_argument("--opt", choices=OPTIMISERS, help="optimiser (rmsprop: torchvision's settings)")
+    g.add_argument("--opt", choices=OPTIMIZERS, help="optimiser (rmsprop: torchvision's settings)")
     g.add_argument(
         "--norm-weight-decay",
         type=float,
@@ -461,62 +433,6 @@ def _add_ra_flags(p: argparse.ArgumentParser) -> None:
         "keeps its number of steps, so it sees about 1/--ra-reps of the images",
     )
     g.add_argument("--ra-reps", type=int, metavar="N", help="--ra-sampler: copies of each image")
-
-
-_SEED_DIST_FLAGS = ("--world-size", "--rank", "--dist-url", "--dist-backend")
-# Where the seed's downloads came from, for --pretrained without a path (this program downloads nothing).
-_WEIGHTS_HINT = (
-    "get the file on a machine with internet access, e.g. torchvision's "
-    "https://download.pytorch.org/models/resnet50-0676ba61.pth for resnet50 or one of NVIDIA's released pd*/zero "
-    "padding checkpoints (links in NVIDIA/partialconv's README), then pass --pretrained /path/to/file.pth"
-)
-
-
-def check_seed_flags(cfg: argparse.Namespace, argv: Sequence[str]) -> None:
-    """Map NVIDIA main.py's flags: ``--gpu N`` becomes ``--device cuda:N``; its distributed flags and a bare
-    ``--pretrained`` raise :class:`ConfigError` with what to do instead (``argv`` rebuilds the torchrun command)."""
-    if cfg.pretrained == "" or cfg.pretrained is True:
-        raise ConfigError(
-            f"--pretrained needs a PATH: weights load from a local file, nothing is downloaded; {_WEIGHTS_HINT}"
-        )
-    if cfg.gpu is not None:
-        if cfg.gpu < 0:
-            raise ConfigError(f"--gpu must be >= 0; got {cfg.gpu}")
-        if cfg.device not in ("auto", f"cuda:{cfg.gpu}"):
-            raise ConfigError(f"--gpu {cfg.gpu} means --device cuda:{cfg.gpu}; it conflicts with --device {cfg.device}")
-        cfg.device = f"cuda:{cfg.gpu}"
-    if cfg.world_size is None and cfg.rank is None and cfg.dist_url is None and cfg.dist_backend is None:
-        if not cfg.multiprocessing_distributed:
-            return
-    raise ConfigError(
-        "--world-size/--rank/--dist-url/--dist-backend/--multiprocessing-distributed are not used: launch with "
-        f"torchrun instead: {torchrun_command(cfg, argv)}"
-    )
-
-
-def torchrun_command(cfg: argparse.Namespace, argv: Sequence[str]) -> str:
-    """The torchrun command line doing what NVIDIA main.py's distributed flags did. With
-    ``--multiprocessing-distributed`` the seed's world size and rank count nodes (one process per GPU); without it
-    they count processes (one per node here)."""
-    rest: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in (*_SEED_DIST_FLAGS, "--multiprocessing-distributed"):
-            skip = name != "--multiprocessing-distributed" and "=" not in arg
-            continue
-        rest.append(arg)
-    nodes = cfg.world_size or 1
-    per_node = "<GPUs per node>" if cfg.multiprocessing_distributed else "1"
-    cmd = ["torchrun", f"--nnodes {nodes}", f"--node-rank {cfg.rank or 0}", f"--nproc-per-node {per_node}"]
-    url = (cfg.dist_url or "").split("://", 1)[-1]
-    if url and nodes > 1:
-        host, _, port = url.rpartition(":")
-        cmd += [f"--master-addr {host or url}"] + ([f"--master-port {port}"] if host else [])
-    return " ".join([*cmd, "train.py", *rest])
 
 
 def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -626,7 +542,7 @@ def _resolve(cfg: argparse.Namespace) -> argparse.Namespace:
     except ValueError as e:
         raise ConfigError(f"-a/--arch: {e}") from None
     if cfg.amp_opt_level is not None:
-        cfg.amp = _APEX_LEVELS[cfg.amp_opt_level]
+        cfg.amp = APEX_LEVELS[cfg.amp_opt_level]
     _, partial_by_name = split_pd_name(cfg.arch)
     if cfg.padding is None:
         cfg.padding = "partial" if partial_by_name else "zero"
@@ -723,25 +639,6 @@ def _fold_data_path(cfg: argparse.Namespace) -> None:
         if given is not None and Path(given) != Path(root) / sub:
             raise ConfigError(f"{name} {root} means {flag} {Path(root) / sub}; it conflicts with {flag} {given}")
         setattr(cfg, dest, str(Path(root) / sub))
-
-
-# The share of the train set an epoch may leave out (the last, partial global batch) before train.py says so.
-DROP_LAST_WARN_SHARE = 0.10
-
-
-def drop_last_warning(num_images: int, batch_size: int, steps: int) -> Optional[str]:
-    """The start-of-run warning when the whole global batches of an epoch (``steps`` of ``batch_size``) leave out
-    more than :data:`DROP_LAST_WARN_SHARE` of the ``num_images`` train images (None otherwise), with a batch size
-    that leaves out fewer: one more step, the set split evenly over it."""
-    dropped = num_images - steps * batch_size
-    if dropped <= DROP_LAST_WARN_SHARE * num_images:
-        return None
-    better = num_images // (steps + 1)
-    return (
-        f"-b/--batch-size {batch_size}: an epoch is {steps} step(s) of {batch_size} of the {num_images} train images; "
-        f"the other {dropped} ({100 * dropped / num_images:.0f}%) are left out of every epoch (others each epoch). "
-        f"-b {better} would take {steps + 1} steps and leave out {num_images - (steps + 1) * better}"
-    )
 
 
 def run_dir_of(cfg: argparse.Namespace) -> Path:
@@ -853,69 +750,3 @@ def _same(key: str, old: Any, new: Any) -> bool:
             return str(old).rstrip("/") == str(new).rstrip("/")
         return Path(old).resolve() == Path(new).resolve()  # data/train and /abs/data/train are the same data
     return old == new
-
-
-# Each DataParams field: train.py's config destination that sets it, and the flag its messages name it by.
-DATA_OPTIONS: dict[str, tuple[str, str]] = {
-    "train_dir": ("data_train", "--data_train"),
-    "val_dir": ("data_val", "--data_val"),
-    "batch_size": ("batch_size", "-b/--batch-size"),
-    "workers": ("workers", "-j/--workers"),
-    "backend": ("data_backend", "--data-backend"),
-    "train_crop_size": ("train_crop_size", "--train-crop-size"),
-    "train_min_scale": ("train_min_scale", "--train-min-scale"),
-    "val_resize_size": ("val_resize_size", "--val-resize-size"),
-    "val_crop_size": ("val_crop_size", "--val-crop-size"),
-    "on_bad_image": ("on_bad_image", "--on-bad-image"),
-    "seed": ("seed", "--seed"),
-    "channels_last": ("channels_last", "--channels-last"),
-    "auto_augment": ("auto_augment", "--auto-augment"),
-    "random_erase": ("random_erase", "--random-erase"),
-    "ra_sampler": ("ra_sampler", "--ra-sampler"),
-    "ra_reps": ("ra_reps", "--ra-reps"),
-    "ra_magnitude": ("ra_magnitude", "--ra-magnitude"),
-    "augmix_severity": ("augmix_severity", "--augmix-severity"),
-    "interpolation": ("interpolation", "--interpolation"),
-    "cache_dir": ("data_cache", "--data-cache"),
-    "cache_limit_gb": ("data_cache_limit", "--data-cache-limit"),
-}
-DATA_FLAGS = {field: flag for field, (_, flag) in DATA_OPTIONS.items()}
-
-
-def resolve_data_dirs(cfg: argparse.Namespace) -> None:
-    """Fill ``cfg.data_train/data_val`` with the embedded demo set when no data was given (made once)."""
-    if cfg.data_train is None:
-        train, val = ensure_demo_dataset()
-        cfg.data_train, cfg.data_val = str(train), str(val)
-
-
-def data_params(cfg: argparse.Namespace) -> DataParams:
-    """The data layer's parameters from a resolved config (data dirs already resolved)."""
-    return DataParams(**{field: getattr(cfg, dest) for field, (dest, _) in DATA_OPTIONS.items()})
-
-
-def data_error_message(e: DataError) -> str:
-    """``e`` as train.py says it: parameters by their flags, a bad image with the flag that skips it. An error a
-    DataLoader worker raised arrives as torch's traceback text: its own message is taken from it."""
-    message = one_line(DataError(e.worded(DATA_FLAGS)))
-    if isinstance(e, BadImageError):
-        message += f" (use {DATA_FLAGS['on_bad_image']} skip)"
-    return message
-
-
-@contextmanager
-def data_errors_as_flags() -> Iterator[None]:
-    """Re-raise a :class:`~partialconv.data.DataError` as one in train.py's words (:func:`data_error_message`);
-    also a decorator."""
-    try:
-        yield
-    except DataError as e:
-        raise DataError(data_error_message(e)) from e  # a plain message: worded again, it stays the same
-
-
-def loaders_from_config(cfg: argparse.Namespace, dist: DistInfo) -> Loaders:
-    """train.py's loaders: :func:`~partialconv.data.build_loaders` with the config's data flags, errors naming those
-    flags; ``cfg.workers`` becomes the worker count used (so the run's config.yaml records it)."""
-    with data_errors_as_flags():
-        cfg.workers = resolve_workers(cfg.workers, dist.is_main, DATA_FLAGS["workers"])
-        return build_loaders(data_params(cfg), dist)

@@ -20,8 +20,9 @@ import train
 from partialconv import PartialConv1d, PartialConv2d, PartialConv3d, convert_padding, create_model, list_models
 from partialconv.analysis import collect_runs, summarize, write_report
 from partialconv.checkpoint_io import read_checkpoint
-from partialconv.config import ConfigError, compare_resumed_config, parse_config
+from partialconv.config import compare_resumed_config, parse_config
 from partialconv.data.demo import make_demo_dataset
+from partialconv.errors import ConfigError
 from partialconv.models import is_model, pytorch_official
 
 ROOT = Path(__file__).resolve().parents[1]

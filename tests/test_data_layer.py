@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import partialconv.data
 import train
-from partialconv.config import DATA_OPTIONS, data_error_message, data_params, loaders_from_config, parse_config
+from partialconv.config import parse_config
 from partialconv.data import (
     Backend,
     BadImageError,
@@ -33,6 +33,7 @@ from partialconv.data.demo import make_demo_dataset
 from partialconv.data.errors import PARAM_NAMES
 from partialconv.data.gpu_decode import EncodedImageFolder, GpuDecodeLoader
 from partialconv.data.sampler import sample_seed
+from partialconv.engine.data_setup import DATA_OPTIONS, data_error_message, data_params, loaders_from_config
 from partialconv.engine.distributed import DistInfo
 
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

@@ -23,12 +23,13 @@ import torch
 from signalling import child_with_env, kill_tree
 
 from partialconv.checkpoint_io import read_checkpoint
-from partialconv.config import loaders_from_config, parse_config
+from partialconv.config import parse_config
 from partialconv.data.demo import make_demo_dataset
+from partialconv.engine.data_setup import loaders_from_config
 from partialconv.engine.distributed import DistInfo, shared_store_restart_warning
 from partialconv.engine.run_files import LAST, elastic_restart_resume
 from partialconv.engine.run_lock import LOCK_NAME
-from partialconv.engine.trainer import evaluate
+from partialconv.engine.trainer import EvalSettings, evaluate
 from partialconv.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,7 +285,7 @@ def test_two_nodes_train_one_run_with_exact_validation(data, straight):
     loaders = loaders_from_config(cfg, DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")))
     model = create_model("simple_cnn", task="classification", padding=cfg.padding, num_classes=10)
     model.load_state_dict(read_checkpoint(straight / "checkpoint.pth.tar")["state_dict"])
-    one = evaluate(model, loaders.val, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
+    one = evaluate(model, loaders.val, EvalSettings(torch.nn.CrossEntropyLoss(), torch.device("cpu")))
     last = metrics(straight)[-1]
     assert one["count"] == 39
     assert last["val_acc1"] == one["acc1"] and last["val_acc5"] == one["acc5"]

@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from benchmarks._jpeg_folder import make_jpeg_folder, render_image
-from partialconv.config import data_error_message, loaders_from_config, parse_config
+from partialconv.config import parse_config
 from partialconv.data import ClassificationFolder, DataError, eval_transform, train_transform
 from partialconv.data.gpu_decode import (
     EncodedImageFolder,
@@ -23,6 +23,7 @@ from partialconv.data.gpu_decode import (
     sample_train_params,
 )
 from partialconv.data.presets import IMAGENET_STD
+from partialconv.engine.data_setup import data_error_message, loaders_from_config
 from partialconv.engine.distributed import DistInfo
 
 LEVEL = 1 / 255 / min(IMAGENET_STD)  # one uint8 level in normalised units (upper bound over channels)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from partialconv.engine.metrics import EpochMeter, topk_correct
-from partialconv.engine.trainer import build_optimisation, evaluate, train_one_epoch
+from partialconv.engine.trainer import EvalSettings, build_training_context, evaluate, train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,7 +92,7 @@ def batches(logits: torch.Tensor, targets: torch.Tensor, size: int) -> list:
 
 def test_evaluate_reports_top1_top5_of_placed_logits():
     logits, targets = placed_logits(RANKS)
-    val = evaluate(Passthrough(), batches(logits, targets, 5), nn.CrossEntropyLoss(), torch.device("cpu"))
+    val = evaluate(Passthrough(), batches(logits, targets, 5), EvalSettings(nn.CrossEntropyLoss(), torch.device("cpu")))
     n = len(RANKS)
     assert val["acc1"] == pytest.approx(100.0 * TOP1 / n) and val["acc5"] == pytest.approx(100.0 * TOP5 / n)
     assert val["count"] == n and val["loss"] == pytest.approx(float(F.cross_entropy(logits, targets)), rel=1e-6)
@@ -116,7 +116,7 @@ def test_training_epoch_meter_reports_top1_top5():
     )
     model = Passthrough()
     loader = batches(logits, targets, 4)
-    optim = build_optimisation(cfg, model, model, torch.device("cpu"), steps_per_epoch=len(loader))
+    optim = build_training_context(cfg, model, model, torch.device("cpu"), steps_per_epoch=len(loader))
     meter = EpochMeter(torch.device("cpu"))
     result = train_one_epoch(optim, loader, 0, meter, print_freq=100, log=lambda s: None)
     assert result.steps_done == 3 and not result.preempted

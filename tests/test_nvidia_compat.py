@@ -17,10 +17,11 @@ from torch import nn
 
 import train
 from partialconv.checkpoint_io import CheckpointError, load_checkpoint, match_keys, read_checkpoint
-from partialconv.config import ConfigError, build_parser, parse_config
+from partialconv.config import build_parser, parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.engine.run_state import restore_run_state
-from partialconv.engine.trainer import build_optimisation
+from partialconv.engine.trainer import build_training_context
+from partialconv.errors import ConfigError
 from partialconv.models import create_model
 
 # 10 classes x 4 train images, batch 4: 10 steps per epoch.
@@ -201,7 +202,7 @@ def test_restore_nvidia_checkpoint_restores_momentum_epoch_lr_and_best(data, tmp
     path = save_like_main_py(tmp_path / "nv.pth.tar", model_nv, opt_nv, "simple_cnn_bn", 2, torch.tensor(37.5))
     cfg = parse_config(args(data, tmp_path / "run", "--epochs", "4"))
     model = create_model("simple_cnn_bn", num_classes=10)
-    optim = build_optimisation(cfg, model, model, torch.device("cpu"), steps_per_epoch=10)
+    optim = build_training_context(cfg, model, model, torch.device("cpu"), steps_per_epoch=10)
     warnings: list[str] = []
     epoch, step, best, sums = restore_run_state(
         read_checkpoint(path), model, optim, 0, 1, warnings.append, path, steps_per_epoch=10

@@ -17,10 +17,12 @@ from test_train import _torchrun, args, assert_same_run, metrics, weights
 
 import train
 from partialconv.checkpoint_io import read_checkpoint
-from partialconv.config import ConfigError, compare_resumed_config, loaders_from_config, parse_config
+from partialconv.config import compare_resumed_config, parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.sampler import SeededSampler, sample_seed
+from partialconv.engine.data_setup import loaders_from_config
 from partialconv.engine.distributed import DistInfo
+from partialconv.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 RA = ["--ra-sampler", "--ra-reps", "3"]

@@ -17,10 +17,11 @@ from torch import nn
 
 import train
 from partialconv.checkpoint_io import read_checkpoint
-from partialconv.config import ConfigError, compare_resumed_config, parse_config
+from partialconv.config import compare_resumed_config, parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.presets import AUTO_AUGMENT, train_transform
-from partialconv.engine.trainer import build_optimisation, lr_factor, mix_batch, train_step
+from partialconv.engine.trainer import build_training_context, lr_factor, mix_batch, train_step
+from partialconv.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"images_per_sec", "epoch_seconds", "time"}
@@ -87,7 +88,7 @@ def small_model() -> nn.Module:
 def test_norm_and_bias_weight_decay_make_groups():
     model = small_model()
     model(torch.zeros(1, 3, 8, 8))
-    optim = build_optimisation(
+    optim = build_training_context(
         cfg(norm_weight_decay=0.0, bias_weight_decay=0.5, opt="adamw"), model, model, torch.device("cpu"), 4
     )
     assert isinstance(optim.optimizer, torch.optim.AdamW)
@@ -96,7 +97,7 @@ def test_norm_and_bias_weight_decay_make_groups():
     assert groups[0.0] == {id(bn.weight)}
     assert groups[0.5] == {id(conv.bias), id(bn.bias), id(lin.bias)}  # the bias key first, as torchvision
     assert groups[1e-4] == {id(conv.weight), id(lin.weight)}
-    plain = build_optimisation(cfg(), model, model, torch.device("cpu"), 4).optimizer
+    plain = build_training_context(cfg(), model, model, torch.device("cpu"), 4).optimizer
     assert isinstance(plain, torch.optim.SGD) and len(plain.param_groups) == 1  # flags absent: as before
 
 
@@ -104,11 +105,11 @@ def test_clip_grad_norm_caps_the_gradient():
     model = small_model()
     x, y = torch.randn(4, 3, 8, 8) * 100, torch.tensor([0, 1, 2, 0])
     model(x)
-    optim = build_optimisation(cfg(clip_grad_norm=0.01, lr=0.0), model, model, torch.device("cpu"), 4)
+    optim = build_training_context(cfg(clip_grad_norm=0.01, lr=0.0), model, model, torch.device("cpu"), 4)
     train_step(optim, x, y)
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert norm <= 0.01 * (1 + 1e-4)
-    unclipped = build_optimisation(cfg(lr=0.0), model, model, torch.device("cpu"), 4)
+    unclipped = build_training_context(cfg(lr=0.0), model, model, torch.device("cpu"), 4)
     train_step(unclipped, x, y)
     assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])) > 0.1
 
@@ -198,7 +199,7 @@ def test_gpu_backend_refuses_auto_augment_in_one_line(data, tmp_path, capsys):
 
 def test_mixup_cutmix_targets_are_soft_and_seeded_per_step():
     model = small_model()
-    optim = build_optimisation(
+    optim = build_training_context(
         cfg(mixup_alpha=0.2, cutmix_alpha=1.0, num_classes=3, seed=1), model, model, torch.device("cpu"), 4
     )
     images, targets = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
@@ -209,7 +210,7 @@ def test_mixup_cutmix_targets_are_soft_and_seeded_per_step():
     assert not all(torch.equal(draws[0][0], d[0]) for d in draws[1:])  # another step, another draw
     again = mix_batch(optim, images, targets, 0, 2)
     assert torch.equal(again[0], draws[2][0]) and torch.equal(again[1], draws[2][1])  # replayed on resume
-    assert build_optimisation(cfg(num_classes=3), model, model, torch.device("cpu"), 4).mix is None
+    assert build_training_context(cfg(num_classes=3), model, model, torch.device("cpu"), 4).mix is None
     # every rank draws its own, and rank 0 its pre-rank draws (older runs resume exactly)
     assert torch.equal(mix_batch(optim, images, targets, 0, 2, rank=0)[1], draws[2][1])
     other = [mix_batch(optim, images, targets, 0, step, rank=1) for step in range(4)]
@@ -221,7 +222,7 @@ def test_train_one_epoch_mixes_with_the_ranks_own_draws(monkeypatch):
     from partialconv.engine.metrics import EpochMeter
 
     model = small_model()
-    optim = build_optimisation(cfg(mixup_alpha=0.2, num_classes=3, seed=1), model, model, torch.device("cpu"), 2)
+    optim = build_training_context(cfg(mixup_alpha=0.2, num_classes=3, seed=1), model, model, torch.device("cpu"), 2)
     ranks = []
     real = trainer.mix_batch
     monkeypatch.setattr(trainer, "mix_batch", lambda *a: ranks.append(a[-1]) or real(*a))
@@ -239,7 +240,7 @@ def test_ema_differs_from_the_model_and_follows_the_decay():
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
     model(x)
     c = cfg(model_ema=True, model_ema_steps=1, model_ema_decay=0.99, batch_size=4, epochs=2, lr=0.5)
-    optim = build_optimisation(c, model, model, torch.device("cpu"), 4)
+    optim = build_training_context(c, model, model, torch.device("cpu"), 4)
     decay = 1.0 - min(1.0, 0.01 * 4 * 1 / 2)  # torchvision's adjustment: (1 - decay) x batch x steps / epochs
     from partialconv.engine.trainer import update_ema
 

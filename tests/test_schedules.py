@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from partialconv.engine.trainer import build_optimisation, lr_factor
+from partialconv.engine.trainer import build_training_context, lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,11 +99,12 @@ def test_fractional_warmup_epochs():
 
 @pytest.mark.parametrize("schedule", ["step", "cosine"])
 def test_scheduler_of_the_training_context_applies_the_factor_per_iteration(schedule):
-    """build_optimisation's optimiser/scheduler pair: the LR used by step i is lr * factor(i), stepped once per step."""
+    """build_training_context's optimizer/scheduler pair: the LR used by step i is lr * factor(i), stepped once per
+    step."""
     c = cfg(schedule, 3, warmup=1, step_size=1, gamma=0.5)
     c.lr = 0.4
     model = nn.Linear(2, 2)
-    optim = build_optimisation(c, model, model, torch.device("cpu"), steps_per_epoch=4)
+    optim = build_training_context(c, model, model, torch.device("cpu"), steps_per_epoch=4)
     seen = []
     for _ in range(12):
         seen.append(optim.optimizer.param_groups[0]["lr"])

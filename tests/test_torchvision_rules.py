@@ -119,11 +119,11 @@ def our_lrs(argv: list[str], steps: int) -> list[float]:
     """The LR of every step of a run with train.py's flags ``argv``: the config parsed as train.py parses it, the
     optimiser and scheduler built as train.py builds them, one scheduler step per training step."""
     from partialconv.config import parse_config
-    from partialconv.engine.trainer import build_optimisation
+    from partialconv.engine.trainer import build_training_context
 
     cfg = parse_config(["-a", "simple_cnn", "--lr-step-size", "30", *argv])
     model = nn.Linear(2, 2)
-    optim = build_optimisation(cfg, model, model, torch.device("cpu"), steps_per_epoch=steps)
+    optim = build_training_context(cfg, model, model, torch.device("cpu"), steps_per_epoch=steps)
     out = []
     for _ in range(cfg.epochs * steps):
         out.append(optim.optimizer.param_groups[0]["lr"])
@@ -265,7 +265,7 @@ def test_the_old_step_run_would_decay_elsewhere_as_a_new_run():
 
 
 def test_an_explicit_new_behaviour_on_an_old_run_is_refused_by_name():
-    from partialconv.config import ConfigError
+    from partialconv.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"lr_update=iteration; this run has lr_update=epoch"):
         resumed("imagenet_resnet50_torchvision_v2.yaml", "--lr-update", "epoch")
@@ -274,7 +274,7 @@ def test_an_explicit_new_behaviour_on_an_old_run_is_refused_by_name():
 
 
 def test_an_old_run_with_both_decay_flags_is_refused_for_its_groups():
-    from partialconv.config import ConfigError
+    from partialconv.errors import ConfigError
 
     with pytest.raises(ConfigError, match="norm layers' biases --norm-weight-decay.*optimizer state does not fit"):
         resumed("both_decays.yaml")
@@ -330,8 +330,9 @@ def folders(tmp_path_factory) -> Path:
 def test_data_flags_give_the_reference_presets(folders, argv, expect):
     """The flags through train.py's config and the pil backend's datasets: every sample equals the reference
     preset's under the same seed, train and val; and the flags change the images (they are not ignored)."""
-    from partialconv.config import data_params, parse_config
+    from partialconv.config import parse_config
     from partialconv.data.datasets import open_image_folders
+    from partialconv.engine.data_setup import data_params
 
     def splits(extra):
         base = ["--data_train", str(folders / "train"), "--data_val", str(folders / "val"), "--device", "cpu"]
@@ -358,7 +359,8 @@ def test_data_flags_give_the_reference_presets(folders, argv, expect):
 
 
 def test_reference_flag_names_from_yaml_and_resumed_config(tmp_path):
-    from partialconv.config import ConfigError, compare_resumed_config, config_to_yaml, parse_config
+    from partialconv.config import compare_resumed_config, config_to_yaml, parse_config
+    from partialconv.errors import ConfigError
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("lr_scheduler: CosineAnnealingLR\nlr_warmup_epochs: 2\nlr_min: 0.001\nra_magnitude: 12\n"
@@ -488,8 +490,9 @@ def test_train_py_resumes_a_previous_version_run_on_its_own_step_schedule(folder
 
 @pytest.mark.parametrize("backend", ["pil_fast", "gpu"])
 def test_backends_that_resize_bilinearly_refuse_another_interpolation(folders, backend):
-    from partialconv.config import data_error_message, data_params, parse_config
+    from partialconv.config import parse_config
     from partialconv.data import DataError, get_backend
+    from partialconv.engine.data_setup import data_error_message, data_params
 
     cfg = parse_config(["--data_train", str(folders / "train"), "--data_val", str(folders / "val"), "--device",
                         "cpu", "--data-backend", backend, "--interpolation", "bicubic"])  # fmt: skip

@@ -12,10 +12,12 @@ import yaml
 
 import train
 from partialconv.checkpoint_io import read_checkpoint, save_checkpoint
-from partialconv.config import ConfigError, loaders_from_config, parse_config
+from partialconv.config import parse_config
 from partialconv.data import ClassificationFolder, eval_transform
 from partialconv.data.demo import make_demo_dataset
+from partialconv.engine.data_setup import loaders_from_config
 from partialconv.engine.distributed import DistInfo
+from partialconv.errors import ConfigError
 from partialconv.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -294,8 +296,8 @@ def test_a_batch_that_leaves_out_much_of_an_epoch_is_said_once_at_start(data, tm
 
 
 def test_the_demo_recipe_leaves_out_little_of_an_epoch():
-    from partialconv.config import drop_last_warning
     from partialconv.data.demo import make_demo_dataset
+    from partialconv.engine.data_setup import drop_last_warning
 
     recipe = yaml.safe_load((Path(train.DEMO_CONFIG)).read_text())
     defaults = make_demo_dataset.__defaults__  # train_per_class, val_per_class, size, seed

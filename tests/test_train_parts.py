@@ -12,14 +12,16 @@ import torch
 import yaml
 
 from partialconv.checkpoint_io import read_checkpoint, save_checkpoint
-from partialconv.config import ConfigError, loaders_from_config, parse_config, run_dir_of
+from partialconv.config import parse_config, run_dir_of
 from partialconv.data import DataError
 from partialconv.data.demo import DEMO_CLASSES, make_demo_dataset
 from partialconv.data.sampler import SeededSampler
+from partialconv.engine.data_setup import loaders_from_config
 from partialconv.engine.distributed import DistInfo
 from partialconv.engine.metrics import EpochMeter, topk_correct
 from partialconv.engine.run_state import rng_state, set_rng_state
 from partialconv.engine.runlog import RunLogger
+from partialconv.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from partialconv.engine.trainer import build_optimisation, mix_batch, train_step, update_ema
+from partialconv.engine.trainer import build_training_context, mix_batch, train_step, update_ema
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
@@ -47,7 +47,7 @@ def test_clipping_under_an_active_grad_scaler_clips_the_unscaled_gradients():
 
     model = small_model()
     before = [p.detach().clone() for p in model.parameters()]
-    optim = build_optimisation(cfg(amp="fp16", clip_grad_norm=clip, lr=0.5), model, model, CPU, 4)
+    optim = build_training_context(cfg(amp="fp16", clip_grad_norm=clip, lr=0.5), model, model, CPU, 4)
     assert optim.scaler.is_enabled() and optim.scaler.get_scale() >= 2.0**10  # an active, scaling GradScaler
     train_step(optim, x, y)
     assert optim.scaler.get_scale() >= 2.0**10  # no inf/NaN: the step was taken, not skipped
@@ -63,7 +63,7 @@ def test_clipping_under_an_active_grad_scaler_clips_the_unscaled_gradients():
 
 def mixing():
     model = small_model()
-    optim = build_optimisation(cfg(mixup_alpha=0.2, cutmix_alpha=1.0, seed=1), model, model, CPU, 4)
+    optim = build_training_context(cfg(mixup_alpha=0.2, cutmix_alpha=1.0, seed=1), model, model, CPU, 4)
     torch.manual_seed(3)
     return optim, torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
 
@@ -91,7 +91,7 @@ def test_mix_draws_follow_seed_epoch_step_and_rank_and_the_soft_targets_are_the_
     draws = {key: mix_batch(optim, images, targets, *key) for key in keys}
     kinds = {check_soft_targets_are_the_images_mix(images, targets, *draw) for draw in draws.values()}
     assert kinds == {"mixup", "cutmix"}  # both, chosen per draw
-    # the same (seed, epoch, step, rank) draws the same, in any order, from another Optimisation with that seed
+    # the same (seed, epoch, step, rank) draws the same, in any order, from another TrainingContext with that seed
     again, _, _ = mixing()
     torch.manual_seed(12345)  # the caller's RNG plays no part
     for key in reversed(keys):
@@ -111,7 +111,7 @@ def test_ema_restarts_from_the_weights_in_each_warmup_epoch_and_averages_after()
     model = small_model()
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
     c = cfg(model_ema=True, model_ema_steps=1, model_ema_decay=0.99, batch_size=4, lr=0.5, warmup_epochs=2)
-    optim = build_optimisation(c, model, model, CPU, 2)
+    optim = build_training_context(c, model, model, CPU, 2)
     decay = 1.0 - min(1.0, 0.01 * 4 * 1 / 4)  # torchvision's adjustment: (1 - decay) x batch x steps / epochs
     ema, w = optim.ema.module[3].weight, model[3].weight
     for epoch in range(3):

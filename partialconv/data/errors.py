@@ -2,7 +2,7 @@
 
 Library code names a parameter by what it means (``train directory /data/train: no such directory``); a program
 that takes the parameters from flags says the same thing with its flag names
-(``e.worded({"train_dir": "--data_train"})``, which is what ``partialconv.config`` does for train.py).
+(``e.worded({"train_dir": "--data_train"})``, which is what ``partialconv.engine.data_setup`` does for train.py).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def build_loaders(params: DataParams, dist: DistInfo) -> Loaders:
     if not isinstance(params, DataParams):
         raise TypeError(
             f"build_loaders takes DataParams, not {type(params).__name__} "
-            "(from train.py's config: partialconv.config.loaders_from_config(cfg, dist))"
+            "(from train.py's config: partialconv.engine.data_setup.loaders_from_config(cfg, dist))"
         )
     backend, notes = choose_backend_noting(params)
     if params.batch_size % dist.world_size:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 __all__ = [
-    "OPTIMISERS",
+    "OPTIMIZERS",
     "NORM_LAYERS",
     "LR_SCHEDULES",
     "WARMUP_METHODS",
@@ -26,7 +26,7 @@ __all__ = [
     "build_optimizer",
 ]
 
-OPTIMISERS = ("sgd", "adamw", "rmsprop")
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 # What torchvision's references count as normalisation layers (their affine parameters get --norm-weight-decay).
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._BatchNorm,
@@ -75,7 +75,7 @@ def build_optimizer(
     norm_weight_decay: Optional[float] = None,
     bias_weight_decay: Optional[float] = None,
 ) -> torch.optim.Optimizer:
-    """``name`` (one of :data:`OPTIMISERS`) over :func:`parameter_groups`. SGD and RMSprop take ``momentum``;
+    """``name`` (one of :data:`OPTIMIZERS`) over :func:`parameter_groups`. SGD and RMSprop take ``momentum``;
     RMSprop uses torchvision's reference settings (alpha 0.9, eps 0.0316, TF-style); AdamW its defaults."""
     params = parameter_groups(model, weight_decay, norm_weight_decay, bias_weight_decay)
     if name == "sgd":
@@ -84,7 +84,7 @@ def build_optimizer(
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay, eps=0.0316, alpha=0.9)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimiser {name!r}; expected one of {', '.join(OPTIMISERS)}")
+    raise ValueError(f"unknown optimiser {name!r}; expected one of {', '.join(OPTIMIZERS)}")
 
 
 LR_SCHEDULES = ("step", "cosine")

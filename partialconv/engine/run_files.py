@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..checkpoint_io import CheckpointError, read_checkpoint
+from ..errors import ConfigError
 from ..fileio import atomic_write
 
 __all__ = [
@@ -262,7 +263,6 @@ def check_fresh_start(
     ``--overwrite``; returns whether that run is to be moved aside (:func:`move_run_aside`) before the first write.
     Run it on every rank before anything is written. ``new_dir_flags``: the program's flags that choose another
     directory, for the message."""
-    from ..config import ConfigError  # late: the config layer imports the engine's optimiser table
 
     found = existing_run_files(run_dir)
     if not found:
@@ -304,7 +304,6 @@ def check_output_dir(run_dir: Path, flags: str = "--output-dir") -> None:
     """Refuse (ConfigError, one line naming ``flags``) a run directory that cannot be written, before anything is:
     a file where it or a folder above it should be, or a location on a read-only file system or without write
     permission. Nothing is created (a run that fails its checks leaves nothing behind)."""
-    from ..config import ConfigError  # late: the config layer imports the engine's optimiser table
 
     run_dir = Path(run_dir)
     existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists() or p == p.parent)

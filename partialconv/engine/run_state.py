@@ -21,9 +21,10 @@ import torch
 import torch.distributed as dist
 
 from ..checkpoint_io import CheckpointError, extract_state_dict, load_state, unwrap_model
+from ..errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only: the trainer does not need run_state to import
-    from .trainer import Optimisation
+    from .trainer import TrainingContext
 
 __all__ = [
     "FINISHED_RUN_NOTE",
@@ -85,7 +86,7 @@ def finished(ckpt: dict[str, Any], epochs: int) -> bool:
 
 def run_state(
     model: torch.nn.Module,
-    optim: Optimisation,
+    optim: TrainingContext,
     epoch: int,
     step: int,
     best_acc1: float,
@@ -139,7 +140,7 @@ def load_resume_weights(ckpt: Any, model: torch.nn.Module, path: Any = "<checkpo
 def restore_run_state(
     ckpt: Any,
     model: torch.nn.Module,
-    optim: Optimisation,
+    optim: TrainingContext,
     rank: int,
     world_size: int,
     warn=print,
@@ -179,7 +180,7 @@ def restore_run_state(
 
 
 def _restore_foreign(
-    ckpt: dict[str, Any], optim: Optimisation, epoch: int, warn, path: Any, steps_per_epoch: Optional[int]
+    ckpt: dict[str, Any], optim: TrainingContext, epoch: int, warn, path: Any, steps_per_epoch: Optional[int]
 ):
     """The rest of a checkpoint without our scheduler state (NVIDIA's ``main.py``): its ``epoch`` counts finished
     epochs, as ours does at an epoch boundary. The LR schedule is this run's, set to where ``epoch`` epochs of
@@ -232,7 +233,6 @@ def check_resumed_data(
     repeat images. At an epoch boundary the next epoch simply draws from the new list: one warning. A checkpoint
     without fingerprints (older versions, other programs) resumes as before; mid-epoch, a warning says it was not
     checked."""
-    from ..config import ConfigError  # late: the config layer imports the engine's optimiser table
     from ..data.image_folder import fingerprint_changes
 
     if saved is None or now is None:

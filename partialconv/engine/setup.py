@@ -13,7 +13,7 @@ import torch.distributed as tdist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..models import create_model
 from .distributed import DistInfo
 

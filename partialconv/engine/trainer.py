@@ -30,9 +30,10 @@ from .runlog import Progress
 __all__ = [
     "AMP_DTYPES",
     "NonFiniteLossError",
-    "Optimisation",
+    "TrainingContext",
+    "EvalSettings",
     "EpochResult",
-    "build_optimisation",
+    "build_training_context",
     "lr_factor",
     "lr_schedule_of",
     "seek_schedule",
@@ -46,10 +47,21 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/Inf; the message names the epoch and step."""
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """What :func:`evaluate` needs besides the model and the data."""
+
+    criterion: nn.Module
+    device: torch.device
+    amp_dtype: Optional[torch.dtype] = None
+    channels_last: bool = False
+
+
 @dataclass
-class Optimisation:
-    """The optimisation state: everything one training step needs (model, loss, optimiser, LR schedule, AMP scaler
-    and settings). ``model`` is what runs forward (DDP- and/or compile-wrapped)."""
+class TrainingContext:
+    """Everything a training step needs besides the batch: the model that runs forward (DDP- and/or compile-wrapped),
+    loss, optimizer, LR schedule, AMP scaler and dtype, the input's form, gradient clipping, MixUp/CutMix and the
+    model EMA. Built by :func:`build_training_context`."""
 
     model: nn.Module
     criterion: nn.Module
@@ -70,6 +82,15 @@ class Optimisation:
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
+
+    def eval_settings(self) -> EvalSettings:
+        """How :func:`evaluate` runs the val split under this training (same loss, device, AMP and memory format)."""
+        return EvalSettings(self.criterion, self.device, self.amp_dtype, self.channels_last)
+
+    def lr_at(self, iteration: int) -> float:
+        """The first parameter group's LR at global ``iteration`` by the schedule, wherever the scheduler is now (the
+        LR of an epoch's first step, logged also when the run resumed mid-epoch)."""
+        return self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](iteration)
 
 
 def lr_schedule_of(cfg: argparse.Namespace) -> LRSchedule:
@@ -95,19 +116,19 @@ def lr_factor(cfg: argparse.Namespace, steps_per_epoch: int) -> Callable[[int], 
     return lr_schedule_of(cfg).factor_fn(steps_per_epoch)
 
 
-def seek_schedule(optim: Optimisation, iteration: int) -> None:
+def seek_schedule(ctx: TrainingContext, iteration: int) -> None:
     """Put the LR schedule at global ``iteration`` (``--start-epoch``): the LR of a run that got there, whatever the
     checkpoint or a fresh start left the scheduler at."""
     with warnings.catch_warnings():
         # "scheduler.step() before optimizer.step()": on a fresh run; no optimiser step is skipped by this.
         warnings.simplefilter("ignore", UserWarning)
-        optim.scheduler.last_epoch = iteration - 1
-        optim.scheduler.step()
+        ctx.scheduler.last_epoch = iteration - 1
+        ctx.scheduler.step()
 
 
-def build_optimisation(
+def build_training_context(
     cfg: argparse.Namespace, model: nn.Module, train_model: nn.Module, device: torch.device, steps_per_epoch: int
-) -> Optimisation:
+) -> TrainingContext:
     """The optimiser of ``--opt`` (default SGD with weight decay on every parameter: the seed's recipe; parameter
     groups by ``--norm-weight-decay``/``--bias-weight-decay``), the per-iteration LR schedule and the GradScaler
     (active for fp16 only)."""
@@ -122,7 +143,7 @@ def build_optimisation(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    return Optimisation(
+    return TrainingContext(
         model=train_model,
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
         optimizer=optimizer,
@@ -154,13 +175,13 @@ def build_ema(model: nn.Module, cfg: argparse.Namespace) -> torch.optim.swa_util
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(1.0 - alpha), use_buffers=True)
 
 
-def update_ema(optim: Optimisation, epoch: int, step: int) -> None:
+def update_ema(ctx: TrainingContext, epoch: int, step: int) -> None:
     """After step ``step`` (0-based in ``epoch``): every ``ema_steps`` steps fold the model into the EMA."""
-    if optim.ema is None or step % optim.ema_steps:
+    if ctx.ema is None or step % ctx.ema_steps:
         return
-    optim.ema.update_parameters(optim.ema_source)
-    if epoch < optim.ema_warmup_epochs:
-        optim.ema.n_averaged.fill_(0)  # during warm-up the average restarts: it copies the weights
+    ctx.ema.update_parameters(ctx.ema_source)
+    if epoch < ctx.ema_warmup_epochs:
+        ctx.ema.n_averaged.fill_(0)  # during warm-up the average restarts: it copies the weights
 
 
 def batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Callable:
@@ -173,35 +194,35 @@ def batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Call
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
-def mix_batch(optim: Optimisation, images: torch.Tensor, targets: torch.Tensor, epoch: int, step: int, rank: int = 0):
-    """``optim.mix`` on a device batch with its random draws (choice, lambda, box) from a generator seeded by
+def mix_batch(ctx: TrainingContext, images: torch.Tensor, targets: torch.Tensor, epoch: int, step: int, rank: int = 0):
+    """``ctx.mix`` on a device batch with its random draws (choice, lambda, box) from a generator seeded by
     (seed, epoch, step, rank): a resumed run replays them; the caller's RNG is untouched. Each rank draws its own
     (as each GPU of torchvision's reference does), so a global batch mixes with world-size draws, not one."""
     # rank 0 keeps the seed of runs started before ranks drew apart, so that they still resume exactly
-    key = (optim.seed, epoch, step) if rank == 0 else (optim.seed, epoch, step, rank)
+    key = (ctx.seed, epoch, step) if rank == 0 else (ctx.seed, epoch, step, rank)
     with seeded_draws(hash(key) & (2**63 - 1)):  # the draws are CPU ones (torch.distributions, randint)
-        return optim.mix(images, targets)
+        return ctx.mix(images, targets)
 
 
 def train_step(
-    optim: Optimisation, images: torch.Tensor, targets: torch.Tensor, loss_weight: float = 1.0
+    ctx: TrainingContext, images: torch.Tensor, targets: torch.Tensor, loss_weight: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward, optimiser and schedule step on a device batch; returns the (detached) loss and logits.
 
     The gradient is that of ``loss_weight`` x the batch's mean loss. An empty batch (all its images bad, under DDP
     where this rank must still join the gradient all-reduce) runs the model on zero images and contributes zeros.
     """
-    with optim.autocast():
-        logits = optim.model(images)
-        loss = optim.criterion(logits, targets) if targets.numel() else logits.sum() * 0.0
-    optim.optimizer.zero_grad(set_to_none=True)
-    optim.scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
-    if optim.clip_grad_norm is not None:  # on the true gradients: unscaled first (the scaler's step skips unscaling)
-        optim.scaler.unscale_(optim.optimizer)
-        nn.utils.clip_grad_norm_(optim.model.parameters(), optim.clip_grad_norm)
-    optim.scaler.step(optim.optimizer)
-    optim.scaler.update()
-    optim.scheduler.step()
+    with ctx.autocast():
+        logits = ctx.model(images)
+        loss = ctx.criterion(logits, targets) if targets.numel() else logits.sum() * 0.0
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
+    if ctx.clip_grad_norm is not None:  # on the true gradients: unscaled first (the scaler's step skips unscaling)
+        ctx.scaler.unscale_(ctx.optimizer)
+        nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.clip_grad_norm)
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    ctx.scheduler.step()
     return loss.detach(), logits.detach()
 
 
@@ -214,7 +235,7 @@ class EpochResult:
 
 
 def train_one_epoch(
-    optim: Optimisation,
+    ctx: TrainingContext,
     loader: DataLoader,
     epoch: int,
     meter: EpochMeter,
@@ -245,11 +266,11 @@ def train_one_epoch(
     same global batch computes. A rank without images joins with zeros. A step where no rank has an image is
     skipped by all: no optimiser update, while the LR schedule and the step count follow the data position.
     """
-    optim.model.train()
+    ctx.model.train()
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
     total_steps = total_steps if total_steps is not None else start_step + len(loader)
-    first_bad = torch.full((), -1, dtype=torch.long, device=optim.device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=ctx.device)
     progress = Progress(total_steps, f"epoch {epoch + 1}", show_progress, initial=start_step)
     step, images_seen, preempted = start_step, 0, False
     start = step_end = time.perf_counter()
@@ -262,21 +283,21 @@ def train_one_epoch(
             # same decision on every rank (a collective): counted whenever the loader may drop bad images
             count = global_count(local) if drops_bad_images and world > 1 else local * world
             if count == 0:  # no rank has an image: every rank skips the update; the position moves on
-                _step_schedule_only(optim)
+                _step_schedule_only(ctx)
             else:
                 if local == 0:
-                    images = torch.zeros((0, *optim.input_shape))
+                    images = torch.zeros((0, *ctx.input_shape))
                     targets = torch.zeros((0,), dtype=torch.long)
-                images, targets = batch_to_device(images, targets, optim.device, optim.channels_last)
-                if optim.mix is not None and local:
-                    images, targets = mix_batch(optim, images, targets, epoch, step, rank)
-                loss, logits = train_step(optim, images, targets, local * world / count)
+                images, targets = batch_to_device(images, targets, ctx.device, ctx.channels_last)
+                if ctx.mix is not None and local:
+                    images, targets = mix_batch(ctx, images, targets, epoch, step, rank)
+                loss, logits = train_step(ctx, images, targets, local * world / count)
                 if local:
                     # soft (mixed) targets: train top-1/top-5 count the class with the largest share as the label
                     meter.update(loss, logits, targets if targets.ndim == 1 else targets.argmax(1))
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
-                if optim.ema is not None:
-                    update_ema(optim, epoch, step)
+                if ctx.ema is not None:
+                    update_ema(ctx, epoch, step)
             step += 1
             images_seen += local
             at_print = step % print_freq == 0 or step == total_steps
@@ -287,7 +308,7 @@ def train_one_epoch(
                     s = meter.local_summary()
                     log(
                         f"Epoch: [{epoch + 1}][{step}/{total_steps}] loss {s['loss']:.4f} acc@1 {s['acc1']:.2f} "
-                        f"acc@5 {s['acc5']:.2f} lr {optim.optimizer.param_groups[0]['lr']:.5f} "
+                        f"acc@5 {s['acc5']:.2f} lr {ctx.optimizer.param_groups[0]['lr']:.5f} "
                         f"{images_seen / max(time.perf_counter() - start, 1e-9):.1f} img/s/rank "
                         + window.line(step, total_steps)
                     )
@@ -306,10 +327,10 @@ def train_one_epoch(
     return EpochResult(step, preempted, time.perf_counter() - start, images_seen)
 
 
-def _step_schedule_only(optim: Optimisation) -> None:
+def _step_schedule_only(ctx: TrainingContext) -> None:
     with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()" when the first step is skipped
         warnings.simplefilter("ignore", UserWarning)
-        optim.scheduler.step()
+        ctx.scheduler.step()
 
 
 def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
@@ -342,10 +363,7 @@ class _Window:
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
-    criterion: nn.Module,
-    device: torch.device,
-    amp_dtype: Optional[torch.dtype] = None,
-    channels_last: bool = False,
+    settings: EvalSettings,
     *,
     print_freq: int = 0,
     log: Callable[[str], None] = print,
@@ -355,8 +373,9 @@ def evaluate(
     ``show_progress`` a bar on a terminal, else (``print_freq`` > 0) a ``Val:`` line every ``print_freq`` steps with
     this rank's running numbers."""
     model.eval()
+    device = settings.device
     meter = EpochMeter(device)
-    amp = autocast(device, amp_dtype)
+    amp = autocast(device, settings.amp_dtype)
     total = len(loader)
     progress = Progress(total, "val", show_progress)
     window = _Window(0)
@@ -366,10 +385,10 @@ def evaluate(
             window.data_seconds += time.perf_counter() - step_end
             meter.bad += bad
             if images.numel() > 0:
-                images, targets = batch_to_device(images, targets, device, channels_last)
+                images, targets = batch_to_device(images, targets, device, settings.channels_last)
                 with amp:
                     logits = model(images)
-                    loss = criterion(logits, targets)
+                    loss = settings.criterion(logits, targets)
                 meter.update(loss.float(), logits.float(), targets)
             progress.update()
             if print_freq > 0 and not progress.interactive and (step % print_freq == 0 or step == total):
