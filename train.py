@@ -73,7 +73,6 @@ from partialconv.engine.run_state import (
 )
 from partialconv.engine.runlog import RunLogger
 from partialconv.engine.setup import (
-    ENVIRONMENT_FILE,
     broadcast_buffers,
     check_input_size,
     configure_backends,
@@ -95,6 +94,7 @@ from partialconv.engine.trainer import (
 from partialconv.errors import ConfigError
 from partialconv.fileio import WriteError, write_text_atomic
 from partialconv.models import create_model
+from partialconv.run_dir_names import CONFIG_FILE, ENVIRONMENT_FILE
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 # What the user fixes before the same command can work (exit 2); a NaN/Inf loss is the run failing (exit 1).
@@ -175,7 +175,7 @@ def run(cfg, dist, run_dir: Path, restart_note: Optional[str], eval_weights=None
     if dist.is_main:
         log.truncate_metrics(resume.start_epoch, last_record)
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+        write_text_atomic(run_dir / CONFIG_FILE, config_to_yaml(cfg))
         write_text_atomic(run_dir / ENVIRONMENT_FILE, yaml.safe_dump(run_environment(dist.device, dist.world_size)))
     log.info(
         f"{cfg.arch} ({cfg.padding} padding, {cfg.num_classes} classes) on {dist.world_size} x {dist.device}; "

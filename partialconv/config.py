@@ -31,7 +31,7 @@ from .errors import ConfigError
 from .layers import PADDINGS
 from .models import is_model, list_models, split_pd_name
 from .models._registry import unknown_model_message
-from .recipe_flags import RECIPE_DEFAULTS, RECIPE_FLAGS
+from .recipe_flags import RECIPE_DEFAULTS, RECIPE_FLAGS, implied_by_version
 from .seed_compat import APEX_LEVELS, add_seed_flags, check_seed_flags
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "check_values",
     "check_same_data",
     "compare_resumed_config",
-    "implied_by_version",
     "eval_sizes_from_run",
     "flags_given",
 ]
@@ -652,28 +651,6 @@ def run_dir_of(cfg: argparse.Namespace) -> Path:
 def config_to_yaml(cfg: argparse.Namespace) -> str:
     """The resolved config as YAML that ``--config`` accepts back (same keys, plain values)."""
     return yaml.safe_dump({k: v for k, v in sorted(vars(cfg).items()) if k not in CLI_ONLY}, sort_keys=False)
-
-
-# What a config written before an option existed meant: the option's value that reproduces that version's
-# behaviour. A resumed run keeps it (see compare_resumed_config), the padding report pools by it.
-_BEFORE_OPTION = {
-    "lr_update": "iteration",
-    "lr_step_origin": "start",  # the step schedule counted its epochs from 0, warm-up included
-    "lr_min": 0.0,
-    "ra_magnitude": 9,
-    "augmix_severity": 3,
-    "interpolation": "bilinear",
-}
-
-
-def implied_by_version(saved: dict[str, Any]) -> dict[str, Any]:
-    """The values a config saved by an older version (``saved``: a checkpoint's or a run's ``config.yaml``) implies
-    for the options it lacks, or whose meaning changed since: before ``lr_update`` existed the linear warm-up ramped
-    from 0 whatever ``lr_warmup_decay`` said (it was the constant warm-up's factor only)."""
-    implied = {k: v for k, v in _BEFORE_OPTION.items() if k not in saved}
-    if "lr_update" not in saved and saved.get("lr_warmup_method", "linear") == "linear":
-        implied["lr_warmup_decay"] = 0.0
-    return implied
 
 
 def compare_resumed_config(saved: dict[str, Any], cfg: argparse.Namespace, source: str) -> list[str]:

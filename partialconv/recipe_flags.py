@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RECIPE_DEFAULTS", "RECIPE_FLAGS"]
+__all__ = ["RECIPE_DEFAULTS", "RECIPE_FLAGS", "implied_by_version"]
 
 # The training recipe: the flags that change what is learned (batch, optimiser, schedule, crops, augmentation, EMA,
 # repeated augmentation), by config.yaml key, with train.py's defaults (the seed's recipe; the modern-recipe flags
@@ -54,3 +54,25 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "ra_reps": 3,
 }
 RECIPE_FLAGS = tuple(RECIPE_DEFAULTS)
+
+
+# What a config written before an option existed meant: the option's value that reproduces that version's
+# behaviour. A resumed run keeps it (see compare_resumed_config), the padding report pools by it.
+_BEFORE_OPTION = {
+    "lr_update": "iteration",
+    "lr_step_origin": "start",  # the step schedule counted its epochs from 0, warm-up included
+    "lr_min": 0.0,
+    "ra_magnitude": 9,
+    "augmix_severity": 3,
+    "interpolation": "bilinear",
+}
+
+
+def implied_by_version(saved: dict[str, Any]) -> dict[str, Any]:
+    """The values a config saved by an older version (``saved``: a checkpoint's or a run's ``config.yaml``) implies
+    for the options it lacks, or whose meaning changed since: before ``lr_update`` existed the linear warm-up ramped
+    from 0 whatever ``lr_warmup_decay`` said (it was the constant warm-up's factor only)."""
+    implied = {k: v for k, v in _BEFORE_OPTION.items() if k not in saved}
+    if "lr_update" not in saved and saved.get("lr_warmup_method", "linear") == "linear":
+        implied["lr_warmup_decay"] = 0.0
+    return implied

@@ -48,6 +48,7 @@ from partialconv.engine.run_lock import EXIT_RUN_DIR_BUSY, lock_holder
 from partialconv.engine.run_state import FINISHED_RUN_NOTE
 from partialconv.models import is_model, split_pd_name
 from partialconv.models._registry import unknown_model_message
+from partialconv.run_dir_names import METRICS_FILE
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 RUN_LOG = "run.log"
@@ -362,7 +363,7 @@ class Runner:
         job, code = active.job, active.proc.returncode
         took = time.monotonic() - active.started
         head = f"[{active.position}/{total}]"
-        run, _ = load_run(job.run_dir) if (job.run_dir / "metrics.jsonl").is_file() else (None, [])
+        run, _ = load_run(job.run_dir) if (job.run_dir / METRICS_FILE).is_file() else (None, [])
         if code == 0 and run is not None and run.finished and _found_finished(job.run_dir / RUN_LOG, active.log_start):
             self.elsewhere.append(job)  # another instance trained it between our look at its lock and our child's
             print(f"{head} done    {job.name} by another process", flush=True)

@@ -15,14 +15,11 @@ from typing import Any, Optional
 
 import yaml
 
-from ..config import implied_by_version
-from ..engine.setup import ENVIRONMENT_FILE
 from ..models import split_pd_name
-from ..recipe_flags import RECIPE_DEFAULTS, RECIPE_FLAGS
+from ..recipe_flags import RECIPE_DEFAULTS, RECIPE_FLAGS, implied_by_version
+from ..run_dir_names import CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE, REPLACED_PREFIX
 
 __all__ = [
-    "CONFIG_FILE",
-    "METRICS_FILE",
     "RECIPE_KEYS",
     "ReportError",
     "RunResult",
@@ -33,8 +30,6 @@ __all__ = [
     "run_status",
 ]
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.yaml"
 
 # config.yaml keys that make two runs different experiments (train.py's resolved flags). Runs that differ in any of
 # them are never averaged together. Performance flags (workers, amp, channels_last, compile) are left out: they change
@@ -249,7 +244,7 @@ def collect_runs(root: Path) -> tuple[list[RunResult], list[str]]:
         raise ReportError(f"results root {root} is not a directory")
     # a run replaced by train.py --overwrite is kept under <run dir>/replaced-<time>/: not a run of the matrix
     files = sorted(
-        f for f in root.rglob(METRICS_FILE) if not any(d.startswith("replaced-") for d in f.relative_to(root).parts)
+        f for f in root.rglob(METRICS_FILE) if not any(d.startswith(REPLACED_PREFIX) for d in f.relative_to(root).parts)
     )
     if not files:
         raise ReportError(

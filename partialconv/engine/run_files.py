@@ -26,6 +26,7 @@ import torch
 from ..checkpoint_io import CheckpointError, read_checkpoint
 from ..errors import ConfigError
 from ..fileio import atomic_write
+from ..run_dir_names import CONFIG_FILE, ENVIRONMENT_FILE, LOG_FILE, METRICS_FILE, REPLACED_PREFIX
 
 __all__ = [
     "LAST",
@@ -48,9 +49,8 @@ LAST = "checkpoint.pth.tar"
 PREVIOUS = "checkpoint.prev.pth.tar"
 BEST = "model_best.pth.tar"
 # What a train.py run writes in its directory; the checkpoints and metrics are what a fresh start would destroy.
-RESULT_FILES = (LAST, PREVIOUS, BEST, "checkpoint_epoch*.pth.tar", "metrics.jsonl")
-RUN_FILES = (*RESULT_FILES, "log.txt", "config.yaml", "environment.yaml", "tb")
-REPLACED_PREFIX = "replaced-"  # partialconv.analysis skips run folders under such a directory
+RESULT_FILES = (LAST, PREVIOUS, BEST, "checkpoint_epoch*.pth.tar", METRICS_FILE)
+RUN_FILES = (*RESULT_FILES, LOG_FILE, CONFIG_FILE, ENVIRONMENT_FILE, "tb")
 
 
 def save_run_checkpoint(

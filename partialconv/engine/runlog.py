@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from partialconv.fileio import append_line, append_record, write_bytes_atomic, write_text_atomic
+from partialconv.run_dir_names import LOG_FILE, METRICS_FILE
 
 __all__ = ["EventFile", "RunLogger", "Progress"]
 
@@ -87,7 +88,7 @@ class RunLogger:
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             stamp = f"{time.strftime('%Y-%m-%d %H:%M:%S')} " if self.timestamps else ""
-            append_line(self.run_dir / "log.txt", f"{stamp}{msg}")
+            append_line(self.run_dir / LOG_FILE, f"{stamp}{msg}")
 
     @property
     def tb(self) -> Optional[Any]:
@@ -113,7 +114,7 @@ class RunLogger:
         back ``last_record`` (the checkpoint's copy of epoch ``completed_epochs``' line) if that line is missing,
         e.g. because the disk filled up after the checkpoint was saved. ``key`` is the record's field that counts
         the run's progress (``epoch``; train_inpainting.py's ``iteration``)."""
-        path = self.run_dir / "metrics.jsonl" if self.run_dir is not None else None
+        path = self.run_dir / METRICS_FILE if self.run_dir is not None else None
         if not self.enabled or path is None:
             return
         keep, epochs, damaged = [], set(), []
@@ -154,7 +155,7 @@ class RunLogger:
         if not self.enabled or self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
+        append_line(self.run_dir / METRICS_FILE, json.dumps(record))
 
     def epoch(self, record: dict[str, Any]) -> None:
         """An epoch's ``metrics.jsonl`` line, and its numbers as TensorBoard scalars at that epoch."""

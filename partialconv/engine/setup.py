@@ -19,8 +19,6 @@ from .distributed import DistInfo
 
 __all__ = ["seed_everything", "configure_backends", "prepare_model", "broadcast_buffers", "run_environment"]
 
-ENVIRONMENT_FILE = "environment.yaml"  # a run's software and devices, for the padding report's "what was run"
-
 
 def run_environment(device: torch.device, world_size: int) -> dict[str, object]:
     """The software and devices of a run: Python, torch and torchvision versions, the device kind and name, and
