@@ -45,7 +45,8 @@ import numpy as np
 from tqdm import tqdm
 
 from partialconv.data.image_folder import ignored_message, scan_image_folder
-from partialconv.data.shards import FORMAT, INDEX_NAME, VERSION, ShardIndex, index_fingerprint, locked, sha256_file
+from partialconv.data.shard_cache import locked, sha256_file
+from partialconv.data.shards import FORMAT, INDEX_NAME, VERSION, ShardIndex, index_fingerprint
 from partialconv.fileio import append_line, atomic_write, write_text_atomic
 
 PROGRESS_NAME = ".write_shards.progress.jsonl"

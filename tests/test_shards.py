@@ -22,13 +22,14 @@ from PIL import Image
 from torch import nn
 
 import train
-from partialconv.data import DataError, DataParams, build_loaders
+from partialconv.data import DataError, DataParams, build_loaders, shard_cache
 from partialconv.data import shards as shards_module
 from partialconv.data.cropped_decode import CroppedEvalDecode, CroppedTrainDecode, decoder_unavailable
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.fast_pil import FastTrainCrop
 from partialconv.data.image_folder import scan_image_folder
-from partialconv.data.shards import INDEX_NAME, ShardCache, ShardIndex, sha256_file
+from partialconv.data.shard_cache import ShardCache, sha256_file
+from partialconv.data.shards import INDEX_NAME, ShardIndex
 from partialconv.engine.distributed import DistInfo
 from partialconv.models import is_model, register_model
 from partialconv.models.small import SimpleCNN
@@ -363,7 +364,7 @@ def _stop(server: subprocess.Popen) -> str:
 
 @pytest.fixture
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(shards_module, "RETRY_DELAYS", (0.0,))
+    monkeypatch.setattr(shard_cache, "RETRY_DELAYS", (0.0,))
 
 
 def test_http_shards_are_fetched_once_per_node_and_read_as_the_local_ones(shards, tmp_path, fast_retries):
@@ -463,7 +464,7 @@ def test_a_download_cut_short_is_retried_then_named(shards, tmp_path, fast_retri
     try:
         cache = ShardCache(tmp_path / "cache")
         index = ShardIndex.parse((shards / "val" / INDEX_NAME).read_bytes(), "index")
-        if cuts < shards_module.DOWNLOAD_TRIES:
+        if cuts < shard_cache.DOWNLOAD_TRIES:
             local = cache.path(f"{url}/val", index.shards[0])
             assert sha256_file(local) == index.shards[0]["sha256"]
         else:
@@ -475,7 +476,7 @@ def test_a_download_cut_short_is_retried_then_named(shards, tmp_path, fast_retri
             assert not list((tmp_path / "cache").glob("*/*.tar")) and not list((tmp_path / "cache").glob("*/.*part"))
     finally:
         log = _stop(server)
-    assert log.count("cut /val/shard-000000.tar") == min(cuts, shards_module.DOWNLOAD_TRIES)
+    assert log.count("cut /val/shard-000000.tar") == min(cuts, shard_cache.DOWNLOAD_TRIES)
 
 
 def test_a_run_whose_shard_cannot_be_fetched_stops_with_one_line_naming_the_url(shards, tmp_path, fast_retries, capsys):
