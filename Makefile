@@ -20,11 +20,12 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 # The torch.compile tests run inductor, which builds C++ on CPU (Debian: apt-get install g++).
-# pytest's default output: one line per test file with its percentage of the suite, so a long run shows where it is;
-# the 15 slowest tests are listed at the end (CI's log says what to make cheaper).
+# Two test processes (pytest-xdist, a file per process at a time: module fixtures are built once): most of the suite
+# is subprocesses starting up and waiting on each other, which two processes overlap on CI's 2 cores. Progress: one
+# dot per test and the share of the suite done; the 15 slowest tests are listed at the end (what to make cheaper).
 test: lint
 	@command -v $${CXX:-g++} >/dev/null || { echo "make test: error: no C++ compiler ($${CXX:-g++}) for the torch.compile tests; install g++ (apt-get install g++) or set CXX" >&2; exit 1; }
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 demo: venv
 	$(PY) train.py --resume auto

@@ -305,7 +305,7 @@ def test_one_node_preempted_stops_both_at_one_step_and_the_resume_equals_a_strai
     ranks = launched.rank_pids()
     assert set(ranks) == {0, 1} and ranks[0][0] != ranks[1][0], ranks
     victim = ranks[0 if preempted == "node-of-rank-0" else 1][0]
-    for _, pid in ranks.values():  # the signal surely lands inside epoch 1
+    for _, pid in ranks.values():  # frozen, so the signal lands mid-epoch wherever the ranks are
         os.kill(pid, signal.SIGSTOP)
     try:
         os.kill(launched.procs[victim].pid, signal.SIGTERM)
@@ -316,13 +316,17 @@ def test_one_node_preempted_stops_both_at_one_step_and_the_resume_equals_a_strai
     codes = launched.wait(timeout=90)
     output = launched.outputs()
     assert all(code != 0 for code in codes), output
-    assert output.count("preempted by SIGTERM: stopped at epoch 1 step") == 1, output
+    # Mostly inside epoch 1; on a loaded machine the 0.7 s epoch may be over before the ranks are stopped: any step
+    # of either epoch is a mid-epoch stop that the resume must make exact.
+    stops = re.findall(r"preempted by SIGTERM: stopped at epoch (\d+) step (\d+)", output)
+    assert len(stops) == 1, output
     assert not error_lines(output) and not rank_tracebacks(output), output
     survivor = launched.output(1 - victim)
     assert re.search(r"exitcode\s*:\s*143", survivor), survivor  # the rank of the node without the signal stopped too
     ckpt = read_checkpoint(out / "checkpoint.pth.tar")
-    assert ckpt["epoch"] == 0 and 3 <= ckpt["step"] < STEPS, ckpt["step"]
-    assert not (out / "metrics.jsonl").exists() or not metrics(out)
+    assert (ckpt["epoch"] + 1, ckpt["step"]) == tuple(map(int, stops[0])) and 1 <= ckpt["step"] < STEPS, stops
+    done = metrics(out) if (out / "metrics.jsonl").exists() else []
+    assert [m["epoch"] for m in done] == list(range(1, ckpt["epoch"] + 1)), done
     assert not no_temp_files(out), no_temp_files(out)
 
     resumed = Launched(tmp_path / "resume")
@@ -330,7 +334,8 @@ def test_one_node_preempted_stops_both_at_one_step_and_the_resume_equals_a_strai
     try:
         codes = run_two_nodes(resumed, args(data, out, "--epochs", "2", "--resume", "auto"))
         assert codes == [0, 0], resumed.outputs()
-        assert f"resumed from {out / 'checkpoint.pth.tar'}: epoch 1, step {ckpt['step']}" in resumed.outputs()
+        where = f"epoch {ckpt['epoch'] + 1}, step {ckpt['step']}"
+        assert f"resumed from {out / 'checkpoint.pth.tar'}: {where}" in resumed.outputs()
     finally:
         resumed.close()
     assert_same_run(straight, out)
