@@ -343,7 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_seed_flags(p)
-    p.set_defaults(**RECIPE_DEFAULTS)  # the recipe flags' defaults: one table, read by the padding report too
+    # The recipe flags' defaults: one table, read by the padding report too. Set on each flag (not through
+    # set_defaults, which the parser applies apart from its flags: flags_given could no longer tell a flag given).
+    for action in p._actions:
+        if action.dest in RECIPE_DEFAULTS:
+            action.default = RECIPE_DEFAULTS[action.dest]
     return p
 
 
