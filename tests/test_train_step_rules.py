@@ -5,6 +5,11 @@ images got; the EMA restarts from the weights during the LR warm-up epochs and o
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +20,7 @@ from partialconv.engine.trainer import build_training_context, mix_batch, train_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cfg(**kw) -> argparse.Namespace:
@@ -126,3 +132,39 @@ def test_ema_restarts_from_the_weights_in_each_warmup_epoch_and_averages_after()
             else:
                 assert not torch.equal(ema, w), (epoch, step)
                 torch.testing.assert_close(ema, decay * prev + (1 - decay) * w.detach())
+
+
+PROCESS_KEYS = [(0, 0, 0), (1, 2, 0), (2, 1, 1)]
+
+
+def mix_digests(optim, images, targets) -> list[str]:
+    """sha256 of each key's mixed images and soft targets (also run in other interpreters below)."""
+    out = []
+    for key in PROCESS_KEYS:
+        mixed, soft = mix_batch(optim, images, targets, *key)
+        out.append(hashlib.sha256(mixed.numpy().tobytes() + soft.numpy().tobytes()).hexdigest())
+    return out
+
+
+def test_mix_draws_are_the_same_in_processes_with_other_hash_seeds():
+    """A resumed run is another process: the draws of a (seed, epoch, step, rank) must not depend on anything of the
+    process (Python's per-process str hash seed, tensor addresses). Two interpreters with other PYTHONHASHSEEDs
+    draw what this one draws."""
+    here = mix_digests(*mixing())
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import test_train_step_rules as t; "
+    code += "print(*t.mix_digests(*t.mixing()))"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(Path(__file__).parent)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": seed},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in ("1", "2")
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        assert out.split() == here
