@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .errors import DataError, Param
 from .params import DataParams
@@ -125,7 +125,9 @@ def collate_skipping_bad(batch: list[Optional[tuple[Any, int]]]) -> Batch:
     bad = len(batch) - len(good)
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), bad
-    images = torch.stack([torch.as_tensor(b[0]) for b in good])
+    # default_collate stacks tensors straight into shared memory in a worker process; torch.stack's private batch
+    # would be copied into shared memory once more when the worker hands it over.
+    images = default_collate([torch.as_tensor(b[0]) for b in good])
     targets = torch.tensor([b[1] for b in good], dtype=torch.long)
     return images, targets, bad
 
