@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .errors import DataError, Param
 from .params import DataParams
@@ -125,7 +125,9 @@ def collate_skipping_bad(batch: list[Optional[tuple[Any, int]]]) -> Batch:
     bad = len(batch) - len(good)
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), bad
-    images = torch.stack([torch.as_tensor(b[0]) for b in good])
+    # default_collate stacks tensors straight into shared memory in a worker process; torch.stack's private batch
+    # would be copied into shared memory once more when the worker hands it over.
+    images = default_collate([torch.as_tensor(b[0]) for b in good])
     targets = torch.tensor([b[1] for b in good], dtype=torch.long)
     return images, targets, bad
 
@@ -163,6 +165,7 @@ def torch_loader(dataset: Dataset, sampler: SeededSampler, spec: LoaderSpec) -> 
 
 
 _NORMALIZE_CACHE: dict[torch.device, tuple[Tensor, Tensor]] = {}
+_TILED_CACHE: dict[tuple[torch.device, int, bool], tuple[Tensor, Tensor]] = {}
 
 
 def _shift_scale(device: torch.device) -> tuple[Tensor, Tensor]:
@@ -177,6 +180,18 @@ def _shift_scale(device: torch.device) -> tuple[Tensor, Tensor]:
     return _NORMALIZE_CACHE[device]
 
 
+def _tiled_shift_scale(device: torch.device, repeat: int, interleaved: bool) -> tuple[Tensor, Tensor]:
+    """:func:`_shift_scale` along one row of ``3 * repeat`` values: each channel's value ``repeat`` times in turn
+    (a CHW image) or the three values interleaved ``repeat`` times (a row of HWC pixels). Cached: a run's batches
+    have one or two shapes."""
+    key = (device, repeat, interleaved)
+    if key not in _TILED_CACHE:
+        shift, scale = _shift_scale(device)
+        tile = (lambda t: t.repeat(repeat)) if interleaved else (lambda t: t.repeat_interleave(repeat))
+        _TILED_CACHE[key] = (tile(shift), tile(scale))
+    return _TILED_CACHE[key]
+
+
 def normalize_images(
     images: Tensor, memory_format: torch.memory_format = torch.contiguous_format, fused: Optional[bool] = None
 ) -> Tensor:
@@ -184,23 +199,30 @@ def normalize_images(
     ``(x / 255 - mean) / std`` with the ImageNet mean/std, in ``memory_format``.
 
     ``fused`` (default: on CUDA) is one kernel, ``addcmul(-mean/std, x, 1/(255 std))`` with the uint8 -> float
-    conversion inside it. CPU kernels broadcast a per-channel operand poorly (4-6x slower than a plain pass), so
-    there the conversion is one pass and the affine map a second one over rows whose per-channel operands are
-    tiled to the row length."""
+    conversion inside it. CPU kernels broadcast a per-channel operand poorly (4-6x slower than a plain pass) and
+    copy a channels_last batch into contiguous memory slowly (one strided gather of all channels at once, about
+    half the cost of the whole), so there the conversion is one pass per channel plane (contiguous output: a strided
+    read of that channel, written contiguously) or one plain pass (channels_last), and the affine map a second pass
+    over whole rows whose per-channel operands are tiled to the row's layout. The same values as the fused kernel's
+    on the CPU, bit for bit."""
     shift, scale = _shift_scale(images.device)
     if fused is None:
         fused = images.device.type == "cuda"
     if fused:
         out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=memory_format)
         return torch.addcmul(shift.view(1, -1, 1, 1), images, scale.view(1, -1, 1, 1), out=out)
-    out = images.to(torch.float32, memory_format=memory_format, copy=True)
-    n, c, h, w = out.shape
+    n, c, h, w = images.shape
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=memory_format)
     if out.is_contiguous():
-        rows = out.view(n, c, h * w)
-        torch.addcmul(shift.view(1, c, 1), rows, scale.view(1, c, 1), out=rows)
+        for channel in range(c):
+            out[:, channel].copy_(images[:, channel])
+        rows = out.view(n, c * h * w)
+        tiled_shift, tiled_scale = _tiled_shift_scale(images.device, h * w, interleaved=False)
     else:  # channels_last: rows of (W, C) pixels
+        out.copy_(images)
         rows = out.permute(0, 2, 3, 1).reshape(n * h, w * c)  # a view: the memory is NHWC-contiguous
-        torch.addcmul(shift.repeat(w), rows, scale.repeat(w), out=rows)
+        tiled_shift, tiled_scale = _tiled_shift_scale(images.device, w, interleaved=True)
+    torch.addcmul(tiled_shift, rows, tiled_scale, out=rows)
     return out
 
 
