@@ -15,7 +15,7 @@ from torchvision.transforms import RandomResizedCrop, v2
 from benchmarks._jpeg_folder import make_jpeg_folder
 from partialconv.data import BadImageError, ClassificationFolder, DataParams, batch_to_device, build_loaders
 from partialconv.data.datasets import FastTrainFolder
-from partialconv.data.fast_pil import FastTrainCrop, crop_and_flip_draws, draft_scale
+from partialconv.data.fast_pil import FastTrainCrop, draft_scale
 from partialconv.data.loaders import normalize_images
 from partialconv.data.presets import IMAGENET_MEAN, IMAGENET_STD, train_transform
 from partialconv.engine.distributed import DistInfo
@@ -50,28 +50,6 @@ def test_crop_and_flip_draws_are_torchvisions_for_the_same_seed(size: tuple[int,
         box = RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])
         flipped = flip(image) is not image
         assert ours == (*box, flipped)
-
-
-@pytest.mark.parametrize(
-    "size, scale, ratio, flip_p",
-    [
-        ((500, 375), (0.08, 1.0), (3 / 4, 4 / 3), 0.5),
-        ((40, 400), (0.08, 1.0), (3 / 4, 4 / 3), 0.3),  # fallbacks to the clamped central crop
-        ((333, 333), (0.25, 1.0), (0.5, 2.0), 0.7),
-        ((64, 48), (0.9, 1.0), (1.0, 1.0), 0.1),  # no box fits: the whole image
-    ],
-)
-def test_written_out_draws_are_get_params_and_the_flip_and_leave_the_same_state(size, scale, ratio, flip_p) -> None:
-    """The draws without torchvision's bookkeeping: the same values and the same generator state after them (the
-    flip threshold compared in float32 as ``torch.rand(1) < p`` does)."""
-    width, height = size
-    image = torch.empty((), dtype=torch.uint8).expand(1, height, width)
-    for seed in range(300):
-        torch.manual_seed(seed)
-        box = RandomResizedCrop.get_params(image, list(scale), list(ratio))
-        expected = (*box, bool(torch.rand(1) < flip_p), torch.rand(1).item())
-        torch.manual_seed(seed)
-        assert (*crop_and_flip_draws(width, height, scale, ratio, flip_p), torch.rand(1).item()) == expected
 
 
 def test_draft_scale_only_when_the_crop_is_shrunk_at_least_that_much() -> None:

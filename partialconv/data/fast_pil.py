@@ -16,11 +16,8 @@ Why it is accuracy-equivalent to ``presets.train_transform`` (RandomResizedCrop 
 
 from __future__ import annotations
 
-import functools
 import io
-import math
 import os
-from collections.abc import Sequence
 from typing import Union
 
 import numpy as np
@@ -28,67 +25,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms import InterpolationMode, RandomResizedCrop, v2
 
 from .imageio import to_8bit
 from .presets import RRC_RATIO, RRC_SCALE
 
-__all__ = ["FastTrainCrop", "crop_and_flip_draws", "draft_scale", "eval_crop_uint8"]
+__all__ = ["FastTrainCrop", "draft_scale", "eval_crop_uint8"]
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DCT_SCALES = (8, 4, 2)  # libjpeg's scaled IDCT factors that Image.draft offers (1 = full size)
-
-
-def crop_and_flip_draws(
-    width: int,
-    height: int,
-    scale: Sequence[float] = RRC_SCALE,
-    ratio: Sequence[float] = RRC_RATIO,
-    flip_p: float = 0.5,
-) -> tuple[int, int, int, int, bool]:
-    """(top, left, h, w, flip): ``RandomResizedCrop.get_params`` then ``RandomHorizontalFlip``'s draw, for an image
-    of ``width`` x ``height``, from torch's global generator: the same generator calls in the same order as
-    torchvision's, so the same values for the same state (tests compare them seed by seed).
-
-    Written out instead of calling ``get_params`` because its tensor bookkeeping (the ratio's log per call, indexing
-    it, ``torch.randint``/``torch.rand`` wrappers) cost about 0.04 ms per sample in a worker, more than half of it
-    overhead; the draws themselves are unchanged: ``uniform_`` on a float32 tensor with the float32 log bounds, the
-    float32 ``exp``, ``random_(0, n)`` on an int64 tensor (what ``randint`` is), and the flip compared in float32."""
-    log_lo, log_hi = _log_ratio(tuple(ratio))
-    area = height * width
-    for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
-        aspect_ratio = torch.empty(1).uniform_(log_lo, log_hi).exp_().item()
-        w = int(round(math.sqrt(target_area * aspect_ratio)))
-        h = int(round(math.sqrt(target_area / aspect_ratio)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.empty(1, dtype=torch.int64).random_(0, height - h + 1).item())
-            left = int(torch.empty(1, dtype=torch.int64).random_(0, width - w + 1).item())
-            break
-    else:  # torchvision's fallback: the central crop, its ratio clamped to the range
-        in_ratio = float(width) / float(height)
-        if in_ratio < min(ratio):
-            w, h = width, int(round(width / min(ratio)))
-        elif in_ratio > max(ratio):
-            w, h = int(round(height * max(ratio))), height
-        else:
-            w, h = width, height
-        top, left = (height - h) // 2, (width - w) // 2
-    # torch.rand(1) < p compares in float32: against p rounded to float32, exactly
-    flip = torch.empty(1).uniform_().item() < _float32(flip_p)
-    return top, left, h, w, flip
-
-
-@functools.cache
-def _log_ratio(ratio: tuple[float, ...]) -> tuple[float, float]:
-    """``torch.log(torch.tensor(ratio))`` as get_params computes it (float32), as Python floats."""
-    lo, hi = torch.log(torch.tensor(ratio)).tolist()
-    return lo, hi
-
-
-@functools.cache
-def _float32(x: float) -> float:
-    return torch.tensor(x, dtype=torch.float32).item()
 
 
 def draft_scale(crop_w: int, crop_h: int, out_size: int) -> int:
@@ -113,7 +58,10 @@ class FastTrainCrop:
 
     def params(self, width: int, height: int) -> tuple[int, int, int, int, bool]:
         """(top, left, h, w, flip): torchvision's draws, in its order, for an image of ``width`` x ``height``."""
-        return crop_and_flip_draws(width, height, self.scale, self.ratio)
+        shape_only = torch.empty((), dtype=torch.uint8).expand(1, height, width)  # get_params reads the size only
+        top, left, h, w = RandomResizedCrop.get_params(shape_only, list(self.scale), list(self.ratio))
+        flip = bool(torch.rand(1) < 0.5)
+        return top, left, h, w, flip
 
     def __call__(self, source: Union[str, os.PathLike, bytes]) -> torch.Tensor:
         """``source``: the image file's path, or its bytes (a tar-shard member)."""

@@ -8,10 +8,9 @@ PIL path.
 
 Accuracy-relevant preprocessing is the PIL path's (``partialconv.data.presets``), parameter for parameter:
 
-- random-resized-crop parameters are ``torchvision.transforms.RandomResizedCrop.get_params``'s (the algorithm and
-  torch RNG draws of transforms v1 and v2, :func:`~partialconv.data.fast_pil.crop_and_flip_draws`), then the flip
-  draw, in the order the PIL transforms draw them; with a per-sample seed from
-  :class:`~partialconv.data.sampler.SeededSampler` the RNG is seeded exactly as
+- random-resized-crop parameters come from ``torchvision.transforms.RandomResizedCrop.get_params`` (the algorithm and
+  torch RNG draws of transforms v1 and v2), then the flip draw, in the order the PIL transforms draw them; with a
+  per-sample seed from :class:`~partialconv.data.sampler.SeededSampler` the RNG is seeded exactly as
   :class:`~partialconv.data.datasets.ClassificationFolder` seeds it, so both paths draw the same crop and flip for
   the same (seed, epoch, index);
 - resize is bilinear with antialiasing, as ``RandomResizedCrop``/``Resize(antialias=True)``; evaluation resizes the
@@ -36,10 +35,10 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.transforms import RandomResizedCrop
 
 from .backends import Backend, Splits
 from .errors import BadImageError, DataError, Param, refuse_augmentation
-from .fast_pil import crop_and_flip_draws
 from .image_folder import check_image_folders, scan_image_folder, scan_messages
 from .imageio import uint16_to_uint8
 from .loaders import LoaderSpec, normalize_images
@@ -68,8 +67,9 @@ def sample_train_params(
     height: int, width: int, scale: Sequence[float] = RRC_SCALE, ratio: Sequence[float] = RRC_RATIO, flip_p: float = 0.5
 ) -> tuple[int, int, int, int, int]:
     """(top, left, h, w, flip) drawn exactly as ``RandomResizedCrop`` then ``RandomHorizontalFlip`` draw them."""
-    top, left, h, w, flip = crop_and_flip_draws(width, height, scale, ratio, flip_p)
-    return top, left, h, w, int(flip)
+    shape_only = torch.empty((), dtype=torch.uint8).expand(1, height, width)
+    top, left, h, w = RandomResizedCrop.get_params(shape_only, list(scale), list(ratio))
+    return top, left, h, w, int(torch.rand(1) < flip_p)
 
 
 class EncodedImageFolder(Dataset):
