@@ -523,7 +523,7 @@ def _check_value(dest: str, value: Any) -> None:
 def parse_config(argv: Optional[Sequence[str]] = None, demo_config: Optional[Path] = None) -> argparse.Namespace:
     """Parse ``argv`` (default: sys.argv) with the YAML file of ``--config`` as defaults, then resolve.
 
-    Without ``--config`` and without data flags, ``demo_config`` (train.py passes ``configs/demo.yaml``) supplies
+    Without ``--config`` and without data flags, ``demo_config`` (train.py passes its ``demo.yaml``) supplies
     the defaults: a bare ``python train.py`` is the demo recipe, not the ImageNet one on toy data.
     """
     parser = build_parser()
