@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {
@@ -69,10 +70,13 @@ def test_every_program_has_a_console_script():
 
 @pytest.fixture(scope="module")
 def runs(installed) -> dict[str, subprocess.CompletedProcess]:
-    """Every console script's --help and a real demo training (1 epoch of train.py's embedded demo: its recipe is
-    package data), the interpreters started together (each mostly imports torch); then the report over that run."""
+    """Every console script's --help and one real padding benchmark (one run of its matrix, one epoch: its train run
+    started as ``python -m partialconv.programs.train`` on train.py's demo data and recipe, the recipe being package
+    data), the interpreters started together (each mostly imports torch); then the report over the benchmark's root."""
     commands = {name: [str(installed["bin"] / name), "--help"] for name in sorted(SCRIPTS)}
-    commands["train"] = [str(installed["bin"] / "partialconv-train"), "--epochs", "1", "--no-tensorboard"]
+    commands["benchmark"] = [str(installed["bin"] / "partialconv-padding-benchmark"), "--archs", "simple_cnn_bn"]
+    commands["benchmark"] += ["--runs", "1", "--max-runs", "1", "--root", "bench", "--device", "cpu", "--"]
+    commands["benchmark"] += ["--epochs", "1", "--no-tensorboard"]
     procs = {
         key: subprocess.Popen(
             cmd, cwd=installed["cwd"], env=installed["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -83,7 +87,7 @@ def runs(installed) -> dict[str, subprocess.CompletedProcess]:
     for key, proc in procs.items():
         out, err = proc.communicate(timeout=600)
         done[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    report = [str(installed["bin"] / "partialconv-padding-report"), "--root", "checkpoints", "--out", "report"]
+    report = [str(installed["bin"] / "partialconv-padding-report"), "--root", "bench", "--out", "report"]
     done["report"] = subprocess.run(
         report, cwd=installed["cwd"], env=installed["env"], capture_output=True, text=True, timeout=600
     )
@@ -97,12 +101,14 @@ def test_console_script_help_works_from_another_directory(runs, name):
     assert proc.stdout.startswith(f"usage: {name} ") and not proc.stderr, proc.stdout[:300] + proc.stderr
 
 
-def test_installed_train_runs_the_demo_and_the_report_reads_it(runs, installed):
-    train, report = runs["train"], runs["report"]
-    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
-    run_dir = installed["cwd"] / "checkpoints" / "checkpoint_pdsimple_cnn_bn_demo"  # the demo recipe's run name
-    assert "done: 1 epochs, best val acc@1 " in train.stdout and (run_dir / "metrics.jsonl").is_file(), train.stdout
-    assert (installed["cwd"] / "data" / "demo" / "train").is_dir()  # the demo data, made where the command ran
+def test_installed_benchmark_trains_the_demo_and_the_report_reads_it(runs, installed):
+    bench, report, cwd = runs["benchmark"], runs["report"], installed["cwd"]
+    run_dir = cwd / "bench" / "simple_cnn_bn" / "zero" / "run1"
+    log = (run_dir / "run.log").read_text() if (run_dir / "run.log").is_file() else ""
+    assert bench.returncode == 0, bench.stdout + bench.stderr + log[-3000:]
+    assert "[1/1] done    simple_cnn_bn/zero/run1 in " in bench.stdout, bench.stdout
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train_crop_size"] == 48  # the demo recipe's
+    assert (cwd / "data" / "demo" / "train").is_dir()  # the demo data, made where the command ran
     assert report.returncode == 0, report.stderr
     assert report.stdout.startswith("wrote report/results.md, report/results.csv"), report.stdout
-    assert "pdsimple_cnn_bn" in (installed["cwd"] / "report" / "results.md").read_text()
+    assert (cwd / "report" / "results.csv").read_text() == (cwd / "bench" / "results.csv").read_text()
