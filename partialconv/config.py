@@ -24,7 +24,7 @@ import yaml
 from .data import backend_names, get_backend
 from .data.backends import is_url
 from .data.presets import AUTO_AUGMENT, INTERPOLATIONS
-from .engine.cli import DefaultsHelpFormatter
+from .engine.cli import DefaultsHelpFormatter, command_name
 from .engine.distributed import DEFAULT_TIMEOUT_MINUTES
 from .engine.optim import LR_SCHEDULES, LR_UPDATES, OPTIMIZERS, STEP_ORIGINS, WARMUP_METHODS
 from .errors import ConfigError
@@ -149,7 +149,7 @@ _DATA_PATH_HELP = "ImageFolder root with train/ and val/: the same as --data_tra
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="train.py",
+        prog=command_name("train.py"),
         description="Train or evaluate an image classifier (ImageNet layout) with zero/partial/reflect/replicate "
         "padding. With no --data_train/--data_val it trains on a small embedded demo dataset.",
         formatter_class=DefaultsHelpFormatter,
@@ -523,7 +523,7 @@ def _check_value(dest: str, value: Any) -> None:
 def parse_config(argv: Optional[Sequence[str]] = None, demo_config: Optional[Path] = None) -> argparse.Namespace:
     """Parse ``argv`` (default: sys.argv) with the YAML file of ``--config`` as defaults, then resolve.
 
-    Without ``--config`` and without data flags, ``demo_config`` (train.py passes ``configs/demo.yaml``) supplies
+    Without ``--config`` and without data flags, ``demo_config`` (train.py passes its ``demo.yaml``) supplies
     the defaults: a bare ``python train.py`` is the demo recipe, not the ImageNet one on toy data.
     """
     parser = build_parser()

@@ -1,1 +1,2 @@
-"""The project's programs besides train.py, run as modules from the repository root: ``python -m scripts.<name>``."""
+"""Thin launchers of the programs in partialconv/programs/, run as modules from the repository root:
+``python -m scripts.<name>`` (installed, the same program is the console script ``partialconv-<name>``)."""

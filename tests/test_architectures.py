@@ -16,7 +16,6 @@ import torch
 import yaml
 from torch import nn
 
-import train
 from partialconv import PartialConv1d, PartialConv2d, PartialConv3d, convert_padding, create_model, list_models
 from partialconv.analysis import collect_runs, summarize, write_report
 from partialconv.checkpoint_io import read_checkpoint
@@ -24,6 +23,7 @@ from partialconv.config import compare_resumed_config, parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.errors import ConfigError
 from partialconv.models import is_model, pytorch_official
+from partialconv.programs import train
 
 ROOT = Path(__file__).resolve().parents[1]
 timm = pytest.importorskip("timm")  # in the dev extra; the optional `timm` extra for users
@@ -250,7 +250,7 @@ def test_pytorch_official_column_from_torchvision_metadata(tmp_path):
 
 
 def test_padding_benchmark_takes_torchvision_and_timm_names(tmp_path, capsys):
-    from scripts.padding_benchmark import parse_args, plan_matrix
+    from partialconv.programs.padding_benchmark import parse_args, plan_matrix
 
     data = ["--data_train", str(tmp_path), "--data_val", str(tmp_path), "--root", str(tmp_path / "r")]
     args, passthrough = parse_args(["--archs", "convnext_tiny", "timm/resnet18", *data, "--", "--epochs", "1"])

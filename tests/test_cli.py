@@ -71,7 +71,7 @@ def _junk(tmp_path):
 
 @pytest.mark.parametrize("case", USER_ERRORS)
 def test_user_errors_exit_2_with_one_line(case, tmp_path, capsys):
-    import train
+    from partialconv.programs import train
 
     tr, va = _tree(tmp_path)
     argv = ["-a", "simple_cnn", "--device", "cpu", "-j", "0", "-b", "2", "--no-tensorboard"]

@@ -4,17 +4,16 @@ same one line as in the main process."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-import train
 from partialconv.config import parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.models import create_model
+from partialconv.programs import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["-j", "0", "-b", "4", "--train-crop-size", "16", "--val-resize-size", "20", "--val-crop-size", "16"]
@@ -157,10 +156,9 @@ def test_error_in_a_dataloader_worker_is_one_line_naming_the_file(bad_data, tmp_
 
 
 def eval_inpainting():
-    spec = importlib.util.spec_from_file_location("eval_inpainting", ROOT / "scripts" / "eval_inpainting.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from partialconv.programs import eval_inpainting as program
+
+    return program
 
 
 def test_eval_inpainting_worker_error_is_one_line(tmp_path, capsys):

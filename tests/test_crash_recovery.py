@@ -26,9 +26,9 @@ import pytest
 import torch
 from signalling import ROOT, child_with_env
 
-import train
 from partialconv.checkpoint_io import read_checkpoint
 from partialconv.data.demo import make_demo_dataset
+from partialconv.programs import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the same thread count as the subprocesses (OMP_NUM_THREADS=1)
 

@@ -23,7 +23,6 @@ from PIL import Image
 from test_layers import case_of, check_against_reference
 from torch import nn
 
-import train
 from benchmarks._jpeg_folder import make_jpeg_folder, render_image
 from partialconv import PartialConv2d
 from partialconv.checkpoint_io import read_checkpoint
@@ -31,6 +30,7 @@ from partialconv.data import ClassificationFolder, train_transform
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.gpu_decode import EncodedImageFolder, GpuPreprocess, collate_encoded, decode_images
 from partialconv.data.presets import IMAGENET_STD
+from partialconv.programs import train
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()

@@ -233,8 +233,8 @@ def test_pil_fast_resumes_exactly_after_a_mid_epoch_signal(tmp_path: Path) -> No
 
     import test_resume_exact as rx
 
-    import train
     from partialconv.data.demo import make_demo_dataset
+    from partialconv.programs import train
 
     data = make_demo_dataset(tmp_path / "d", train_per_class=4, val_per_class=2, size=20)
     fast = ["--data-backend", "pil_fast"]

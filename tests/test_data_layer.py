@@ -14,7 +14,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import partialconv.data
-import train
 from partialconv.config import parse_config
 from partialconv.data import (
     Backend,
@@ -35,6 +34,7 @@ from partialconv.data.gpu_decode import EncodedImageFolder, GpuDecodeLoader
 from partialconv.data.sampler import sample_seed
 from partialconv.engine.data_setup import DATA_OPTIONS, data_error_message, data_params, loaders_from_config
 from partialconv.engine.distributed import DistInfo
+from partialconv.programs import train
 
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 DATA_PACKAGE = Path(partialconv.data.__file__).parent

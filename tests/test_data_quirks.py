@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-import train
 from partialconv.data import ClassificationFolder
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.gpu_decode import EncodedImageFolder, decode_images
 from partialconv.data.inpainting import load_image
 from partialconv.data.masks import list_images, load_mask_png
+from partialconv.programs import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -150,7 +150,7 @@ def test_channels_last_output_and_bad_eval_sizes(folder: str) -> None:
 def test_train_py_with_gpu_backend_trains_like_pil(folder: str, tmp_path) -> None:
     """train.py end to end (train + eval + metrics) with either backend: same data, same draws, same numbers up to
     the backends' rounding difference."""
-    import train
+    from partialconv.programs import train
 
     base = ["-a", "simple_cnn", "--device", "cpu", "-j", "0", "-b", "4", "--epochs", "1", "--seed", "1"]
     base += ["--deterministic", "--train-crop-size", "32", "--val-resize-size", "36", "--val-crop-size", "32"]

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from partialconv.checkpoint_io import read_checkpoint
-from scripts import train_inpainting
+from partialconv.programs import train_inpainting
 from tests.signalling import child_with_env, no_process_left, signal_at_line, to_group
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_script(name: str):
-    return importlib.import_module(f"scripts.{name}")  # scripts/ is a package: python -m scripts.<name>
+    return importlib.import_module(f"partialconv.programs.{name}")  # scripts/<name>.py runs it
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_eval_mask_folder_buckets_by_hole_ratio_and_border(photos, tmp_path):
 
 def test_benchmark_no_report_runs_but_writes_no_report(tmp_path, capsys):
     from partialconv.data.demo import make_demo_dataset
-    from scripts import padding_benchmark
+    from partialconv.programs import padding_benchmark
 
     data = make_demo_dataset(tmp_path / "data", train_per_class=2, val_per_class=1, size=32)
     root = tmp_path / "results"

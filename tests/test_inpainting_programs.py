@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str):
-    return importlib.import_module(f"scripts.{name}")  # scripts/ is a package: python -m scripts.<name>
+    return importlib.import_module(f"partialconv.programs.{name}")  # scripts/<name>.py runs it
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py

@@ -1,6 +1,7 @@
 """The package's imports flow one way (README's Layout, issue 26): layers and the plain-data modules at the bottom,
-then models, losses, data, analysis and checkpoint files, then the engine, then train.py's flag parsing. A module
-never imports (at run time) from a layer above its own; annotations under ``if TYPE_CHECKING:`` do not count."""
+then models, losses, data, analysis and checkpoint files, then the engine, then train.py's flag parsing, the public
+face, and the programs on top. A module never imports (at run time) from a layer above its own; annotations under
+``if TYPE_CHECKING:`` do not count."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ RANK = {
     "engine": 2,
     **dict.fromkeys(("config", "seed_compat"), 3),
     "__init__": 4,  # the public face imports from everywhere
+    "programs": 5,  # train.py and the scripts' code: may import anything, imported by nothing in the package
 }
 
 

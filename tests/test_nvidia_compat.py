@@ -15,7 +15,6 @@ import pytest
 import torch
 from torch import nn
 
-import train
 from partialconv.checkpoint_io import CheckpointError, load_checkpoint, match_keys, read_checkpoint
 from partialconv.config import build_parser, parse_config
 from partialconv.data.demo import make_demo_dataset
@@ -23,6 +22,7 @@ from partialconv.engine.run_state import restore_run_state
 from partialconv.engine.trainer import build_training_context
 from partialconv.errors import ConfigError
 from partialconv.models import create_model
+from partialconv.programs import train
 
 # 10 classes x 4 train images, batch 4: 10 steps per epoch.
 BASE = [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import padding_benchmark as pb
+from partialconv.programs import padding_benchmark as pb
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, "-m", "scripts.padding_benchmark"]  # run from the repository root (cwd=ROOT)
@@ -45,14 +45,15 @@ def test_plan_matrix_order_seeds_and_states(tmp_path):
 def test_build_command_single_process_and_torchrun(tmp_path):
     job = pb.Job("resnet50", "reflect", 3, 3, tmp_path / "resnet50" / "reflect" / "run3", "new")
     cmd = pb.build_command(job, "cuda", 1, "/d/train", "/d/val", ["--epochs", "90", "--amp", "bf16"])
-    assert cmd[:2] == [sys.executable, str(ROOT / "train.py")]
-    flags = " ".join(cmd[2:])
+    assert cmd[:3] == [sys.executable, "-m", "partialconv.programs.train"]  # as the package is found: also installed
+    flags = " ".join(cmd[3:])
     assert flags == (
         f"-a resnet50 --padding reflect --seed 3 --output-dir {job.run_dir} --resume auto --device cuda "
         "--data_train /d/train --data_val /d/val --epochs 90 --amp bf16"
     )
     multi = pb.build_command(job, "cuda", 4, None, None, [])
     assert multi[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    assert multi[5:8] == ["-m", "partialconv.programs.train", "-a"]  # torchrun's -m: each rank runs the module
     assert "--data_train" not in multi
     text = pb.format_command(multi, ["4", "5", "6", "7"])
     assert text.startswith("CUDA_VISIBLE_DEVICES=4,5,6,7 ")
@@ -119,7 +120,7 @@ def test_dry_run_prints_commands_and_skips_finished(tmp_path, capsys):
     assert code == 0, err
     assert "4 runs (1 archs x 4 paddings x 1)" in out and "1 finished (skipped), 1 to resume, 2 new" in out
     assert "# skip vgg11/zero/run1: finished" in out
-    commands = [line for line in out.splitlines() if "train.py" in line]
+    commands = [line for line in out.splitlines() if " -m partialconv.programs.train " in line]
     assert len(commands) == 3
     assert commands[0].startswith("CUDA_VISIBLE_DEVICES=0,1 ") and "--nproc_per_node=2" in commands[0]
     assert "--padding partial" in commands[0] and commands[0].endswith("--epochs 3")
@@ -132,7 +133,7 @@ def test_dry_run_max_runs_limits_the_commands(tmp_path, capsys):
     code = pb.main(argv + ["--device", "cpu", "--max-runs", "2", "--dry-run"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    commands = [line for line in out.splitlines() if "train.py" in line]
+    commands = [line for line in out.splitlines() if " -m partialconv.programs.train " in line]
     assert len(commands) == 2 and "--padding zero --seed 2" in commands[1]
 
 

@@ -212,7 +212,7 @@ def test_malformed_lines_are_named_and_skipped(report):
 def test_unusable_roots_fail_with_one_line(tmp_path, capsys):
     # main() in this process: its exit code and stderr (the report fixture and tests/test_programs.py run the
     # program as a process)
-    from scripts.padding_report import main
+    from partialconv.programs.padding_report import main
 
     def run(root: Path) -> tuple[int, str]:
         code = main(["--root", str(root)])

@@ -15,7 +15,6 @@ import yaml
 from signalling import no_process_left, signal_at_line, to_group
 from test_train import _torchrun, args, assert_same_run, metrics, weights
 
-import train
 from partialconv.checkpoint_io import read_checkpoint
 from partialconv.config import compare_resumed_config, parse_config
 from partialconv.data.demo import make_demo_dataset
@@ -23,6 +22,7 @@ from partialconv.data.sampler import SeededSampler, sample_seed
 from partialconv.engine.data_setup import loaders_from_config
 from partialconv.engine.distributed import DistInfo
 from partialconv.errors import ConfigError
+from partialconv.programs import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RA = ["--ra-sampler", "--ra-reps", "3"]

@@ -15,13 +15,13 @@ from PIL import Image
 from signalling import no_process_left, signal_at_line, to_group
 from torch import nn
 
-import train
 from partialconv.checkpoint_io import read_checkpoint
 from partialconv.config import compare_resumed_config, parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.presets import AUTO_AUGMENT, train_transform
 from partialconv.engine.trainer import build_training_context, lr_factor, mix_batch, train_step
 from partialconv.errors import ConfigError
+from partialconv.programs import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"images_per_sec", "epoch_seconds", "time"}

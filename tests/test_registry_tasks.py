@@ -9,12 +9,11 @@ import test_config_validation as shared
 import torch
 from torch import nn
 
-import train
 from benchmarks import train_throughput
 from partialconv.analysis.runs import canonical_arch
 from partialconv.checkpoint_io import read_checkpoint
 from partialconv.models import _registry, create_model, is_model, list_models, register_model, split_pd_name
-from scripts import padding_benchmark
+from partialconv.programs import padding_benchmark, train
 
 BASE, args, one_error_line = shared.BASE, shared.args, shared.one_error_line
 data = shared.data  # the same small demo set fixture

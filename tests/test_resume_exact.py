@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-import train
 from partialconv.checkpoint_io import read_checkpoint
 from partialconv.data.demo import make_demo_dataset
 from partialconv.models import is_model, register_model
 from partialconv.models.small import SimpleCNN
+from partialconv.programs import train
 
 MODEL = "dropout_cnn_test"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import train
 from partialconv.analysis import collect_runs
 from partialconv.checkpoint_io import read_checkpoint, save_checkpoint
 from partialconv.data.demo import make_demo_dataset
+from partialconv.programs import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["-a", "simple_cnn", "-j", "0", "-b", "4", "--train-crop-size", "16", "--val-resize-size", "20"]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
 from partialconv.checkpoint_io import CheckpointError, read_checkpoint
 from partialconv.data.demo import make_demo_dataset
+from partialconv.programs import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["-a", "simple_cnn", "-j", "0", "-b", "4", "--train-crop-size", "16", "--val-resize-size", "20"]
@@ -99,7 +99,7 @@ def one_epoch(data, tmp_path_factory) -> Path:
 def test_damaged_metrics_keep_valid_lines_and_resume(data, one_epoch, tmp_path, capsys, damage):
     import shutil
 
-    from scripts import padding_report
+    from partialconv.programs import padding_report
 
     run = tmp_path / "root" / "run"
     shutil.copytree(one_epoch, run)
@@ -372,7 +372,7 @@ def test_train_inpainting_output_dir_errors_and_ctrl_c_at_start_up(tmp_path, cap
     import numpy as np
     from PIL import Image
 
-    from scripts import train_inpainting
+    from partialconv.programs import train_inpainting
 
     photos = tmp_path / "photos"
     photos.mkdir()

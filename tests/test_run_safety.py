@@ -23,11 +23,11 @@ import torch
 import yaml
 from PIL import Image
 
-import train
 from partialconv.checkpoint_io import read_checkpoint
 from partialconv.config import parse_config
 from partialconv.data.demo import make_demo_dataset
 from partialconv.models import create_model
+from partialconv.programs import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -274,7 +274,7 @@ def test_real_full_tmpfs(data, straight, tmp_path):
 
 
 def load_script(name: str):
-    return importlib.import_module(f"scripts.{name}")  # scripts/ is a package: python -m scripts.<name>
+    return importlib.import_module(f"partialconv.programs.{name}")  # scripts/<name>.py runs it
 
 
 @pytest.fixture(scope="module")

@@ -102,9 +102,9 @@ def test_torchrun_resumes_a_one_process_mid_epoch_checkpoint_exactly(tmp_path, m
 
     import torch
 
-    import train
     from partialconv.checkpoint_io import read_checkpoint
     from partialconv.data.demo import make_demo_dataset
+    from partialconv.programs import train
 
     root = Path(__file__).resolve().parents[1]
     data = make_demo_dataset(tmp_path / "d", train_per_class=4, val_per_class=2, size=20)

@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-import train
 from partialconv.data import DataError, DataParams, build_loaders, shard_cache
 from partialconv.data import shards as shards_module
 from partialconv.data.cropped_decode import CroppedEvalDecode, CroppedTrainDecode, decoder_unavailable
@@ -33,7 +32,7 @@ from partialconv.data.shards import INDEX_NAME, ShardIndex
 from partialconv.engine.distributed import DistInfo
 from partialconv.models import is_model, register_model
 from partialconv.models.small import SimpleCNN
-from scripts import write_shards
+from partialconv.programs import train, write_shards
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

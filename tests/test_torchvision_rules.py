@@ -461,8 +461,8 @@ def test_train_py_resumes_a_previous_version_run_on_its_own_step_schedule(folder
     option, the run's config.yaml records it. The same command as a new run decays after the warm-up."""
     import json
 
-    import train
     from partialconv.checkpoint_io import read_checkpoint
+    from partialconv.programs import train
 
     def run(out, *extra):
         argv = ["-a", "simple_cnn", "--device", "cpu", "-b", "8", "-j", "0", "--lr", "0.4", "--seed", "1",

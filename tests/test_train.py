@@ -21,12 +21,12 @@ import yaml
 from PIL import Image
 from signalling import child_with_env, no_process_left, signal_at_line, to_group
 
-import train
 from partialconv.checkpoint_io import read_checkpoint
 from partialconv.config import parse_config
 from partialconv.data import ClassificationFolder
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.sampler import SeededSampler
+from partialconv.programs import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"images_per_sec", "epoch_seconds", "time"}

@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-import train
 from partialconv.checkpoint_io import read_checkpoint, save_checkpoint
 from partialconv.config import parse_config
 from partialconv.data import ClassificationFolder, eval_transform
@@ -19,6 +18,7 @@ from partialconv.engine.data_setup import loaders_from_config
 from partialconv.engine.distributed import DistInfo
 from partialconv.errors import ConfigError
 from partialconv.models import create_model
+from partialconv.programs import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -24,7 +24,7 @@ from partialconv.engine.runlog import RunLogger
 from partialconv.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
+DEMO = ROOT / "partialconv" / "programs" / "demo.yaml"
 
 
 def test_defaults_are_the_seed_recipe_and_run_dir_is_the_seed_layout():

@@ -22,6 +22,7 @@ __all__ = [
     "EXIT_USER_ERROR",
     "EXIT_FAILED",
     "DefaultsHelpFormatter",
+    "command_name",
 ]
 
 # Every program's exit codes, one rule (docs/training.md#exit-codes): 2 when the user must change something before
@@ -32,6 +33,14 @@ EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
 
 Argv = TypeVar("Argv")
+
+
+def command_name(default: str) -> str:
+    """The program's name in its ``--help``: the console script's when one started it (``partialconv-train``,
+    setup.cfg's entry points, on PATH after ``pip install``), else ``default`` (``python -m scripts.X``, ``train.py``),
+    the command that works from a checkout's root."""
+    name = Path(sys.argv[0]).name
+    return name if name.startswith("partialconv-") else default
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
