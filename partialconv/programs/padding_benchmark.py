@@ -13,6 +13,10 @@ checked again later; every run is trained once, and each instance ends when the 
 
 Exit codes: 0 every run attempted finished; 1 at least one run failed (each is named with its log); 2 bad arguments;
 130/143 interrupted by SIGINT/SIGTERM (runs were stopped with SIGTERM so train.py saves a resumable checkpoint).
+
+Over the ~450 lines of a module because it is one program's flat flow: the matrix, the launch of each run (locks,
+torchrun or a plain process, the stop signals passed on), the bookkeeping of runs done here, by another instance or
+failed, and its CLI; split into files, each would be read only with the others.
 """
 
 from __future__ import annotations
