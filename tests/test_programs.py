@@ -73,6 +73,11 @@ def test_each_program_reruns_itself_as_its_module_when_run_by_path(module):
     guard = ast.unparse(body[1])  # the first statement after it: nothing is imported before
     assert guard.startswith("if __name__ == '__main__' and (not __package__):"), guard
     assert f"'-m', '{module}', *sys.argv[1:]]" in guard and "os.execv(sys.executable" in guard, guard
+    # the same guard, word for word, as the one run by path from elsewhere below (padding_report's): a line dropped
+    # from one program's copy (its PYTHONPATH, say) would otherwise pass until a user runs that program by path
+    reference = ROOT / "scripts" / "padding_report.py"
+    tested = [node for node in ast.parse(reference.read_text()).body if not isinstance(node, ast.Expr)][1]
+    assert guard.replace(module, "PROGRAM") == ast.unparse(tested).replace("scripts.padding_report", "PROGRAM")
 
 
 def test_a_program_run_by_path_from_elsewhere_works_without_pythonpath(tmp_path):
