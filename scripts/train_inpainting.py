@@ -19,16 +19,7 @@ if __name__ == "__main__" and not __package__:
     _FLAGS = _ORIG[1 : len(_ORIG) - len(sys.argv)]  # the interpreter's own options (-u, -X ...), kept
     os.execv(sys.executable, [sys.executable, *_FLAGS, "-m", "scripts.train_inpainting", *sys.argv[1:]])
 
-import os
-import signal
-
-# A stop signal while torch imports (seconds) ends the program with its exit code (130 for Ctrl-C) and no traceback;
-# nothing is written before run_cli (partialconv.engine.cli) takes the signals over.
-if __name__ == "__main__":
-    for _s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-        signal.signal(_s, lambda signum, frame: os._exit(128 + signum))
-
-from partialconv.programs.train_inpainting import entry  # after the handlers: this imports torch
+from partialconv.programs.launch import train_inpainting  # imports no torch: stop signals during start-up are handled
 
 if __name__ == "__main__":
-    entry()
+    train_inpainting()

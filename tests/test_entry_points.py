@@ -8,8 +8,10 @@ import configparser
 import importlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,9 @@ SCRIPTS = {
     "partialconv-inpaint",
     "partialconv-write-shards",
 }
+
+# the long-running programs, whose start-up a scheduler's stop signal may interrupt
+LAUNCHED = ("train", "train_inpainting")
 
 
 def declared_scripts() -> dict[str, str]:
@@ -64,7 +69,11 @@ def test_every_program_has_a_console_script():
     assert set(declared) == SCRIPTS
     for name, target in declared.items():
         module, function = target.split(":")
-        assert module == "partialconv.programs." + name.removeprefix("partialconv-").replace("-", "_"), target
+        program = name.removeprefix("partialconv-").replace("-", "_")
+        if program in LAUNCHED:  # started through launch.py: its stop-signal handlers come before torch's import
+            assert (module, function) == ("partialconv.programs.launch", program), target
+        else:
+            assert module == "partialconv.programs." + program, target
         assert callable(getattr(importlib.import_module(module), function)), target
 
 
@@ -112,3 +121,40 @@ def test_installed_benchmark_trains_the_demo_and_the_report_reads_it(runs, insta
     assert report.returncode == 0, report.stderr
     assert report.stdout.startswith("wrote report/results.md, report/results.csv"), report.stdout
     assert (cwd / "report" / "results.csv").read_text() == (cwd / "bench" / "results.csv").read_text()
+
+
+def test_launch_imports_no_torch_and_stops_on_the_runs_signals():
+    """launch.py sets the handlers before torch loads: neither it nor the package's __init__ may import torch."""
+    code = (
+        "import sys, partialconv.programs.launch as l; print('torch' in sys.modules, *sorted(map(int, l.STOP_SIGNALS)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    from partialconv.data.worker_signals import STOP_SIGNALS
+
+    assert done.stdout.split() == ["False", *map(str, sorted(map(int, STOP_SIGNALS)))], done.stderr
+
+
+@pytest.mark.parametrize("after", [0.3, 1.0])
+def test_installed_long_programs_stopped_during_start_up_exit_with_the_signals_code(installed, tmp_path, after):
+    """A scheduler's SIGTERM or a Ctrl-C while the console script is still importing torch: the program's exit code
+    (143, 130), no traceback, nothing written."""
+    procs = {}
+    for name, stop in (("partialconv-train", signal.SIGTERM), ("partialconv-train-inpainting", signal.SIGINT)):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        cmd = [str(installed["bin"] / name), "--output-dir", "run"]
+        procs[name] = (
+            stop,
+            cwd,
+            subprocess.Popen(
+                cmd, cwd=cwd, env=installed["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ),
+        )
+    time.sleep(after)
+    for stop, _, proc in procs.values():
+        proc.send_signal(stop)
+    for name, (stop, cwd, proc) in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + stop, (name, proc.returncode, out[-1000:], err[-2000:])
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, (name, err[-2000:])
+        assert not (cwd / "run").exists(), name
