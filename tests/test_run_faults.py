@@ -304,16 +304,21 @@ def test_output_dir_on_a_read_only_mount_is_one_line_exit_2(data, tmp_path):
 # ------------------------------------------------------------------------------------ Ctrl-C and TERMs
 
 
-@pytest.mark.parametrize("after", [0.2, 0.5, 1.0, 2.0, 3.5])
-def test_ctrl_c_at_any_moment_of_start_up_exits_130_without_traceback(data, tmp_path, after):
+# train.py, and the module form the padding benchmark starts its runs in
+STARTS = [("train.py", t) for t in (0.2, 0.5, 1.0, 2.0, 3.5)] + [("module", t) for t in (0.2, 1.0, 2.0)]
+
+
+@pytest.mark.parametrize("form, after", STARTS)
+def test_ctrl_c_at_any_moment_of_start_up_exits_130_without_traceback(data, tmp_path, form, after):
     import signal
     import subprocess
     import sys
     import time
 
+    start = ["train.py"] if form == "train.py" else ["-m", "partialconv.programs.train"]
     cmd = [
         sys.executable,
-        "train.py",
+        *start,
         *args(data, tmp_path / "run", "--epochs", "50"),
     ]  # still running at 3.5 s on a quiet machine
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)

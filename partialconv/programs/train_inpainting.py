@@ -11,6 +11,12 @@ checkpoint is written, exit 143/138/130; the same command plus --resume auto con
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m partialconv.programs.train_inpainting: stop signals during torch's import
+    # below end the program with its exit code, as launch.py does for the other forms
+    from partialconv.programs.launch import exit_on_stop_signals
+
+    exit_on_stop_signals()
+
 import argparse
 import datetime
 import math
