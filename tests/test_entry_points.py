@@ -125,9 +125,8 @@ def test_installed_benchmark_trains_the_demo_and_the_report_reads_it(runs, insta
 
 def test_launch_imports_no_torch_and_stops_on_the_runs_signals():
     """launch.py sets the handlers before torch loads: neither it nor the package's __init__ may import torch."""
-    code = (
-        "import sys, partialconv.programs.launch as l; print('torch' in sys.modules, *sorted(map(int, l.STOP_SIGNALS)))"
-    )
+    code = "import sys, partialconv.programs.launch, partialconv.programs.startup_signals as s; "
+    code += "print('torch' in sys.modules, *sorted(map(int, s.STOP_SIGNALS)))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     from partialconv.data.worker_signals import STOP_SIGNALS
 

@@ -11,8 +11,8 @@ Installed (pip install), from any directory: partialconv-train ... or torchrun .
 from __future__ import annotations
 
 if __name__ == "__main__":  # python -m partialconv.programs.train (the padding benchmark starts its runs so): stop
-    # signals during torch's import below end the program with its exit code, as launch.py does for the other forms
-    from partialconv.programs.launch import exit_on_stop_signals
+    # signals during torch's import below end the program with its exit code, as launch.py does otherwise
+    from partialconv.programs.startup_signals import exit_on_stop_signals
 
     exit_on_stop_signals()
 

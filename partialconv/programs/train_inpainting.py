@@ -12,8 +12,8 @@ checkpoint is written, exit 143/138/130; the same command plus --resume auto con
 from __future__ import annotations
 
 if __name__ == "__main__":  # python -m partialconv.programs.train_inpainting: stop signals during torch's import
-    # below end the program with its exit code, as launch.py does for the other forms
-    from partialconv.programs.launch import exit_on_stop_signals
+    # below end the program with its exit code, as launch.py does otherwise
+    from partialconv.programs.startup_signals import exit_on_stop_signals
 
     exit_on_stop_signals()
 
