@@ -22,7 +22,6 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from partialconv.checkpoint_io import CheckpointError
 from partialconv.data.inpainting import InpaintingDataset
 from partialconv.data.masks import (
     HOLE_RATIO_BUCKETS,
@@ -33,11 +32,12 @@ from partialconv.data.masks import (
     hole_ratio,
 )
 from partialconv.engine.amp import AMP_DTYPES
-from partialconv.engine.cli import EXIT_USER_ERROR, command_name, run_cli
+from partialconv.engine.cli import command_name, run_cli
 from partialconv.engine.distributed import init_distributed
+from partialconv.engine.inpainting import CLI_ERRORS
 from partialconv.engine.inpainting.inference import inpaint, load_inpainting_model
 from partialconv.engine.inpainting.metrics import l1_percent, psnr, ssim
-from partialconv.fileio import WriteError, write_text_atomic
+from partialconv.fileio import write_text_atomic
 
 BORDERS = ("N", "B")  # N: no border constraint, B: no hole within the border margin
 METRICS = (("l1", "L1 (%)", 2), ("psnr", "PSNR", 2), ("ssim", "SSIM", 3))
@@ -175,12 +175,7 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    return run_cli(
-        main,
-        argv,
-        Path(__file__).name,
-        [((CheckpointError, FileNotFoundError, ValueError, WriteError), EXIT_USER_ERROR)],
-    )
+    return run_cli(main, argv, Path(__file__).name, CLI_ERRORS)
 
 
 if __name__ == "__main__":

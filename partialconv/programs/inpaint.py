@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from partialconv.checkpoint_io import CheckpointError
 from partialconv.data.inpainting import IMAGE_EXTENSIONS, load_image
 from partialconv.data.masks import generate_mask, list_images, load_mask_png, save_mask_png
 from partialconv.engine.amp import AMP_DTYPES
-from partialconv.engine.cli import EXIT_USER_ERROR, command_name, run_cli
+from partialconv.engine.cli import command_name, run_cli
 from partialconv.engine.distributed import init_distributed
+from partialconv.engine.inpainting import CLI_ERRORS
 from partialconv.engine.inpainting.inference import inpaint, load_inpainting_model
-from partialconv.fileio import WriteError, atomic_write
+from partialconv.fileio import atomic_write
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -158,12 +158,7 @@ def main(argv=None) -> int:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    return run_cli(
-        main,
-        argv,
-        Path(__file__).name,
-        [((CheckpointError, FileNotFoundError, ValueError, WriteError), EXIT_USER_ERROR)],
-    )
+    return run_cli(main, argv, Path(__file__).name, CLI_ERRORS)
 
 
 if __name__ == "__main__":

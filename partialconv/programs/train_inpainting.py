@@ -36,7 +36,8 @@ from partialconv.data.masks import IrregularMaskGenerator, MaskFolder
 from partialconv.data.worker_signals import ignore_stop_signals
 from partialconv.engine import distributed as dist
 from partialconv.engine.amp import AMP_DTYPES
-from partialconv.engine.cli import EXIT_USER_ERROR, command_name, exit_program, run_cli
+from partialconv.engine.cli import command_name, exit_program, run_cli
+from partialconv.engine.inpainting import CLI_ERRORS
 from partialconv.engine.inpainting.grid import image_grid
 from partialconv.engine.inpainting.training import evaluate, train_step
 from partialconv.engine.preemption import Preemption
@@ -49,7 +50,7 @@ from partialconv.engine.run_files import (
     save_run_checkpoint,
 )
 from partialconv.engine.runlog import RunLogger
-from partialconv.fileio import WriteError, write_text_atomic
+from partialconv.fileio import write_text_atomic
 from partialconv.losses.inpainting import (
     DEFAULT_WEIGHTS,
     NO_VGG_FLAGS,
@@ -382,12 +383,7 @@ def eta(left: int, done: int, since: float) -> datetime.timedelta:
 
 def cli(argv=None) -> int:
     """main() with expected failures (bad paths, unreadable files, bad values) as one line on stderr, exit 2."""
-    return run_cli(
-        main,
-        argv,
-        Path(__file__).name,
-        [((CheckpointError, FileNotFoundError, ValueError, WriteError), EXIT_USER_ERROR)],
-    )
+    return run_cli(main, argv, Path(__file__).name, CLI_ERRORS)
 
 
 def entry() -> NoReturn:
