@@ -3,6 +3,7 @@ signal, evaluation, torchrun/DDP equivalence, bad images, NaN loss and the up-fr
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -19,7 +20,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from signalling import child_with_env, no_process_left, signal_at_line, to_group
+from signalling import child_with_env, descendants, kill_tree, no_process_left, signal_at_line, to_group
 
 from partialconv.checkpoint_io import read_checkpoint
 from partialconv.config import parse_config
@@ -252,12 +253,13 @@ def test_bad_images_are_skipped_with_warning_and_count(bad_data, tmp_path, capsy
 
 def _torchrun(nproc: int, argv: list[str], timeout: float = 180) -> tuple[int, str]:
     """train.py under a real torchrun in its own session: exit code and the whole output. A run that hangs fails the
-    test after ``timeout`` seconds and leaves no process behind."""
+    test after ``timeout`` seconds with every rank's Python stacks (faulthandler, on SIGABRT) in its message, and
+    leaves no process behind."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "train.py"]
     proc = subprocess.Popen(
         [*cmd, *argv],
         cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -266,12 +268,16 @@ def _torchrun(nproc: int, argv: list[str], timeout: float = 180) -> tuple[int, s
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:  # the ranks run in sessions of their own: torchrun must end them
-        proc.terminate()
+        ranks = descendants(proc.pid)  # taken now: once torchrun is gone they are no longer below it
+        for pid in ranks:  # where each one is stuck, then torchrun ends the rest
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGABRT)
         try:
             output, _ = proc.communicate(timeout=60)
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"torchrun hung for {timeout} s:\n{output[-3000:]}")
+            for pid in (proc.pid, *ranks):
+                kill_tree(pid)
+        pytest.fail(f"torchrun hung for {timeout} s:\n{output[-12000:]}")
     assert no_process_left(proc.pid), "ranks or workers outlived torchrun"
     return proc.returncode, output
 

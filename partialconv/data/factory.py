@@ -45,10 +45,11 @@ def build_loaders(params: DataParams, dist: DistInfo) -> Loaders:
     params = replace(params, backend=backend.name, workers=workers)
     splits = backend.open_splits(params)
     local_batch = params.batch_size // dist.world_size
+    spec = {"local_batch": local_batch, "device": dist.device, "distributed": dist.world_size > 1}
     train_sampler, val_sampler = seeded_samplers(len(splits.train), len(splits.val), params, dist, local_batch)
     loaders = Loaders(
-        train=backend.make_loader(splits.train, train_sampler, LoaderSpec(params, local_batch, dist.device, True)),
-        val=backend.make_loader(splits.val, val_sampler, LoaderSpec(params, local_batch, dist.device, False)),
+        train=backend.make_loader(splits.train, train_sampler, LoaderSpec(params, train=True, **spec)),
+        val=backend.make_loader(splits.val, val_sampler, LoaderSpec(params, train=False, **spec)),
         train_sampler=train_sampler,
         classes=list(splits.classes),
         backend=backend.name,

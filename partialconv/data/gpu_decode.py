@@ -45,7 +45,7 @@ from .loaders import LoaderSpec, normalize_images
 from .params import DataParams
 from .presets import RRC_RATIO, RRC_SCALE
 from .sampler import SeededSampler, seeded_draws
-from .worker_signals import ignore_stop_signals
+from .worker_signals import ignore_stop_signals, worker_start_context
 
 __all__ = [
     "GPU_BACKEND",
@@ -297,7 +297,9 @@ class GpuDecodeLoader:
             yield pending
 
 
-def _encoded_loader(dataset: EncodedImageFolder, sampler, batch: int, workers: int) -> DataLoader:
+def _encoded_loader(
+    dataset: EncodedImageFolder, sampler, batch: int, workers: int, distributed: bool = False
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch,
@@ -308,6 +310,7 @@ def _encoded_loader(dataset: EncodedImageFolder, sampler, batch: int, workers: i
         prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator(),  # see loaders.torch_loader: keeps the global RNG (dropout) out of the data path
         worker_init_fn=ignore_stop_signals,
+        multiprocessing_context=worker_start_context(distributed) if workers else None,
     )
 
 
@@ -336,7 +339,8 @@ def gpu_loader(dataset: EncodedImageFolder, sampler: SeededSampler, spec: Loader
         preprocess = GpuPreprocess(
             False, p.val_crop_size, p.val_resize_size, p.on_bad_image, memory_format=p.memory_format
         )
-    return GpuDecodeLoader(_encoded_loader(dataset, sampler, spec.local_batch, p.workers or 0), preprocess, spec.device)
+    encoded = _encoded_loader(dataset, sampler, spec.local_batch, p.workers or 0, spec.distributed)
+    return GpuDecodeLoader(encoded, preprocess, spec.device)
 
 
 GPU_BACKEND = Backend(

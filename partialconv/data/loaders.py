@@ -22,7 +22,7 @@ from .errors import DataError, Param
 from .params import DataParams
 from .presets import IMAGENET_MEAN, IMAGENET_STD
 from .sampler import SeededSampler
-from .worker_signals import ignore_stop_signals
+from .worker_signals import ignore_stop_signals, worker_start_context
 
 if TYPE_CHECKING:  # data must not import engine at run time (imports flow engine -> data)
     from ..engine.distributed import DistInfo
@@ -64,6 +64,7 @@ class LoaderSpec:
     local_batch: int  # this process's share of params.batch_size
     device: torch.device  # where the model runs (pinned memory on CUDA; the GPU backend decodes there)
     train: bool
+    distributed: bool = False  # one rank of several: workers start from the fork server (worker_start_context)
 
 
 def cpus_per_local_rank() -> int:
@@ -161,6 +162,7 @@ def torch_loader(dataset: Dataset, sampler: SeededSampler, spec: LoaderSpec) -> 
         # Augmentation is seeded per sample (SeededSampler), so the base seed itself does not matter.
         generator=torch.Generator(),
         worker_init_fn=ignore_stop_signals,
+        multiprocessing_context=worker_start_context(spec.distributed) if workers else None,
     )
 
 

@@ -1,10 +1,19 @@
-"""DataLoader worker processes ignore the stop signals, so that only the main process acts on them.
+"""How DataLoader worker processes start, and why they ignore the stop signals.
 
-A scheduler, torchrun or a terminal's Ctrl-C signals the whole process group. With the default action the workers
-would die first and the main process would fail with "DataLoader worker ... is killed by signal" before it could
-finish its step and save the mid-epoch checkpoint. Workers still end with the main process: torch's workers watch
-their parent and exit when it is gone, a loader that is shut down stops them through its queues, and at exit the
-main process kills what is left of them (see :func:`_kill_leftover_workers`).
+Start (:func:`worker_start_context`): a distributed rank does not fork its workers. Its process group runs threads
+of its own (gloo's, NCCL's), and a thread that enters Python just as the main thread forks can leave the child
+stuck before it runs a line: CPython before 3.11.10 deadlocks there on an interpreter lock the child inherits held
+(python/cpython#112275). Seen here as a rank whose first validation never started: its val worker hung inside
+``os.fork``, the other rank waited in its next collective. Those ranks start their workers from multiprocessing's fork
+server instead, a process started by fork + exec (no Python code runs between them) that has no such threads; it
+ignores the stop signals too (:mod:`partialconv.data.worker_server`). A one-process run forks its workers as before.
+
+Signals: a scheduler, torchrun or a terminal's Ctrl-C signals the whole process group. With the default action the
+workers would die first and the main process would fail with "DataLoader worker ... is killed by signal" before it
+could finish its step and save the mid-epoch checkpoint. Workers still end with the main process: torch's workers
+watch their parent (the main process, or the fork server, which ends with it) and exit when it is gone, a loader
+that is shut down stops them through its queues, and at exit the main process kills what is left of them (see
+:func:`_kill_leftover_workers`).
 """
 
 from __future__ import annotations
@@ -13,11 +22,23 @@ import atexit
 import multiprocessing
 import multiprocessing.util  # registers its exit handler first, so that ours runs before it (atexit is LIFO)
 import signal
+from typing import Optional
 
-__all__ = ["STOP_SIGNALS", "ignore_stop_signals"]
+__all__ = ["STOP_SIGNALS", "ignore_stop_signals", "worker_start_context"]
 
 # What a cluster or a user sends to stop a run: scheduler/torchrun preemption, SLURM's early warning, Ctrl-C.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+def worker_start_context(distributed: bool) -> Optional[multiprocessing.context.BaseContext]:
+    """The ``multiprocessing_context`` of a DataLoader's workers: the fork server for a rank of a distributed run
+    (whose process group's threads make forking unsafe), None (torch's default, fork on Linux) otherwise. The
+    server is started by the first worker that needs it and ends with this process."""
+    if not distributed or "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", "partialconv.data.worker_server"])
+    return context
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:

@@ -33,7 +33,7 @@ from partialconv.checkpoint_io import CheckpointError, extract_state_dict, read_
 from partialconv.data.inpainting import InpaintingDataset, InpaintingSampler, skimage_demo_folder
 from partialconv.data.loaders import resolve_workers
 from partialconv.data.masks import IrregularMaskGenerator, MaskFolder
-from partialconv.data.worker_signals import ignore_stop_signals
+from partialconv.data.worker_signals import ignore_stop_signals, worker_start_context
 from partialconv.engine import distributed as dist
 from partialconv.engine.amp import AMP_DTYPES
 from partialconv.engine.cli import command_name, exit_program, run_cli
@@ -196,6 +196,7 @@ def build_data(args, info: dist.DistInfo, start_step: int):
     }
     if args.workers > 0:
         common["persistent_workers"] = True
+        common["multiprocessing_context"] = worker_start_context(info.world_size > 1)
     train_loader = DataLoader(train, batch_size=args.batch_size, sampler=sampler, drop_last=True, **common)
     val_loader = DataLoader(val, batch_size=args.batch_size, shuffle=False, **common)
     return train_loader, val_loader
