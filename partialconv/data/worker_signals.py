@@ -2,11 +2,13 @@
 
 Start (:func:`worker_start_context`): a distributed rank does not fork its workers. Its process group runs threads
 of its own (gloo's, NCCL's), and a thread that enters Python just as the main thread forks can leave the child
-stuck before it runs a line: CPython before 3.11.10 deadlocks there on an interpreter lock the child inherits held
-(python/cpython#112275). Seen here as a rank whose first validation never started: its val worker hung inside
-``os.fork``, the other rank waited in its next collective. Those ranks start their workers from multiprocessing's fork
-server instead, a process started by fork + exec (no Python code runs between them) that has no such threads; it
-ignores the stop signals too (:mod:`partialconv.data.worker_server`). A one-process run forks its workers as before.
+stuck before it runs a line: CPython up to 3.11 can deadlock there on an interpreter lock the child inherits held
+(python/cpython#112275; fixed in 3.12 and backported late to the older branches). Seen here (Python 3.11.7, torch
+2.15, gloo) as a rank whose first validation never started: its val worker was stuck inside ``os.fork`` holding a
+copy of a native thread's Python state, while the other rank waited in its next collective. Those ranks start their
+workers from multiprocessing's fork server instead: a process started by fork + exec (no Python code runs between
+them) without such threads; it ignores the stop signals too (:mod:`partialconv.data.worker_server`). A one-process
+run forks its workers as before.
 
 Signals: a scheduler, torchrun or a terminal's Ctrl-C signals the whole process group. With the default action the
 workers would die first and the main process would fail with "DataLoader worker ... is killed by signal" before it
