@@ -125,13 +125,34 @@ def test_train_crops_are_the_references_within_one_level_over_1000_crops(encoded
 
 @pytest.mark.parametrize("sizes", [(56, 48), (64, 48), (40, 36), (24, 20)])
 def test_eval_crop_is_resize_and_center_crop(encoded: list[bytes], sizes: tuple[int, int]) -> None:
-    """Only the rows and columns the centre crop's resampling reads are decoded; PIL's resize of them with the crop's
-    box is the reference's Resize + CenterCrop up to PIL's box arithmetic (a level, rarely two)."""
+    """torch's resize, given the reference's scale factors, of the decoded rows and columns up to the centre crop's
+    last taps is the reference's Resize + CenterCrop up to the two kernels' rounding (a level, rarely two)."""
     resize, crop = sizes
     ours, reference = CroppedEvalDecode(resize, crop), eval_crop_uint8(resize, crop)
     for data in encoded:
         diff = (ours(data).int() - reference(open_rgb(io.BytesIO(data))).int()).abs()
         assert diff.max() <= 2 and diff.float().mean() < 0.05, (diff.max(), diff.float().mean())
+
+
+def test_eval_crop_decodes_only_up_to_the_last_rows_and_columns_it_reads() -> None:
+    """An ImageNet-sized 500x375 JPEG at 256/224: the rows below and the columns right of the centre crop's last
+    taps are not decoded (the columns to a chroma sample past them), and the crop is still the reference's."""
+    data = _jpeg(np.asarray(Image.fromarray(_photos(400)[0]).resize((500, 375))))
+    seen = []
+    original = libturbojpeg.TurboJPEG.decode
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(
+            libturbojpeg.TurboJPEG,
+            "decode",
+            lambda self, d, region, scale=1, gray=False: seen.append(region) or original(self, d, region, scale, gray),
+        )
+        out = CroppedEvalDecode(256, 224)(data)
+    # resized to 341x256 the crop is columns 58..281 and rows 16..239: they end at source x 282 * 500/341 = 413.5
+    # and y 240 * 375/256 = 351.6; the taps reach 1.47 past that, +1 for rounding: 416 columns (+2 for the chroma
+    # sample right of them) and 355 rows of 500 and 375
+    assert seen == [(0, 0, 418, 355)], seen
+    diff = (out.int() - eval_crop_uint8(256, 224)(open_rgb(io.BytesIO(data))).int()).abs()
+    assert diff.max() <= 1 and diff.float().mean() < 0.05, (diff.max(), diff.float().mean())
 
 
 def test_eval_crop_decodes_at_a_reduced_dct_scale_where_the_resize_shrinks_enough() -> None:

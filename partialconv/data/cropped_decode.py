@@ -6,9 +6,10 @@ decodes only the crop's region (:mod:`~partialconv.data.libturbojpeg`: the colum
 chroma neighbours the upsampling reads, then trimmed, so the crop's pixels are bit-identical to a full decode), and
 torch's uint8 antialiased bilinear kernel (PIL's algorithm, rounding differences of at most one level) resizes it.
 
-Eval (:class:`CroppedEvalDecode`): ``Resize(shorter side)`` + ``CenterCrop`` as one PIL resize of the decoded rows
-and columns the centre crop's resampling taps reach (PIL's kernel and geometry, as the reference's), decoded at a
-reduced DCT scale (1/2, 1/4, 1/8) where the resize shrinks the image at least that much.
+Eval (:class:`CroppedEvalDecode`): ``Resize(shorter side)`` + ``CenterCrop`` with the reference's geometry, torch's
+uint8 antialiased kernel given the reference's scale factors, on the rows and columns from the image's top-left
+corner to the last ones the centre crop's resampling reads, decoded at a reduced DCT scale (1/2, 1/4, 1/8) where the
+resize shrinks the image at least twice that much.
 
 Both take bytes, so a reader of files and a reader of in-memory samples (tar shards) share them; both fall back, per
 image, to the PIL path with the same draws (:class:`~partialconv.data.fast_pil.FastTrainCrop`'s PIL crop,
@@ -27,7 +28,6 @@ from typing import Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -153,23 +153,41 @@ class CroppedTrainDecode(FastTrainCrop):
         return torch.from_numpy(np.asarray(out).copy())
 
 
-def eval_geometry(width: int, height: int, resize_size: int, crop_size: int) -> tuple[float, float, int, int]:
-    """(x scale, y scale, left, top) of ``Resize(resize_size)`` + ``CenterCrop(crop_size)`` as torchvision computes
-    them: the resized size by its shorter-side rule, the crop's offset in the resized image by its rounding; the
-    scales map resized pixels to source pixels."""
+def eval_geometry(width: int, height: int, resize_size: int, crop_size: int) -> tuple[int, int, int, int]:
+    """(resized width, resized height, left, top) of ``Resize(resize_size)`` + ``CenterCrop(crop_size)`` as
+    torchvision computes them: the resized size by its shorter-side rule, the crop's offset in the resized image by
+    its rounding."""
     if height <= width:
         out_h, out_w = resize_size, int(resize_size * width / height)
     else:
         out_h, out_w = int(resize_size * height / width), resize_size
-    top, left = int(round((out_h - crop_size) / 2.0)), int(round((out_w - crop_size) / 2.0))
-    return width / out_w, height / out_h, left, top
+    return out_w, out_h, int(round((out_w - crop_size) / 2.0)), int(round((out_h - crop_size) / 2.0))
+
+
+def _prefix(size: int, out_size: int, end: int) -> tuple[int, float]:
+    """For one axis of a ``size``-pixel image resized to ``out_size``: how many leading pixels the outputs before
+    ``end`` read, and the scale factor (outputs per input pixel) that makes torch's resize of those pixels compute
+    outputs ``[0, end)`` exactly as its resize of the whole axis would. PIL's and torch's bilinear taps reach
+    ``max(size / out_size, 1)`` pixels either side of an output's centre (+1 for their rounding)."""
+    factor = out_size / size
+    step = 1 / factor
+    pixels = min(size, math.ceil(end * step + max(step, 1.0) + 1))
+    while math.floor(pixels * factor) < end:  # torch's output length is floor(pixels * factor): never one short
+        factor = math.nextafter(factor, math.inf)
+    return pixels, factor
 
 
 class CroppedEvalDecode:
     """Encoded bytes (or a path) -> (crop, crop, 3) uint8 tensor: ``Resize(resize_size)`` + ``CenterCrop(crop_size)``
-    (bilinear, antialiased) as PIL computes them, the JPEG decoded only over the rows and columns the centre crop's
-    resampling reaches, at 1/2, 1/4 or 1/8 DCT scale where the resize shrinks by at least that factor. Other
-    images: :func:`~partialconv.data.fast_pil.eval_crop_uint8` on the PIL decode."""
+    (bilinear, antialiased) with the reference's geometry, the JPEG decoded only over the rows and columns up to the
+    last ones the centre crop's resampling reads, at 1/2, 1/4 or 1/8 DCT scale where the resize shrinks by at least
+    twice that factor. Other images: :func:`~partialconv.data.fast_pil.eval_crop_uint8` on the PIL decode.
+
+    The resize is torch's uint8 antialiased kernel (PIL's algorithm, as for the train crops; at most one level
+    apart), given the reference's scale factors rather than sizes, so that it can start from the decoded rows and
+    columns: torch's kernel maps output pixels from the first input pixel, so the decode starts at the image's
+    top-left corner and stops past the crop's last taps (the pixels below and right of them are neither decoded nor
+    resampled). About 1.3x faster per image than PIL's resize of exactly the crop's region (500x375 JPEGs)."""
 
     def __init__(self, resize_size: int, crop_size: int, dct_scaling: bool = True) -> None:
         self.resize_size = resize_size
@@ -182,28 +200,22 @@ class CroppedEvalDecode:
         header = _header(data)
         if header is None or self.resize_size < self.crop_size:  # (CenterCrop pads then: the PIL path does that)
             return self._pil(open_rgb(io.BytesIO(data)))
-        sx, sy, left, top = eval_geometry(header.width, header.height, self.resize_size, self.crop_size)
-        shrink = min(sx, sy)
+        c = self.crop_size
+        out_w, out_h, left, top = eval_geometry(header.width, header.height, self.resize_size, c)
+        shrink = min(header.width / out_w, header.height / out_h)
         s = next((s for s in _DCT_SCALES if shrink >= s * DCT_MARGIN), 1) if self.dct_scaling else 1
         # the scaled image's size is TurboJPEG's TJSCALED: ceil(dim / s)
         width, height = -(-header.width // s), -(-header.height // s)
-        fx, fy = width / header.width, height / header.height
-        c = self.crop_size
-        box = (left * sx * fx, top * sy * fy, (left + c) * sx * fx, (top + c) * sy * fy)
-        # PIL's bilinear taps reach support = max(scale, 1) pixels either side of a sample's centre (+1 for its
-        # rounding): decode those rows and columns and PIL computes the same weights as on the whole image.
-        kx, ky = max((box[2] - box[0]) / c, 1.0) + 2, max((box[3] - box[1]) / c, 1.0) + 2
-        x0, x1 = max(0, math.floor(box[0] - kx)), min(width, math.ceil(box[2] + kx))
-        y0, y1 = max(0, math.floor(box[1] - ky)), min(height, math.ceil(box[3] + ky))
-        a, b = _region(header, x0, x1, s, width)
+        columns, fx = _prefix(width, out_w, left + c)
+        rows, fy = _prefix(height, out_h, top + c)
+        columns = _region(header, 0, columns, s, width)[1]  # with the chroma sample right of the last column
         gray = header.colorspace == libturbojpeg.TJCS_GRAY
         try:
-            pixels = libturbojpeg.load().decode(data, (a, y0, b - a, y1 - y0), scale=s, gray=gray)
+            pixels = libturbojpeg.load().decode(data, (0, 0, columns, rows), scale=s, gray=gray)
         except OSError:
             return self._pil(open_rgb(io.BytesIO(data)))
-        image = Image.fromarray(pixels[..., 0] if gray else pixels, "L" if gray else "RGB")
-        shifted = (box[0] - a, box[1] - y0, box[2] - a, box[3] - y0)
-        out = image.resize((c, c), Image.BILINEAR, box=shifted)
-        if gray:
-            out = out.convert("RGB")
-        return torch.from_numpy(np.asarray(out).copy())
+        # NCHW in channels_last memory (the decoded HWC pixels as they are): the layout of torch's vectorised kernel
+        x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+        x = F.interpolate(x, scale_factor=(fy, fx), mode="bilinear", antialias=True, recompute_scale_factor=False)
+        out = x[0, :, top : top + c, left : left + c].permute(1, 2, 0)
+        return (out.expand(c, c, 3) if gray else out).contiguous()
