@@ -61,7 +61,7 @@ def child_with_env(parent_pid: int, assignment: str) -> int:
         if not entry.name.isdigit():
             continue
         try:
-            ppid = _parent_of(int(entry.name))
+            ppid = parent_of(int(entry.name))
             env = (entry / "environ").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue  # ended meanwhile, or not ours to read
@@ -70,7 +70,7 @@ def child_with_env(parent_pid: int, assignment: str) -> int:
     raise AssertionError(f"no child of {parent_pid} with {assignment}")
 
 
-def _parent_of(pid: int) -> int:
+def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
@@ -81,7 +81,7 @@ def descendants(pid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                parents[int(entry.name)] = _parent_of(int(entry.name))
+                parents[int(entry.name)] = parent_of(int(entry.name))
             except (OSError, IndexError, ValueError):
                 continue
     found, frontier = [], [pid]

@@ -134,19 +134,26 @@ def test_eval_crop_is_resize_and_center_crop(encoded: list[bytes], sizes: tuple[
         assert diff.max() <= 2 and diff.float().mean() < 0.05, (diff.max(), diff.float().mean())
 
 
+def _decoding_with_calls(decode: CroppedEvalDecode, data: bytes) -> tuple[torch.Tensor, list[tuple[tuple, int]]]:
+    """``decode(data)`` and the (region, DCT scale) of each libturbojpeg decode it made."""
+    calls = []
+    original = libturbojpeg.TurboJPEG.decode
+
+    def recorded(self, d, region, scale=1, gray=False):
+        calls.append((region, scale))
+        return original(self, d, region, scale, gray)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(libturbojpeg.TurboJPEG, "decode", recorded)
+        return decode(data), calls
+
+
 def test_eval_crop_decodes_only_up_to_the_last_rows_and_columns_it_reads() -> None:
     """An ImageNet-sized 500x375 JPEG at 256/224: the rows below and the columns right of the centre crop's last
     taps are not decoded (the columns to a chroma sample past them), and the crop is still the reference's."""
     data = _jpeg(np.asarray(Image.fromarray(_photos(400)[0]).resize((500, 375))))
-    seen = []
-    original = libturbojpeg.TurboJPEG.decode
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(
-            libturbojpeg.TurboJPEG,
-            "decode",
-            lambda self, d, region, scale=1, gray=False: seen.append(region) or original(self, d, region, scale, gray),
-        )
-        out = CroppedEvalDecode(256, 224)(data)
+    out, calls = _decoding_with_calls(CroppedEvalDecode(256, 224), data)
+    seen = [region for region, _ in calls]
     # resized to 341x256 the crop is columns 58..281 and rows 16..239: they end at source x 282 * 500/341 = 413.5
     # and y 240 * 375/256 = 351.6; the taps reach 1.47 past that, +1 for rounding: 416 columns (+2 for the chroma
     # sample right of them) and 355 rows of 500 and 375
@@ -159,15 +166,8 @@ def test_eval_crop_decodes_at_a_reduced_dct_scale_where_the_resize_shrinks_enoug
     """A resize by 4x or more decodes at 1/2 scale (then resizes by another 2x or more): a small, bounded change."""
     array = _photos(400)[0]
     data = _jpeg(array)
-    scales = []
-    original = libturbojpeg.TurboJPEG.decode
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(
-            libturbojpeg.TurboJPEG,
-            "decode",
-            lambda self, d, region, scale=1, gray=False: scales.append(scale) or original(self, d, region, scale, gray),
-        )
-        out = CroppedEvalDecode(100, 88)(data)
+    out, calls = _decoding_with_calls(CroppedEvalDecode(100, 88), data)
+    scales = [scale for _, scale in calls]
     assert scales == [2]
     diff = (out.int() - eval_crop_uint8(100, 88)(open_rgb(io.BytesIO(data))).int()).abs()
     assert diff.float().mean() < 1.0 and diff.max() <= 24, (diff.float().mean(), diff.max())

@@ -16,6 +16,7 @@ from typing import Optional
 
 import pytest
 import torch
+from signalling import parent_of
 
 from partialconv.data.demo import make_demo_dataset
 from partialconv.data.factory import build_loaders
@@ -35,10 +36,6 @@ def _params(data: Path) -> DataParams:
     )  # fmt: skip
 
 
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def _is_running(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
@@ -55,7 +52,7 @@ def _fork_server(rank_pid: int) -> Optional[int]:
     multiprocessing.forkserver import main; ..."``)."""
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and _parent(int(entry.name)) == rank_pid:
+            if entry.name.isdigit() and parent_of(int(entry.name)) == rank_pid:
                 if b"multiprocessing.forkserver" in (entry / "cmdline").read_bytes():
                     return int(entry.name)
         except (OSError, IndexError, ValueError):
@@ -73,7 +70,7 @@ def _rank(rank: int, world: int, init_file: str, data: str, out: str) -> None:
         os.kill(server, signal.SIGTERM)  # what a signal to the whole process group does to it, at its start
     first = {"train": _targets(loaders.train), "val": _targets(loaders.val)}  # starts both loaders' workers
     workers = [p for p in multiprocessing.active_children() if p.daemon]
-    parents = sorted({_parent(p.pid) for p in workers})
+    parents = sorted({parent_of(p.pid) for p in workers})
     record = {"rank_pid": os.getpid(), "server": server, "workers": len(workers), "parents": parents}
     if server is not None:
         record["server_alive"] = _is_running(server)
@@ -107,5 +104,5 @@ def test_a_one_process_run_forks_its_workers(data):
     assert _targets(loaders.train) and _targets(loaders.val)
     assert loaders.train.multiprocessing_context is None and loaders.val.multiprocessing_context is None
     workers = [p for p in multiprocessing.active_children() if p.daemon]
-    assert workers and all(_parent(p.pid) == os.getpid() for p in workers)
+    assert workers and all(parent_of(p.pid) == os.getpid() for p in workers)
     del loaders  # ends the persistent workers
