@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from .batch_buffers import float_batch
 from .errors import DataError, Param
 from .params import DataParams
 from .presets import IMAGENET_MEAN, IMAGENET_STD
@@ -214,7 +215,7 @@ def normalize_images(
         out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=memory_format)
         return torch.addcmul(shift.view(1, -1, 1, 1), images, scale.view(1, -1, 1, 1), out=out)
     n, c, h, w = images.shape
-    out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=memory_format)
+    out = float_batch(images.shape, memory_format, images.device)  # a buffer reused across steps: no page faults
     if out.is_contiguous():
         for channel in range(c):
             out[:, channel].copy_(images[:, channel])
