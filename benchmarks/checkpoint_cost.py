@@ -37,7 +37,9 @@ from partialconv.models import create_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.checkpoint_cost", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.checkpoint_cost", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     p.add_argument("-a", "--arch", default="resnet50", help="model (registry name)")
     p.add_argument("--reps", type=int, default=5, help="checkpoints written (the first one is also timed)")
     p.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")

@@ -165,6 +165,7 @@ def main(argv=None) -> int:
         prog="python -m benchmarks.inpainting_speed",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="image sizes (256: 7 stages, 512: 8)")
     p.add_argument("--batch-size", type=int, default=1, help="images per step (default 1)")

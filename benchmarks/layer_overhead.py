@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.layer_overhead",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--batch", type=int, default=16, help="batch size (default: 16)")

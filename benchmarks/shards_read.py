@@ -296,16 +296,22 @@ def markdown(info: dict, args: argparse.Namespace, results: dict[str, list]) -> 
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.shards_read", description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--windows", type=int, default=6)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.shards_read", description=__doc__.split("\n")[0], allow_abbrev=False
+    )
+    parser.add_argument("--images", type=int, default=512, help="generated 500x375 JPEGs (16 classes) to read")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader workers, each measured")
+    parser.add_argument("--windows", type=int, default=6, help="interleaved timed windows per loader")
     parser.add_argument("--steps", type=int, default=4, help="batches per timed window")
     parser.add_argument("--rounds", type=int, default=8, help="rounds of the in-process per-sample measurement")
-    parser.add_argument("--shard-mb", type=float, default=8.0)
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "partialconv-bench"))
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--shard-mb", type=float, default=8.0, help="shard size the writer aims at (MB)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure: "
+                        "loader (img/s and per CPU-second, folder vs shards), sample (CPU per sample in process), io "
+                        "(files opened, bytes read), http (cold/warm cache), writer (rate, peak RSS)")  # fmt: skip
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "partialconv-bench"),
+                        help="where the generated JPEG folder is kept between runs")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
+                        help="directory for the JSON + markdown results")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     info = machine_info(torch.device("cpu"), "benchmarks/shards_read.py", sys.argv[1:])

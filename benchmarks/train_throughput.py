@@ -125,6 +125,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         prog="python -m benchmarks.train_throughput",
         description="Training throughput (img/s) of full training steps; pd vs zero padding interleaved.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     p.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), help="architectures to measure, interleaved")
     p.add_argument("-b", "--batch-size", type=int, default=256, help="batch size per step")

@@ -5,6 +5,7 @@ with no sys.path manipulation anywhere: from a checkout, without installing and 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +101,28 @@ def test_checkpoint_cost_writes_and_times_a_real_run_checkpoint(tmp_path, capsys
     out = capsys.readouterr().out
     assert "| simple_cnn | " in out and " MB | " in out, out
     assert list(tmp_path.iterdir()) == []  # its temporary run directory is gone
+
+
+def test_no_program_takes_a_prefix_for_a_flag():
+    """``--hel`` is not ``--help`` in any program (argparse's allow_abbrev off): a prefix is an error (exit 2), never
+    silently another flag. All programs in one interpreter (runpy, as ``python -m`` runs them): torch loads once."""
+    script = (
+        "import contextlib, io, json, runpy, sys\n"
+        "seen = {}\n"
+        "for module in sys.argv[1:]:\n"
+        "    sys.argv, out, err = [module, '--hel'], io.StringIO(), io.StringIO()\n"
+        "    try:\n"
+        "        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+        "            runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
+        "        code = 0\n"
+        "    except SystemExit as e:\n"
+        "        code = e.code\n"
+        "    seen[module] = [code, out.getvalue()[:80], err.getvalue().strip().splitlines()[-1:]]\n"
+        "print(json.dumps(seen))\n"
+    )
+    command = [sys.executable, "-c", script, *PROGRAMS]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    wrong = {module: result for module, result in seen.items() if result[0] != 2 or result[1]}
+    assert set(seen) == set(PROGRAMS) and wrong == {}

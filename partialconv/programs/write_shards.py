@@ -276,6 +276,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         prog=command_name("python -m scripts.write_shards"),
         description="Write an ImageFolder split (SRC/<class>/<images>) as WebDataset tar shards plus index.json in "
         "OUT, in ImageFolder's order, for train.py's shards backend (--data_train OUT, a copy of it, or its URL).",
+        allow_abbrev=False,  # a prefix of a flag is an error, never silently another flag
     )
     parser.add_argument("paths", nargs="+", metavar="SRC OUT", help="source split and output directory (with "
                         "--verify alone: OUT, to verify it)")  # fmt: skip
