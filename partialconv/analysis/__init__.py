@@ -1,5 +1,5 @@
-"""Padding comparisons over train.py runs: ``scripts/padding_report.py`` writes the report (:func:`write_report`),
-``scripts/padding_benchmark.py`` asks which runs are finished (:func:`run_status`).
+"""Padding comparisons over train.py runs: ``partialconv.programs.padding_report`` writes the report
+(:func:`write_report`), ``partialconv.programs.padding_benchmark`` asks which runs are finished (:func:`run_status`).
 
 runs (reading metrics.jsonl runs) -> summary (cells per arch, recipe and padding; stats: the t-tests; published:
 NVIDIA's table and torchvision's top-1) -> tables (results.md/csv) and figures (PNG) -> report (all of it).
