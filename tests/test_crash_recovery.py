@@ -290,3 +290,41 @@ def test_torchrun_max_restarts_recovers_from_random_worker_kills(data, tmp_path)
     assert len(kills) == 3 and proc.returncode == 0, out[-3000:]
     assert out.count("elastic restart") >= 3, out[-3000:]
     assert_same_run(run, straight)
+
+
+def test_checkpoint_every_minutes_saves_mid_epoch_and_a_kill_there_resumes_exactly(data, tmp_path):
+    """--checkpoint-every-minutes 0.008 (0.48 s) with 0.25 s steps: a checkpoint lands inside the first epoch (its
+    step between 1 and 4 of 5) by the clock alone; SIGKILL right then, --resume auto: equal to the straight run."""
+    flags = ["--epochs", "2", "--checkpoint-every-minutes", "0.008"]
+    straight = tmp_path / "straight"
+    assert train.cli(args(data, straight, *flags)) == 0
+    out = tmp_path / "killed"
+    ckpt = out / "checkpoint.pth.tar"
+    proc = subprocess.Popen(
+        [*LAUNCHER, *args(data, out, *flags)],
+        cwd=ROOT,
+        env={**ENV, "FAULT_STEP_DELAY": "0.25"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    saved, deadline, seen = None, time.monotonic() + 120, 0.0
+    try:
+        while saved is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            if mtime(ckpt) <= seen:
+                continue
+            seen = mtime(ckpt)
+            try:
+                state = read_checkpoint(ckpt)
+            except FileNotFoundError:
+                continue  # renamed away by a rotation this instant
+            if state["epoch"] == 0 and 0 < state["step"] < 5:
+                proc.kill()
+                saved = state["step"]
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert saved is not None and proc.returncode == -signal.SIGKILL, "no checkpoint inside the first epoch"
+    finish(data, out, *flags)
+    assert_same_run(out, straight)
