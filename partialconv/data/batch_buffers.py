@@ -55,13 +55,10 @@ class BatchBuffers:
         self.per_shape = per_shape
         self.shapes = shapes
         self._pool: OrderedDict[tuple, list[Tensor]] = OrderedDict()
-        self._alone: Optional[int] = None
-        self._checked = False
+        self._alone = _use_count_alone()  # None: reuse nothing
 
     def empty(self, shape: torch.Size, memory_format: torch.memory_format, device: torch.device) -> Tensor:
         """A float32 tensor of ``shape`` in ``memory_format``, uninitialised: a free pooled buffer if there is one."""
-        if not self._checked:
-            self._alone, self._checked = _use_count_alone(), True
         if self._alone is None:
             return torch.empty(shape, dtype=torch.float32, device=device, memory_format=memory_format)
         key = (tuple(shape), memory_format, torch.device(device))
@@ -77,9 +74,6 @@ class BatchBuffers:
         # A new tensor on the same storage: the caller's references then count (one to the pooled tensor itself
         # would not, as the count is of tensors, not of Python references)
         return free.detach()
-
-    def clear(self) -> None:
-        self._pool.clear()
 
 
 _CPU_BUFFERS = BatchBuffers()
