@@ -465,9 +465,12 @@ def _process_cpu_seconds(pid: int) -> Optional[float]:
 
 
 def _workers_cpu_seconds(stream: BatchStream) -> Optional[float]:
-    """CPU seconds of the worker processes of ``stream``'s live DataLoader iterator; None if they cannot be read
-    (no /proc, or a loader, like the gpu backend's, whose iterator is not torch's multi-process one)."""
-    times = [_process_cpu_seconds(w.pid) for w in getattr(stream.it, "_workers", [])]
+    """CPU seconds of the worker processes of ``stream``'s live DataLoader iterator (persistent workers: the one the
+    DataLoader keeps, also inside a SharedBatchLoader); None if they cannot be read (no /proc, or a loader, like the
+    gpu backend's, whose iterator is not torch's multi-process one)."""
+    torch_loader = getattr(stream.loader, "loader", stream.loader)
+    iterator = getattr(torch_loader, "_iterator", None) or stream.it
+    times = [_process_cpu_seconds(w.pid) for w in getattr(iterator, "_workers", [])]
     return sum(times) if times and None not in times else None
 
 

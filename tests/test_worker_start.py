@@ -102,7 +102,8 @@ def test_ranks_of_a_distributed_run_start_workers_from_the_fork_server(data, tmp
 def test_a_one_process_run_forks_its_workers(data):
     loaders = build_loaders(_params(data), DistInfo(0, 0, 1, torch.device("cpu")))
     assert _targets(loaders.train) and _targets(loaders.val)
-    assert loaders.train.multiprocessing_context is None and loaders.val.multiprocessing_context is None
+    inner = [getattr(loader, "loader", loader) for loader in (loaders.train, loaders.val)]  # in a SharedBatchLoader
+    assert all(loader.multiprocessing_context is None for loader in inner)
     workers = [p for p in multiprocessing.active_children() if p.daemon]
     assert workers and all(parent_of(p.pid) == os.getpid() for p in workers)
     del loaders  # ends the persistent workers

@@ -21,25 +21,26 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["BatchBuffers", "float_batch"]
+__all__ = ["BatchBuffers", "float_batch", "storage_use_count", "use_count_alone"]
 
 
-def _storage_use_count(t: Tensor) -> int:
+def storage_use_count(t: Tensor) -> int:
+    """How many tensors (and other owners) hold ``t``'s storage."""
     return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
 
 
-def _use_count_alone() -> Optional[int]:
-    """The storage use count read for a tensor nothing else refers to, if the count rises with a view and falls
-    back when the view is gone; None otherwise (then nothing is reused)."""
+def use_count_alone(t: Optional[Tensor] = None) -> Optional[int]:
+    """The storage use count read for ``t`` (default: a new tensor) while nothing else refers to it, if the count
+    rises with a view and falls back when the view is gone; None otherwise (then nothing may be reused)."""
     if not hasattr(torch._C, "_storage_Use_Count"):
         return None
     try:
-        t = torch.empty(4)
-        alone = _storage_use_count(t)
+        t = torch.empty(4) if t is None else t
+        alone = storage_use_count(t)
         view = t[1:]
-        with_view = _storage_use_count(t)
+        with_view = storage_use_count(t)
         del view
-        return alone if with_view == alone + 1 and _storage_use_count(t) == alone else None
+        return alone if with_view == alone + 1 and storage_use_count(t) == alone else None
     except Exception:  # noqa: BLE001 - a private API: any failure means "do not reuse"
         return None
 
@@ -55,7 +56,7 @@ class BatchBuffers:
         self.per_shape = per_shape
         self.shapes = shapes
         self._pool: OrderedDict[tuple, list[Tensor]] = OrderedDict()
-        self._alone = _use_count_alone()  # None: reuse nothing
+        self._alone = use_count_alone()  # None: reuse nothing
 
     def empty(self, shape: torch.Size, memory_format: torch.memory_format, device: torch.device) -> Tensor:
         """A float32 tensor of ``shape`` in ``memory_format``, uninitialised: a free pooled buffer if there is one."""
@@ -66,7 +67,7 @@ class BatchBuffers:
         self._pool[key] = buffers  # most recently used last
         while len(self._pool) > self.shapes:
             self._pool.popitem(last=False)
-        free = next((b for b in buffers if _storage_use_count(b) == self._alone), None)  # held by the pool only
+        free = next((b for b in buffers if storage_use_count(b) == self._alone), None)  # held by the pool only
         if free is None:
             free = torch.empty(shape, dtype=torch.float32, device=device, memory_format=memory_format)
             if len(buffers) < self.per_shape:

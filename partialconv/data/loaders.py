@@ -23,6 +23,7 @@ from .errors import DataError, Param
 from .params import DataParams
 from .presets import IMAGENET_MEAN, IMAGENET_STD
 from .sampler import SeededSampler
+from .shared_batches import SharedBatchLoader, SlotPool, slot_count
 from .worker_signals import ignore_stop_signals, worker_start_context
 
 if TYPE_CHECKING:  # data must not import engine at run time (imports flow engine -> data)
@@ -144,26 +145,32 @@ def collate_hwc_uint8(batch: list[Optional[tuple[Tensor, int]]]) -> Batch:
     return images, targets, bad
 
 
-def torch_loader(dataset: Dataset, sampler: SeededSampler, spec: LoaderSpec) -> DataLoader:
+def torch_loader(dataset: Dataset, sampler: SeededSampler, spec: LoaderSpec) -> Iterable[Batch]:
     """The default loader of a backend whose dataset follows the sample protocol: torch's DataLoader, decoding in
     ``spec.params.workers`` worker processes, batches collated by the dataset's ``collate_fn`` attribute if it has
-    one (:func:`collate_hwc_uint8` for uint8 pipelines), else :func:`collate_skipping_bad`."""
+    one (:func:`collate_hwc_uint8` for uint8 pipelines), else :func:`collate_skipping_bad`. uint8 crops for a CPU
+    device travel from the workers in shared-memory slots reused across steps
+    (:class:`~partialconv.data.shared_batches.SharedBatchLoader`)."""
     workers = spec.params.workers or 0
-    return DataLoader(
-        dataset,
-        batch_size=spec.local_batch,
-        sampler=sampler,
+    collate = getattr(dataset, "collate_fn", collate_skipping_bad)
+    common: dict[str, Any] = dict(
         num_workers=workers,
         pin_memory=spec.device.type == "cuda",
         persistent_workers=workers > 0,
-        collate_fn=getattr(dataset, "collate_fn", collate_skipping_bad),
-        drop_last=False,
         # Starting an iteration draws the workers' base seed; from the global RNG that draw would shift the model's
         # random stream (dropout) between a straight run and one resumed mid-epoch or with persistent workers.
         # Augmentation is seeded per sample (SeededSampler), so the base seed itself does not matter.
         generator=torch.Generator(),
         worker_init_fn=ignore_stop_signals,
         multiprocessing_context=worker_start_context(spec.distributed) if workers else None,
+    )
+    if workers and spec.device.type == "cpu" and collate is collate_hwc_uint8:
+        crop = spec.params.train_crop_size if spec.train else spec.params.val_crop_size
+        pool = SlotPool(slot_count(workers), spec.local_batch * crop * crop * 3)
+        if pool.usable:
+            return SharedBatchLoader(dataset, sampler, spec.local_batch, pool, collate, **common)
+    return DataLoader(
+        dataset, batch_size=spec.local_batch, sampler=sampler, collate_fn=collate, drop_last=False, **common
     )
 
 
