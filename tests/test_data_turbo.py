@@ -270,3 +270,15 @@ def test_loader_benchmark_reports_the_default_path_per_cpu_second_beside_the_ref
         assert ours["vs_torchvision_cpu"] == pytest.approx(cpu[1] / cpu[0]) and ref["vs_torchvision_cpu"] is None
     md = next((tmp_path / "out").glob("*_loader-only.md")).read_text()
     assert "| turbo | val | 1 |" in md and "img per CPU-s" in md and "machine: busy 2-core test" in md
+
+
+def test_decode_parses_the_header_again_unless_header_just_read_the_same_bytes(encoded: list[bytes]) -> None:
+    """decode() skips its own header parse only right after header() of the very same bytes: after the header of
+    another (smaller) image, a region inside the larger one is still accepted and decoded exactly."""
+    small, large = sorted(encoded[:4], key=lambda d: tj.header(d).width * tj.header(d).height)[::3]
+    size = tj.header(large)
+    assert size.width * size.height > tj.header(small).width * tj.header(small).height
+    for first in (small, large):
+        tj.header(first)
+        pixels = tj.decode(large, (0, 0, size.width, size.height))
+        assert np.array_equal(pixels, np.asarray(open_rgb(io.BytesIO(large))))

@@ -111,6 +111,7 @@ class TurboJPEG:
             if not handle:
                 raise MemoryError("tj3Init failed")
             self._local.handle, self._local.pid = handle, pid
+            self._local.parsed = None
         return self._local.handle
 
     def _error(self, handle: int, what: str) -> OSError:
@@ -120,8 +121,10 @@ class TurboJPEG:
     def header(self, data: bytes) -> Header:
         """The JPEG's size and coding; OSError for data TurboJPEG cannot parse."""
         handle, lib = self._handle(), self._lib
+        self._local.parsed = None
         if lib.tj3DecompressHeader(handle, data, len(data)) != 0:
             raise self._error(handle, "JPEG header")
+        self._local.parsed = data  # decode() of the same bytes next need not parse them again
         get = lib.tj3Get
         return Header(
             width=get(handle, _TJPARAM_JPEGWIDTH),
@@ -140,7 +143,8 @@ class TurboJPEG:
         (:func:`mcu_size` / ``scale``); ``x + w`` and ``y + h`` at most the scaled size. Any warning (a truncated
         or corrupt file) is an OSError: such files go to the caller's fallback, whose decoder judges them."""
         handle, lib = self._handle(), self._lib
-        if lib.tj3DecompressHeader(handle, data, len(data)) != 0:
+        parsed, self._local.parsed = self._local.parsed, None
+        if parsed is not data and lib.tj3DecompressHeader(handle, data, len(data)) != 0:
             raise self._error(handle, "JPEG header")
         if lib.tj3SetScalingFactor(handle, _Scale(1, scale)) != 0:
             raise self._error(handle, f"scale 1/{scale}")
