@@ -146,8 +146,8 @@ TURBO_BACKEND = Backend(
     open_cropped_folders,
     help="the default (auto) when libturbojpeg 3 loads (the fast-decode extra): as pil with the same crop draws, "
     "JPEGs decoded over the crop's region only, uint8 batches normalised on the device; others (PNG, CMYK, bad "
-    "files) through PIL per image. Measured on 97 KB 500x375 JPEGs, 224 px, idle 2-core CPU, 3 runs: 1.95-2.00x "
-    "the torchvision reference's train images per CPU-second of all processes, 1.86-2.20x for eval (workers alone "
-    "2.1-2.4x), 2.16x per train image in one process (docs/performance.md)",
+    "files) through PIL per image. Measured on 97 KB 500x375 JPEGs, 224 px, batch 32, idle 2-core CPU, 3 runs, 1 "
+    "and 2 workers: 2.17-2.46x the torchvision reference's train images per CPU-second of all processes, "
+    "2.05-2.45x for eval (docs/performance.md)",
     auto_default=_turbo_by_default,
 )
