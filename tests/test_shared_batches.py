@@ -149,3 +149,19 @@ def test_images_that_do_not_fit_the_slot_are_collated_as_before() -> None:
         out = collate(samples(*images))
         assert isinstance(out, SlotBatch) and out.slot == 0 and out.collated is not None
         assert out.collated[2] == sum(im is None for im in images)
+
+
+def test_without_room_in_shared_memory_the_loader_collates_as_torch_does(folder, reference, monkeypatch) -> None:
+    """Slots that would fill more than a quarter of the free shared memory (a container's small /dev/shm: a worker
+    writing to a full one dies of SIGBUS) are not made: the plain DataLoader, the same batches."""
+    from torch.utils.data import DataLoader
+
+    import partialconv.data.shared_batches as shared_batches
+
+    slot_bytes = 8 * 32 * 32 * 3
+    monkeypatch.setattr(shared_batches, "shared_memory_free", lambda: 4 * slot_count(1) * slot_bytes - 1)
+    loaders = build_loaders(_params(folder, 1), CPU)
+    assert type(loaders.val) is DataLoader and type(loaders.train) is DataLoader
+    _assert_same(_epochs(loaders.val, None, 1, keep=False), reference["val"][:1])
+    monkeypatch.setattr(shared_batches, "shared_memory_free", lambda: 4 * slot_count(1) * slot_bytes)
+    assert isinstance(build_loaders(_params(folder, 1), CPU).val, SharedBatchLoader)

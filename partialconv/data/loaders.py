@@ -23,7 +23,7 @@ from .errors import DataError, Param
 from .params import DataParams
 from .presets import IMAGENET_MEAN, IMAGENET_STD
 from .sampler import SeededSampler
-from .shared_batches import SharedBatchLoader, SlotPool, slot_count
+from .shared_batches import SharedBatchLoader, SlotPool, room_for_slots, slot_count
 from .worker_signals import ignore_stop_signals, worker_start_context
 
 if TYPE_CHECKING:  # data must not import engine at run time (imports flow engine -> data)
@@ -164,9 +164,15 @@ def torch_loader(dataset: Dataset, sampler: SeededSampler, spec: LoaderSpec) -> 
         worker_init_fn=ignore_stop_signals,
         multiprocessing_context=worker_start_context(spec.distributed) if workers else None,
     )
-    if workers and spec.device.type == "cpu" and collate is collate_hwc_uint8:
-        crop = spec.params.train_crop_size if spec.train else spec.params.val_crop_size
-        pool = SlotPool(slot_count(workers), spec.local_batch * crop * crop * 3)
+    crop = spec.params.train_crop_size if spec.train else spec.params.val_crop_size
+    slot_bytes = spec.local_batch * crop * crop * 3
+    if (
+        workers
+        and spec.device.type == "cpu"
+        and collate is collate_hwc_uint8
+        and room_for_slots(slot_count(workers), slot_bytes)
+    ):
+        pool = SlotPool(slot_count(workers), slot_bytes)
         if pool.usable:
             return SharedBatchLoader(dataset, sampler, spec.local_batch, pool, collate, **common)
     return DataLoader(

@@ -15,13 +15,15 @@ A batch for which no slot is free when the DataLoader asks for it (a consumer ke
 do not fit (a size or type other than the split's crops), is collated as before, into fresh shared memory: the
 slots change where the pixels travel, never which pixels a batch holds.
 
-For a CPU device only: on CUDA the pin-memory thread copies each batch into pinned memory, and reusing a slot would
+Where the slots, all filled, would take more than a quarter of the free shared memory (:func:`room_for_slots`: a
+container's /dev/shm is often 64 MB), none are made and the loader is torch's as before. For a CPU device only: on CUDA the pin-memory thread copies each batch into pinned memory, and reusing a slot would
 need the asynchronous copies from it tracked as well (left for a GPU session to measure).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -31,12 +33,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .batch_buffers import storage_use_count, use_count_alone
 
-__all__ = ["SharedBatchLoader", "SlotBatch", "SlotPool", "slot_count"]
+__all__ = ["SharedBatchLoader", "SlotBatch", "SlotPool", "room_for_slots", "shared_memory_free", "slot_count"]
 
 PREFETCH_FACTOR = 2  # torch's default: batches in flight per worker
 # Beyond the batches in flight: the batch the DataLoader has just received (its slot is still reserved when it asks
 # the sampler for the next batch), the consumer's current one, and one more for a loop that keeps the previous batch.
 EXTRA_SLOTS = 3
+SHARED_MEMORY_DIR = "/dev/shm"  # where torch's shared-memory segments live (shm_open)
 
 
 class SlotPool:
@@ -223,3 +226,21 @@ class SharedBatchLoader:
 def slot_count(workers: int) -> int:
     """Slots for a loader with ``workers`` workers: its batches in flight, and :data:`EXTRA_SLOTS`."""
     return workers * PREFETCH_FACTOR + EXTRA_SLOTS
+
+
+def shared_memory_free() -> Optional[int]:
+    """Bytes free in :data:`SHARED_MEMORY_DIR`; None where it cannot be read."""
+    try:
+        stat = os.statvfs(SHARED_MEMORY_DIR)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def room_for_slots(count: int, slot_bytes: int) -> bool:
+    """Whether ``count`` slots, once all filled, take at most a quarter of the free shared memory. Filled slots stay
+    allocated while the other split's loader runs, and a batch that finds no free slot still needs a segment of its
+    own; a worker writing to a full /dev/shm (Docker's default size is 64 MB) dies of SIGBUS, so where the slots
+    would crowd it the loader collates as torch does."""
+    free = shared_memory_free()
+    return free is not None and count * slot_bytes * 4 <= free
