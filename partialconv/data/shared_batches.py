@@ -16,8 +16,9 @@ do not fit (a size or type other than the split's crops), is collated as before,
 slots change where the pixels travel, never which pixels a batch holds.
 
 Where the slots, all filled, would take more than a quarter of the free shared memory (:func:`room_for_slots`: a
-container's /dev/shm is often 64 MB), none are made and the loader is torch's as before. For a CPU device only: on CUDA the pin-memory thread copies each batch into pinned memory, and reusing a slot would
-need the asynchronous copies from it tracked as well (left for a GPU session to measure).
+container's /dev/shm is often 64 MB), none are made and the loader is torch's as before. For a CPU device only: on
+CUDA the pin-memory thread copies each batch into pinned memory, and reusing a slot would need the asynchronous
+copies from it tracked as well (left for a GPU session to measure).
 """
 
 from __future__ import annotations
