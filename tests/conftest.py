@@ -5,8 +5,12 @@ import torch
 import torchvision
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
-# Two cores on CI: keep intra-op threads from oversubscribing when tests spawn processes.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread per test process, and for the programs the tests start: CI runs two test processes on two
+# cores (make test: pytest -n 2), and a second OpenMP thread per process only oversubscribes them (a test that
+# trained EfficientNet-B0 took 9 s alone and 60-120 s in the suite with two); runs compared bit for bit with a
+# program's run also need the same thread count on both sides (summation order).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -18,13 +22,3 @@ def vgg_file(tmp_path_factory):
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
     torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
     return path
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """For modules of tiny tensors: on a busy 2-core machine a second (spinning) OpenMP thread only slows them down.
-    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

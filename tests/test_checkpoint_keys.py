@@ -9,8 +9,6 @@ from torch import nn
 
 from partialconv.checkpoint_io import CheckpointError, load_checkpoint, match_keys
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def holder(**children: nn.Module) -> nn.Module:
     m = nn.Module()

@@ -30,8 +30,6 @@ from partialconv.checkpoint_io import read_checkpoint
 from partialconv.data.demo import make_demo_dataset
 from partialconv.programs import train
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # the same thread count as the subprocesses (OMP_NUM_THREADS=1)
-
 BASE = ["-a", "simple_cnn_bn", "-j", "0", "-b", "4", "--train-crop-size", "16", "--val-resize-size", "20"]
 BASE += ["--val-crop-size", "16", "--no-tensorboard", "--device", "cpu", "--seed", "3", "--lr", "0.05"]
 BASE += ["--deterministic", "-p", "1"]

@@ -18,8 +18,6 @@ from partialconv.data.inpainting import load_image
 from partialconv.data.masks import list_images, load_mask_png
 from partialconv.programs import train
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def debris_data(tmp_path_factory) -> Path:

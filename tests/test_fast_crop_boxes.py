@@ -16,7 +16,6 @@ from torchvision.transforms import RandomResizedCrop
 
 from partialconv.data.fast_pil import FastTrainCrop, draft_scale
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 WIDTH, HEIGHT, CROP = 128, 120, 32
 
 

@@ -25,8 +25,6 @@ from partialconv.engine.inpainting.metrics import l1_percent, psnr, ssim
 from partialconv.losses import InpaintingLoss
 from partialconv.models import PConvUNet, create_model
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
 
 def photo(name: str, size: int) -> torch.Tensor:
     img = torch.from_numpy(np.ascontiguousarray(getattr(skimage.data, name)())).permute(2, 0, 1).float() / 255.0

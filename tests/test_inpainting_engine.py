@@ -22,7 +22,6 @@ from tests.signalling import child_with_env, no_process_left, signal_at_line, to
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_inpainting.py"
 NO_VGG = ["--loss-weights", "perceptual=0,style_out=0,style_comp=0"]  # the VGG-16 file is then never read
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from partialconv.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_script(name: str):

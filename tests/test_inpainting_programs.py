@@ -27,9 +27,6 @@ def load_script(name: str):
     return importlib.import_module(f"partialconv.programs.{name}")  # scripts/<name>.py runs it
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
-
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")

@@ -13,8 +13,6 @@ from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vmap
 
 from partialconv import PartialConv2d, PartialConv3d
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _random_layer(cls, *args, seed=0, **kwargs):
     torch.manual_seed(seed)

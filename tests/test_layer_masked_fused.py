@@ -9,8 +9,6 @@ from torch.func import functional_call, grad, vmap
 
 from partialconv import PartialConv2d, PartialConv3d
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _reference(layer, x, mask, weight=None, bias=None):
     weight = layer.weight if weight is None else weight

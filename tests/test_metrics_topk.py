@@ -17,8 +17,6 @@ from torch import nn
 from partialconv.engine.metrics import EpochMeter, topk_correct
 from partialconv.engine.trainer import EvalSettings, build_training_context, evaluate, train_one_epoch
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 CLASSES = 12
 # 1-based rank of the target among the logits of each sample (1 = the largest logit)
 RANKS = [1, 5, 6, 2, 12, 4, 6, 5, 3, 7, 1, 9]

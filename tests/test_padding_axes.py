@@ -12,7 +12,6 @@ from torch import nn
 
 from partialconv import PartialConv1d, PartialConv2d, PartialConv3d, convert_padding, create_model
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 PARTIAL = (PartialConv1d, PartialConv2d, PartialConv3d)
 
 

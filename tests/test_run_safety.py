@@ -29,8 +29,6 @@ from partialconv.data.demo import make_demo_dataset
 from partialconv.models import create_model
 from partialconv.programs import train
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 ROOT = Path(__file__).resolve().parents[1]
 BASE = [
     "-a", "simple_cnn", "--device", "cpu", "-j", "0", "-b", "8", "--lr", "0.05", "--seed", "3",
@@ -186,9 +184,7 @@ def run_in_mount_namespace(tmp_path: Path, script: str) -> None:
     probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"], check=False)
     if probe.returncode != 0:
         pytest.skip("mounting a tmpfs is not permitted here")
-    # One thread, as the in-process straight run (one_thread): a 2-thread run sums in another order, and on some CPUs
-    # (AVX-512 here) its losses differ from the 1-thread run's in the last bits.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # OMP_NUM_THREADS=1 (conftest), as the in-process straight run
     done = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, env=env, timeout=600, check=False)
     assert done.returncode == 0, done
 

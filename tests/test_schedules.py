@@ -19,8 +19,6 @@ from torch import nn
 
 from partialconv.engine.trainer import build_training_context, lr_factor
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 R2 = math.sqrt(2.0)
 
 

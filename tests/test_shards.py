@@ -34,8 +34,6 @@ from partialconv.models import is_model, register_model
 from partialconv.models.small import SimpleCNN
 from partialconv.programs import train, write_shards
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["-a", "simple_cnn", "--device", "cpu", "-j", "0", "-b", "8", "--seed", "3", "--no-tensorboard", "-p", "100"]

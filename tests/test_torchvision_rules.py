@@ -21,8 +21,6 @@ from torch import nn
 
 from partialconv.engine.optim import build_optimizer, parameter_groups
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 # torchvision's default norm classes for set_weight_decay (torchvision.ops / references utils).
 REFERENCE_NORMS = (
     nn.modules.batchnorm._BatchNorm,

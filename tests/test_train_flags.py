@@ -20,8 +20,6 @@ from partialconv.errors import ConfigError
 from partialconv.models import create_model
 from partialconv.programs import train
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 BASE = ["-a", "simple_cnn", "--device", "cpu", "-j", "0", "-b", "8", "--lr", "0.05", "--seed", "3", "-p", "100"]
 BASE += ["--train-crop-size", "16", "--val-resize-size", "16", "--val-crop-size", "16", "--no-tensorboard"]
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

@@ -18,7 +18,6 @@ from torch import nn
 
 from partialconv.engine.trainer import build_training_context, mix_batch, train_step, update_ema
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,9 +16,6 @@ from benchmarks._jpeg_folder import make_jpeg_folder, render_image
 from partialconv import PartialConv2d, create_model
 from partialconv.data.allocator import AllocatorWorkerInit, apply_allocator_setting
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
-
 TINY = ["-b", "2", "--image-size", "32", "--num-classes", "10", "--warmup", "1", "--steps", "1", "--windows", "2"]
 
 

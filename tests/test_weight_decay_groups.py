@@ -18,8 +18,6 @@ from torch import nn
 from partialconv import create_model
 from partialconv.engine.optim import build_optimizer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 # torchvision's references: norm_classes in set_weight_decay
 REFERENCE_NORM_CLASSES = (
     nn.modules.batchnorm._BatchNorm,
