@@ -131,13 +131,13 @@ def test_images_that_do_not_fit_the_slot_are_collated_as_before() -> None:
     """The worker side alone: another size than the slot's, a float image, or no good image at all give the usual
     collated batch (with the slot's number, so the main process can free it)."""
     from partialconv.data.loaders import collate_hwc_uint8
-    from partialconv.data.shared_batches import _Samples
+    from partialconv.data.shared_batches import _WithSlot
 
     slots = [torch.zeros(2 * 4 * 4 * 3, dtype=torch.uint8)]
     collate = _SlotCollate(slots, collate_hwc_uint8)
 
     def samples(*images):
-        out = _Samples([None if im is None else (im, k) for k, im in enumerate(images)])
+        out = _WithSlot([None if im is None else (im, k) for k, im in enumerate(images)])
         out.slot = 0
         return out
 

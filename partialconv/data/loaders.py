@@ -166,13 +166,9 @@ def torch_loader(dataset: Dataset, sampler: SeededSampler, spec: LoaderSpec) -> 
     )
     crop = spec.params.train_crop_size if spec.train else spec.params.val_crop_size
     slot_bytes = spec.local_batch * crop * crop * 3
-    if (
-        workers
-        and spec.device.type == "cpu"
-        and collate is collate_hwc_uint8
-        and room_for_slots(slot_count(workers), slot_bytes)
-    ):
-        pool = SlotPool(slot_count(workers), slot_bytes)
+    slots = slot_count(workers)
+    if workers and spec.device.type == "cpu" and collate is collate_hwc_uint8 and room_for_slots(slots, slot_bytes):
+        pool = SlotPool(slots, slot_bytes)
         if pool.usable:
             return SharedBatchLoader(dataset, sampler, spec.local_batch, pool, collate, **common)
     return DataLoader(

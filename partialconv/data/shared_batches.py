@@ -43,20 +43,20 @@ EXTRA_SLOTS = 3
 SHARED_MEMORY_DIR = "/dev/shm"  # where torch's shared-memory segments live (shm_open)
 
 
+def _new_slot(slot_bytes: int) -> Tensor:
+    # _new_shared maps a new shared-memory file without touching its pages: unused slots cost no memory
+    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(slot_bytes))
+
+
 class SlotPool:
     """``count`` shared uint8 buffers of ``slot_bytes`` each, made in the main process; which are free is decided
     there alone (:meth:`take`), from the slots' storage use counts and the batches in flight."""
 
     def __init__(self, count: int, slot_bytes: int) -> None:
-        # _new_shared maps a new shared-memory file without touching its pages: unused slots cost no memory
-        self.slots = [torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(slot_bytes))]
-        alone = use_count_alone(self.slots[0])
-        self.alone = alone
-        if alone is not None:
-            self.slots += [
-                torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(slot_bytes))
-                for _ in range(count - 1)
-            ]
+        self.slots = [_new_slot(slot_bytes)]
+        self.alone = use_count_alone(self.slots[0])
+        if self.alone is not None:
+            self.slots += [_new_slot(slot_bytes) for _ in range(count - 1)]
         self._in_flight: set[int] = set()
         self.taken = 0  # batches given a slot
         self.missed = 0  # batches collated into fresh shared memory: no slot was free
@@ -106,8 +106,8 @@ class SlotBatch:
     collated: Optional[tuple[Tensor, Tensor, int]] = None
 
 
-class _SlotKeys(list):
-    """A batch's sampler keys and the slot its images go to (None: none was free)."""
+class _WithSlot(list):
+    """A batch's sampler keys, then its samples, with the slot its images go to (None: none was free)."""
 
     slot: Optional[int] = None
 
@@ -122,12 +122,12 @@ class _SlotBatches(Sampler):
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
 
-    def _with_slot(self, keys: list) -> _SlotKeys:
-        batch = _SlotKeys(keys)
+    def _with_slot(self, keys: list) -> _WithSlot:
+        batch = _WithSlot(keys)
         batch.slot = self.pool.take()
         return batch
 
-    def __iter__(self) -> Iterator[_SlotKeys]:
+    def __iter__(self) -> Iterator[_WithSlot]:
         # A generator: this runs at the DataLoader's first request of an iteration, after it has collected the
         # batches its workers still had from an iteration left early (torch's _reset), so no worker writes a slot
         # that new_iteration frees.
@@ -142,10 +142,6 @@ class _SlotBatches(Sampler):
             yield self._with_slot(keys)
 
 
-class _Samples(list):
-    slot: Optional[int] = None
-
-
 class _SlottedDataset(Dataset):
     """``dataset``'s samples, fetched a batch at a time so that the batch's slot reaches the collate."""
 
@@ -158,8 +154,8 @@ class _SlottedDataset(Dataset):
     def __getitem__(self, key: Any) -> Any:
         return self.dataset[key]
 
-    def __getitems__(self, keys: list) -> _Samples:
-        samples = _Samples(self.dataset[key] for key in keys)
+    def __getitems__(self, keys: list) -> _WithSlot:
+        samples = _WithSlot(self.dataset[key] for key in keys)
         samples.slot = getattr(keys, "slot", None)
         return samples
 
